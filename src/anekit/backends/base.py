@@ -1,0 +1,100 @@
+"""What every backend hands back: a `Kernel`, called with NumPy arrays by input name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine; the message says what is missing."""
+
+
+class KernelInputError(ValueError):
+    """The arrays passed to a kernel do not match its declared inputs."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A kernel input or output: name, shape (None for a flexible `?` dim) and MIL dtype name."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: tensor<{self.dtype}, [{dims}]>"
+
+
+_KIND = {"f": "float", "i": "int", "u": "int", "b": "bool"}
+
+
+def _dtype_kind(name: str) -> str:
+    if name.startswith("fp") or name == "bf16":
+        return "float"
+    if "int" in name:
+        return "int"
+    return name
+
+
+def check_inputs(specs: dict[str, TensorSpec], given: dict[str, object]) -> dict[str, np.ndarray]:
+    """Validate `given` against `specs` and return them as arrays; errors name every problem."""
+    problems = []
+    missing = [n for n in specs if n not in given]
+    unknown = [n for n in given if n not in specs]
+    if missing:
+        problems.append("missing input(s): " + ", ".join(missing))
+    if unknown:
+        problems.append(f"unknown input(s): {', '.join(unknown)} (the kernel takes {', '.join(specs)})")
+    arrays: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
+        if name not in given:
+            continue
+        arr = np.asarray(given[name])
+        want = spec.shape
+        if len(arr.shape) != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+            problems.append(f"input {name!r} has shape {tuple(arr.shape)}, expected {spec}")
+            continue
+        kind = _KIND.get(arr.dtype.kind)
+        want_kind = _dtype_kind(spec.dtype)
+        # A float array may feed an integer input only if it holds integers; anything else is a bug.
+        if kind != want_kind and not (kind == "int" and want_kind == "float"):
+            if not (kind == "float" and want_kind == "int" and np.all(np.mod(arr, 1) == 0)):
+                problems.append(f"input {name!r} has dtype {arr.dtype}, expected {spec.dtype}")
+                continue
+        arrays[name] = arr
+    if problems:
+        raise KernelInputError("; ".join(problems))
+    return arrays
+
+
+class Kernel(ABC):
+    """A compiled program bound to a backend. Call it with NumPy arrays; it returns a dict."""
+
+    backend: str = "?"
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        return self.run(check_inputs(self.inputs, inputs))
+
+    @abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on already-validated inputs."""
+
+    def close(self) -> None:
+        """Release whatever the backend holds (engine programs, buffers, temp files)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(str(s) for s in self.inputs.values())
+        outs = ", ".join(str(s) for s in self.outputs.values())
+        return f"<{type(self).__name__} backend={self.backend} ({ins}) -> ({outs})>"

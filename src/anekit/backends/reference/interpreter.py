@@ -1,0 +1,156 @@
+"""Executes a coremltools MIL program with NumPy, one op at a time, in textual (SSA) order.
+
+Compiling turns the program into a flat list of steps over numbered slots: constants (and every op
+whose inputs are all constant, e.g. `constexpr_*`) are evaluated once, up front, and kept in the
+compute precision, so a run does no work but the ops themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..._coreml import types
+from ...mil.dtypes import of_builtin
+from ..base import Kernel, TensorSpec
+from . import ops as _ops  # noqa: F401  (fills OPS)
+from .registry import NUMERICS, OPS, OpContext, UnsupportedOp
+
+
+def var_spec(var) -> TensorSpec:
+    """Name, shape and dtype of a coremltools Var, shapes with `None` for symbolic dims."""
+    t = var.sym_type
+    if types.is_tensor(t):
+        shape = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in t.get_shape())
+        return TensorSpec(var.name, shape, of_builtin(t.get_primitive()).name)
+    if types.is_state(t):
+        inner = t.wrapped_type()
+        shape = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in inner.get_shape())
+        return TensorSpec(var.name, shape, of_builtin(inner.get_primitive()).name)
+    return TensorSpec(var.name, (), of_builtin(t).name)
+
+
+class ReferenceKernel(Kernel):
+    """A program compiled for the NumPy reference backend."""
+
+    backend = "reference"
+
+    def __init__(
+        self, program, function: str = "main", numerics: str = "ane", ignore_sdpa_mask: bool = False
+    ):
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, not {numerics!r}")
+        if function not in program.functions:
+            raise ValueError(f"program has no function {function!r} (it has {', '.join(program.functions)})")
+        self.numerics = NUMERICS[numerics]
+        self.ignore_sdpa_mask = ignore_sdpa_mask
+        func = program.functions[function]
+        self.inputs = {name: var_spec(v) for name, v in func.inputs.items()}
+        self.outputs = {v.name: var_spec(v) for v in func.outputs}
+        self._compile(func)
+
+    # -- compile -------------------------------------------------------------------------------
+    def _slot(self, var) -> int:
+        key = id(var)
+        if key not in self._slots:
+            self._slots[key] = len(self._slots)
+        return self._slots[key]
+
+    def _compile(self, func) -> None:
+        self._slots: dict[int, int] = {}
+        self._input_slots = {name: self._slot(v) for name, v in func.inputs.items()}
+        self._input_dtypes = {name: self.numerics.storage(spec.dtype) for name, spec in self.inputs.items()}
+        consts: dict[int, object] = {}
+        self._steps = []
+        for op in func.operations:
+            if op.op_type == "const":
+                consts[self._slot(op.outputs[0])] = self._const_value(op.outputs[0])
+                continue
+            impl = OPS.get(op.op_type)
+            if impl is None:
+                raise UnsupportedOp(
+                    f"the reference backend does not implement op {op.op_type!r} (op {op.name!r}); "
+                    f"it implements: {', '.join(sorted(OPS))}"
+                )
+            args = []
+            all_const = True
+            for name, value in op.inputs.items():
+                if isinstance(value, (tuple, list)):
+                    slots = tuple(self._slot(v) for v in value)
+                    all_const &= all(s in consts for s in slots)
+                    args.append((name, slots))
+                else:
+                    s = self._slot(value)
+                    all_const &= s in consts
+                    args.append((name, s))
+            outs = tuple(self._slot(v) for v in op.outputs)
+            casts = tuple(self._out_cast(v) for v in op.outputs)
+            ctx = OpContext(self.numerics, op, self.ignore_sdpa_mask)
+            step = (impl, ctx, tuple(args), outs, casts)
+            if all_const:  # constant-fold: evaluated once, kept in compute precision
+                env = dict(consts)
+                self._exec(step, env)
+                for s in outs:
+                    consts[s] = self._compute_precision(env[s])
+            else:
+                self._steps.append(step)
+        self._consts = consts
+        self._n_slots = len(self._slots)
+        self._output_slots = {v.name: self._slot(v) for v in func.outputs}
+
+    def _const_value(self, var):
+        val = var.val
+        if isinstance(val, str):
+            return val
+        spec = var_spec(var)
+        arr = np.asarray(val).astype(self.numerics.storage(spec.dtype))
+        return self._compute_precision(arr)
+
+    def _compute_precision(self, value):
+        """Float constants are kept in the compute dtype: converted once, not on every run."""
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            return value.astype(self.numerics.float, copy=False)
+        return value
+
+    def _out_cast(self, var):
+        spec = var_spec(var)
+        return self.numerics.storage(spec.dtype), spec.shape
+
+    # -- run -----------------------------------------------------------------------------------
+    @staticmethod
+    def _exec(step, env) -> None:
+        impl, ctx, args, outs, casts = step
+        kwargs = {}
+        for name, s in args:
+            kwargs[name] = tuple(env[i] for i in s) if isinstance(s, tuple) else env[s]
+        result = impl(ctx, **kwargs)
+        if len(outs) == 1:
+            result = (result,)
+        elif not isinstance(result, (tuple, list)) or len(result) != len(outs):
+            raise RuntimeError(f"reference op {ctx.op.op_type!r} returned the wrong number of outputs")
+        for s, value, (dt, shape) in zip(outs, result, casts):
+            value = np.asarray(value)
+            if value.dtype != dt:
+                value = value.astype(dt)
+            if len(value.shape) != len(shape) or any(
+                d is not None and d != g for d, g in zip(shape, value.shape)
+            ):
+                raise RuntimeError(
+                    f"reference op {ctx.op.op_type!r} ({ctx.op.name!r}) produced shape {value.shape}, "
+                    f"the program declares {shape}"
+                )
+            env[s] = value
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env: dict[int, object] = dict(self._consts)
+        for name, slot in self._input_slots.items():
+            env[slot] = np.asarray(inputs[name]).astype(self._input_dtypes[name], copy=False)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for step in self._steps:
+                self._exec(step, env)
+        return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
+
+    def _finish(self, name: str, value) -> np.ndarray:
+        """Outputs come back in their storage dtype (constants were kept in compute precision)."""
+        dt = self.numerics.storage(self.outputs[name].dtype)
+        value = np.asarray(value)
+        return value if value.dtype == dt else value.astype(dt)

@@ -1,0 +1,90 @@
+"""The reference backend's op table: one NumPy implementation per MIL op.
+
+An implementation is a function `impl(ctx, **inputs)` registered with `@op("name", ...)`. It gets
+each input of the coremltools op by its MIL name: tensors as NumPy arrays (0-d for scalars),
+strings as `str`, tuple inputs (e.g. `concat.values`) as tuples of arrays. Inputs the program does
+not bind are simply absent, so the Python default applies. It returns one array, or a tuple for
+multi-output ops (`split`). The interpreter casts each result to the declared output dtype under
+the active numerics (fp16 rounding for "ane"), so an implementation only has to compute in
+`ctx.float` precision: call `ctx.f(x)` on every float operand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How values are stored and computed.
+
+    "ane": every fp16-typed value is rounded to fp16 after each op (the engine stores activations
+    in fp16, mil-text.md §5 #1) and float math runs in fp32 (its wider accumulator). "exact": float64
+    everywhere and no rounding, for gradient checks against autograd.
+    """
+
+    name: str
+    float: type
+
+    def storage(self, dtype_name: str) -> np.dtype:
+        """NumPy dtype a value declared as `dtype_name` is kept in."""
+        from ...mil.dtypes import dtype
+
+        if self.name == "exact" and dtype_name in ("fp16", "fp32", "fp64", "bf16"):
+            return np.dtype(np.float64)
+        d = dtype(dtype_name)
+        if d.numpy is None:
+            raise NotImplementedError(f"the reference backend has no storage for {dtype_name}")
+        return d.numpy
+
+
+NUMERICS = {"ane": Numerics("ane", np.float32), "exact": Numerics("exact", np.float64)}
+
+
+@dataclass
+class OpContext:
+    """What an op implementation may need beyond its inputs."""
+
+    numerics: Numerics
+    op: object  #: the coremltools Operation (for output types, op name in errors)
+    ignore_sdpa_mask: bool = False
+
+    @property
+    def float(self) -> type:
+        return self.numerics.float
+
+    def f(self, x) -> np.ndarray:
+        """`x` as an array in the compute float dtype (no copy when it already is)."""
+        return np.asarray(x, dtype=self.numerics.float)
+
+    def out_dtype(self, i: int = 0) -> str:
+        """MIL dtype name of output `i` as the program declares it."""
+        from ..._coreml import types
+        from ...mil.dtypes import of_builtin
+
+        t = self.op.outputs[i].sym_type
+        return of_builtin(t.get_primitive() if types.is_tensor(t) else t).name
+
+
+OpImpl = Callable[..., object]
+OPS: dict[str, OpImpl] = {}
+
+
+def op(*names: str) -> Callable[[OpImpl], OpImpl]:
+    """Register `impl` as the reference semantics of the MIL ops `names`."""
+
+    def register(impl: OpImpl) -> OpImpl:
+        for name in names:
+            if name in OPS:
+                raise ValueError(f"op {name!r} registered twice")
+            OPS[name] = impl
+        return impl
+
+    return register
+
+
+class UnsupportedOp(NotImplementedError):
+    """The reference backend has no implementation of an op used by the program."""

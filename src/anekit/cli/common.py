@@ -1,0 +1,30 @@
+"""Helpers shared by commands: loading a model argument with errors a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def load_program(path: Path):
+    """Parse a model directory or a `model.mil` file; parse errors are printed with their location."""
+    from ..mil import MilParseError
+    from ..mil import load_program as _load
+
+    if not path.exists():
+        raise fail(f"{path} does not exist")
+    try:
+        return _load(path)
+    except MilParseError as e:
+        raise fail(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise fail(f"{path}: {e}") from None

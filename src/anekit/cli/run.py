@@ -1,0 +1,75 @@
+"""`anekit run`: execute a MIL program on NumPy inputs and show or save its outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import fail, load_program
+
+
+def _parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    inputs = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise fail(f"--input takes NAME=FILE.npy, got {spec!r}")
+        path = Path(file)
+        if not path.is_file():
+            raise fail(f"input file {path} does not exist")
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise fail(f"cannot read {path} as a .npy array: {e}") from None
+    return inputs
+
+
+def run(
+    model: Path = typer.Argument(..., help="A model directory (model.mil + weights/) or a model.mil file."),
+    input: list[str] = typer.Option([], "--input", "-i", help="NAME=FILE.npy, once per program input."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write all outputs to this .npz file."),
+    backend: str = typer.Option("auto", help="auto, reference, ane or coreml."),
+    numerics: str = typer.Option("ane", help="Reference backend numerics: ane (fp16) or exact (float64)."),
+) -> None:
+    """Run a MIL program once and print a summary of each output (shape, dtype, range)."""
+    from .. import compile as anekit_compile
+    from ..backends import BackendUnavailable, KernelInputError, resolve
+
+    program = load_program(model)
+    inputs = _parse_inputs(input)
+    try:
+        name = resolve(backend)
+        options = {"numerics": numerics} if name == "reference" else {}
+        kernel = anekit_compile(program, backend=name, **options)
+    except (BackendUnavailable, ValueError, NotImplementedError) as e:
+        raise fail(str(e)) from None
+    with kernel:
+        try:
+            outputs = kernel(**inputs)
+        except KernelInputError as e:
+            raise fail(
+                f"{e}. The program takes: {', '.join(str(s) for s in kernel.inputs.values())}"
+            ) from None
+    console = Console()
+    table = Table(title=f"{model} on {kernel.backend}")
+    for col in ("output", "shape", "dtype", "min", "max", "mean", "non-finite"):
+        table.add_column(col)
+    for oname, arr in outputs.items():
+        a = np.asarray(arr)
+        finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+        stats = (
+            [f"{finite.min():.6g}", f"{finite.max():.6g}", f"{finite.astype(np.float64).mean():.6g}"]
+            if finite.size
+            else ["-", "-", "-"]
+        )
+        bad = int((~np.isfinite(a)).sum()) if a.dtype.kind == "f" else 0
+        table.add_row(oname, str(tuple(a.shape)), str(a.dtype), *stats, str(bad))
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **outputs)
+        console.print(f"outputs written to {out}")

@@ -1,0 +1,23 @@
+"""Test-wide setup: the `requires_ane` marker is deselected where no Neural Engine can be reached."""
+
+from __future__ import annotations
+
+
+def _ane_available() -> bool:
+    try:
+        from anekit.backends import ane
+    except ImportError:
+        return False
+    ok, _why = ane.availability()
+    return ok
+
+
+def pytest_collection_modifyitems(config, items):
+    if _ane_available():
+        return
+    selected, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("requires_ane") else selected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
