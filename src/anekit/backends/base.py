@@ -40,10 +40,15 @@ def _dtype_kind(name: str) -> str:
     return name
 
 
-def check_inputs(specs: dict[str, TensorSpec], given: dict[str, object]) -> dict[str, np.ndarray]:
-    """Validate `given` against `specs` and return them as arrays; errors name every problem."""
+def check_inputs(
+    specs: dict[str, TensorSpec], given: dict[str, object], partial: bool = False
+) -> dict[str, np.ndarray]:
+    """Validate `given` against `specs` and return them as arrays; errors name every problem.
+
+    partial: allow a subset of the inputs (a `Binding` stages its inputs one at a time).
+    """
     problems = []
-    missing = [n for n in specs if n not in given]
+    missing = [] if partial else [n for n in specs if n not in given]
     unknown = [n for n in given if n not in specs]
     if missing:
         problems.append("missing input(s): " + ", ".join(missing))
@@ -71,6 +76,55 @@ def check_inputs(specs: dict[str, TensorSpec], given: dict[str, object]) -> dict
     return arrays
 
 
+@dataclass(frozen=True)
+class EvalTiming:
+    """How long one evaluation took: host wall time around the engine call and, only where the
+    engine reports it, the hardware execution time (ane-private-api.md §1.10). Never estimated."""
+
+    wall_s: float
+    hw_ns: int | None = None
+
+
+class Binding:
+    """One request on a compiled kernel: its own staged inputs, the kernel's outputs.
+
+    The training loop binds one compiled kernel to many layers, each with its own input buffer
+    holding that layer's pre-staged weights (ane-private-api.md §1.6, "per-layer requests on one
+    compiled model"). This generic version keeps the staged arrays on the host and calls
+    `kernel.run`; the `ane` backend overrides it with one input IOSurface per binding.
+    """
+
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+        self._staged: dict[str, np.ndarray] = {}
+
+    def write(self, **inputs) -> None:
+        """Stage some or all inputs; later runs reuse them until they are written again."""
+        arrays = check_inputs(self.kernel.inputs, inputs, partial=True)
+        self._staged.update({name: np.array(a, copy=True) for name, a in arrays.items()})
+
+    def run(self, **inputs) -> dict[str, np.ndarray]:
+        """Stage `inputs` (if any), then evaluate with everything staged so far."""
+        if inputs:
+            self.write(**inputs)
+        missing = [n for n in self.kernel.inputs if n not in self._staged]
+        if missing:
+            raise KernelInputError(f"binding has no value yet for input(s): {', '.join(missing)}")
+        return self.kernel.run(dict(self._staged))
+
+    __call__ = run
+
+    def close(self) -> None:
+        """Drop the staged inputs."""
+        self._staged.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Kernel(ABC):
     """A compiled program bound to a backend. Call it with NumPy arrays; it returns a dict."""
 
@@ -87,6 +141,10 @@ class Kernel(ABC):
 
     def close(self) -> None:
         """Release whatever the backend holds (engine programs, buffers, temp files)."""
+
+    def new_binding(self) -> Binding:
+        """A new request on this kernel with its own inputs (see `Binding`)."""
+        return Binding(self)
 
     def __enter__(self):
         return self

@@ -54,13 +54,13 @@ class MilParseError(ValueError):
 _TOKEN = re.compile(
     r"""
     (?P<ws>\s+|//[^\n]*)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<punct>[()\[\]{}<>,=;?])
   | (?P<hex>[-+]?0[xX][0-9a-fA-F]*(?:\.[0-9a-fA-F]*)?[pP][-+]?\d+)
   | (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
-  | (?P<special>-(?:inf|nan)\b)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<str>"(?:[^"\\\n]|\\.)*")
   | (?P<arrow>->)
-  | (?P<punct>[()\[\]{}<>,=;?])
+  | (?P<special>-(?:inf|nan)\b)
   | (?P<bad>.)
     """,
     re.VERBOSE | re.DOTALL,
@@ -71,13 +71,9 @@ _TYPE_WORDS = DTYPE_NAMES | {"tensor", "list", "tuple", "dict", "state"}
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
-    tokens = []
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup
-        if kind == "ws":
-            continue
-        tokens.append((kind, m.group(), m.start()))
-    tokens.append(("eof", "", len(text)))
+    tokens = [(m.lastgroup, m.group(), m.start()) for m in _TOKEN.finditer(text) if m.lastgroup != "ws"]
+    # several end markers, so looking ahead never runs off the list
+    tokens.extend([("eof", "", len(text))] * 4)
     return tokens
 
 
@@ -143,13 +139,14 @@ class _Parser:
         return MilParseError(message, line, pos - start + 1, src, self.filename)
 
     def peek(self, k: int = 0) -> tuple[str, str, int]:
-        return self.tokens[min(self.i + k, len(self.tokens) - 1)]
+        return self.tokens[self.i + k]
 
     def next(self) -> tuple[str, str, int]:
         tok = self.tokens[self.i]
         if tok[0] == "bad":
             raise self.error(f"unexpected character {tok[1]!r}", tok[2])
-        self.i += 1
+        if tok[0] != "eof":
+            self.i += 1
         return tok
 
     def describe(self, tok) -> str:
@@ -158,14 +155,15 @@ class _Parser:
         return "end of input" if tok[0] == "eof" else repr(tok[1])
 
     def expect(self, text: str, what: str | None = None) -> tuple[str, str, int]:
-        tok = self.peek()
-        if tok[1] != text or tok[0] in ("str",):
+        tok = self.tokens[self.i]
+        if tok[1] != text or tok[0] == "str":
             raise self.error(f"expected {what or repr(text)}, found {self.describe(tok)}", tok[2])
-        return self.next()
+        self.i += 1
+        return tok
 
     def accept(self, text: str) -> bool:
-        tok = self.peek()
-        if tok[1] == text and tok[0] in ("punct", "arrow", "ident"):
+        tok = self.tokens[self.i]
+        if tok[1] == text and tok[0] != "str":
             self.i += 1
             return True
         return False

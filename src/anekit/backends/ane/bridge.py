@@ -1,0 +1,397 @@
+"""The only module that touches Objective-C: AppleNeuralEngine.framework through PyObjC, IOSurface
+and CoreFoundation through ctypes. macOS only; imported lazily by `runtime` (never on Linux).
+
+Read it beside ane-private-api.md §1: each call carries the § it follows. Everything that can be
+decided without the framework (weights dictionary contents, temp-dir layout, surface sizes and
+strides, packing arrays, error mapping) lives in pure modules and is tested on any machine.
+
+Interface used by `runtime` (a test double with the same shape exercises the runtime off a Mac):
+    require()                                   -> None, or BackendUnavailable naming what is missing
+    probe()                                     -> selectors.Probe
+    compile_and_load(mil_text, weights, qos)    -> EngineModel   (§1.2 steps 1-6)
+    EngineModel.attributes()                    -> dict | None   (§1.7 modelAttributes)
+    EngineModel.evaluate(request, qos)          -> None          (§1.2 step 8)
+    EngineModel.close(qos)                      -> None          (§1.2 step 9, §1.4 "on free")
+    create_surface(nbytes)                      -> Surface       (§1.5, wrapped per §1.6)
+    Surface.lock(read_only) -> memoryview context; Surface.release()
+    make_request(inputs, outputs)               -> request       (§1.6)
+    hw_execution_time(request)                  -> int | None    (§1.10)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import objc  # PyObjC (pyobjc-core)
+from Foundation import (  # pyobjc-framework-Cocoa
+    NSArray,
+    NSData,
+    NSDictionary,
+    NSMutableDictionary,
+    NSNumber,
+    NSTemporaryDirectory,
+)
+
+from ..base import BackendUnavailable
+from .errors import ANEError, call, check_bool, check_object
+from .layout import surface_properties
+from .selectors import FRAMEWORK, OPTIONAL, REQUIRED, Probe
+from .weights import model_dir, populate_model_dir, remove_model_dir, weights_entries
+
+_IOSURFACE = "/System/Library/Frameworks/IOSurface.framework/IOSurface"
+_COREFOUNDATION = "/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation"
+#: IOSurfaceLock option for reads (§1.5: "Read: same with kIOSurfaceLockReadOnly").
+_LOCK_READ_ONLY = 1
+#: §1.2: the bridge retries loadWithQoS once after 100 ms ("ANE slot reclamation").
+_LOAD_RETRY_DELAY_S = 0.1
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+# -- §1.1: framework, classes, selector metadata --------------------------------------------------
+def _register_metadata() -> None:
+    """Tell PyObjC how the pointer arguments are passed; the framework ships no metadata.
+
+    Indices count the hidden self (0) and _cmd (1), so a selector's first argument is 2.
+    """
+    out = {"type_modifier": objc._C_OUT}  # NSError** out-argument: the call returns (BOOL, NSError)
+    for sel, index in (
+        (b"compileWithQoS:options:error:", 4),  # §1.2 step 5
+        (b"loadWithQoS:options:error:", 4),  # §1.2 step 6
+        (b"evaluateWithQoS:options:request:error:", 5),  # §1.2 step 8
+        (b"unloadWithQoS:error:", 3),  # §1.2 step 9
+    ):
+        objc.registerMetaDataForSelector(b"_ANEInMemoryModel", sel, {"arguments": {index: out}})
+    # §1.6: the argument is an IOSurfaceRef; declared `void *` so the C pointer (an int) passes as is.
+    objc.registerMetaDataForSelector(
+        b"_ANEIOSurfaceObject", b"objectWithIOSurface:", {"arguments": {2: {"type": b"^v"}}}
+    )
+
+
+def _load_c_functions() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """IOSurfaceCreate/Lock/Unlock/GetBaseAddress/GetAllocSize, CFRelease via ctypes (§1.5, §1.2 step 10)."""
+    ios = ctypes.cdll.LoadLibrary(_IOSURFACE)
+    cf = ctypes.cdll.LoadLibrary(_COREFOUNDATION)
+    vp, u32 = ctypes.c_void_p, ctypes.c_uint32
+    for name, restype, argtypes in (
+        ("IOSurfaceCreate", vp, [vp]),  # IOSurfaceRef IOSurfaceCreate(CFDictionaryRef)
+        ("IOSurfaceLock", ctypes.c_int32, [vp, u32, vp]),  # kern_return_t (surface, options, seed*)
+        ("IOSurfaceUnlock", ctypes.c_int32, [vp, u32, vp]),
+        ("IOSurfaceGetBaseAddress", vp, [vp]),
+        ("IOSurfaceGetAllocSize", ctypes.c_size_t, [vp]),
+    ):
+        fn = getattr(ios, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    cf.CFRelease.restype, cf.CFRelease.argtypes = None, [vp]
+    return ios, cf
+
+
+def _ensure_loaded() -> dict[str, Any]:
+    """Load the framework once (§1.1 step 1), resolve the classes (§1.1 step 2), register metadata."""
+    with _lock:
+        if _state:
+            return _state
+        try:
+            # §1.1 step 1: the dlopen of the framework; loadBundle is PyObjC's documented way.
+            objc.loadBundle("AppleNeuralEngine", {}, bundle_path=FRAMEWORK, scan_classes=False)
+        except Exception as exc:
+            raise ANEError("framework", f"cannot load {FRAMEWORK}: {exc}") from exc
+        _register_metadata()
+        classes = {}
+        for name in dict.fromkeys(c for c, _, _ in REQUIRED + OPTIONAL):
+            try:
+                classes[name] = objc.lookUpClass(name)  # §1.1 step 2 (NSClassFromString)
+            except objc.nosuchclass_error:
+                classes[name] = None
+        ios, cf = _load_c_functions()
+        _state.update(classes=classes, iosurface=ios, cf=cf)
+        return _state
+
+
+def _responds(cls: Any, kind: str, sel: str) -> bool:
+    if cls is None:
+        return False
+    if kind == "class":
+        return bool(cls.respondsToSelector_(sel))
+    return bool(cls.instancesRespondToSelector_(sel))
+
+
+def probe() -> Probe:
+    """Which classes and selectors exist here (feature detection, ane-private-api.md §6)."""
+    try:
+        state = _ensure_loaded()
+    except ANEError as exc:
+        return Probe(loaded=False, error=exc.message)
+    classes = state["classes"]
+    result = Probe(loaded=True, classes={name: cls is not None for name, cls in classes.items()})
+    for entry in REQUIRED + OPTIONAL:
+        cls, kind, sel = entry
+        result.selectors[entry] = _responds(classes.get(cls), kind, sel)
+    return result
+
+
+def require() -> None:
+    """Raise `BackendUnavailable` naming every missing class/selector."""
+    missing = probe().missing
+    if missing:
+        raise BackendUnavailable(
+            "AppleNeuralEngine.framework on this macOS lacks what the ane backend calls: "
+            + ", ".join(missing)
+        )
+
+
+def _cls(name: str) -> Any:
+    return _ensure_loaded()["classes"][name]
+
+
+def _has(name: str, kind: str, sel: str) -> bool:
+    return _responds(_cls(name), kind, sel)
+
+
+# -- Foundation values ---------------------------------------------------------------------------
+def _nsdata(data: bytes) -> Any:
+    return NSData.dataWithBytes_length_(data, len(data))
+
+
+def _empty_options() -> Any:
+    """§1.2: every options dictionary is the empty dictionary (an NSDictionary, not nil)."""
+    return NSDictionary.dictionary()
+
+
+def _weights_dictionary(weights: Mapping[str, bytes]) -> Any:
+    """§1.3: {"@model_path/weights/x.bin": {"offset": @0, "data": NSData}}; empty, never nil."""
+    result = NSMutableDictionary.dictionary()
+    for path, (offset, data) in weights_entries(weights).items():
+        entry = NSMutableDictionary.dictionary()
+        entry["offset"] = NSNumber.numberWithUnsignedLongLong_(offset)
+        entry["data"] = _nsdata(data)
+        result[path] = entry
+    return result
+
+
+def to_python(value: Any) -> Any:
+    """Foundation containers and values as plain Python (dict, list, str, int, float, bytes)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if hasattr(value, "bytes") and hasattr(value, "length"):  # NSData
+        return bytes(value)
+    if hasattr(value, "allKeys"):  # NSDictionary
+        return {str(k): to_python(value[k]) for k in value.allKeys()}
+    if hasattr(value, "count") and hasattr(value, "objectAtIndex_"):  # NSArray
+        return [to_python(value.objectAtIndex_(i)) for i in range(int(value.count()))]
+    return str(value)
+
+
+# -- §1.2 steps 1-6: compile and load ------------------------------------------------------------
+class EngineModel:
+    """A compiled and loaded `_ANEInMemoryModel` plus its temp directory (§1.4)."""
+
+    def __init__(self, model: Any, hex_id: str, directory: Path):
+        self.model = model
+        self.hex_id = hex_id
+        self.directory = directory
+        self.loaded = False
+
+    def attributes(self) -> dict | None:
+        """§1.7: `modelAttributes` (NetworkStatusList/LiveInputList/PlaneStride...), if offered."""
+        if not _has("_ANEInMemoryModel", "instance", "modelAttributes"):
+            return None
+        raw = call("load", "modelAttributes", self.model.modelAttributes)
+        return None if raw is None else to_python(raw)
+
+    def evaluate(self, request: Any, qos: int) -> None:
+        """§1.2 step 8: synchronous `evaluateWithQoS:options:request:error:`; checks the BOOL."""
+        what = "evaluateWithQoS:options:request:error:"
+        evaluate = self.model.evaluateWithQoS_options_request_error_
+        check_bool("eval", what, call("eval", what, evaluate, qos, _empty_options(), request, None))
+
+    def close(self, qos: int) -> None:
+        """§1.2 step 9 `unloadWithQoS:error:`, then §1.4 "on free": remove the temp directory.
+
+        Idempotent. The directory is removed even when unload fails; the unload error is raised.
+        """
+        try:
+            if self.loaded:
+                self.loaded = False
+                what = "unloadWithQoS:error:"
+                check_bool("unload", what, call("unload", what, self.model.unloadWithQoS_error_, qos, None))
+        finally:
+            remove_model_dir(self.directory)
+            self.model = None
+
+
+def compile_and_load(
+    mil_text: bytes, weights: Mapping[str, bytes], qos: int, perf_stats_mask: int | None = None
+) -> EngineModel:
+    """§1.2 steps 1-6. On any failure the temp directory is removed before the error propagates."""
+    _ensure_loaded()
+    descriptor_cls, model_cls = _cls("_ANEInMemoryModelDescriptor"), _cls("_ANEInMemoryModel")
+    # Step 1: descriptor from the MIL text as NSData (an NSString does not work), the weights
+    # dictionary (§1.3, empty not nil), optionsPlist nil.
+    what = "modelWithMILText:weights:optionsPlist:"
+    descriptor = call(
+        "descriptor", what, descriptor_cls.modelWithMILText_weights_optionsPlist_,
+        _nsdata(mil_text), _weights_dictionary(weights), None,
+    )  # fmt: skip
+    check_object("descriptor", what, descriptor)
+    # Step 2: the in-memory model.
+    what = "inMemoryModelWithDescriptor:"
+    model = call("model", what, model_cls.inMemoryModelWithDescriptor_, descriptor)
+    check_object("model", what, model)
+    # Step 3: its identifier names the temp directory.
+    hex_id = call("model", "hexStringIdentifier", model.hexStringIdentifier)
+    check_object("model", "hexStringIdentifier", hex_id)
+    # Step 4 (§1.4): NSTemporaryDirectory()/<hex>/ with model.mil and weights/<file>.bin.
+    directory = model_dir(str(NSTemporaryDirectory()), str(hex_id))
+    engine = EngineModel(model, str(hex_id), directory)
+    try:
+        populate_model_dir(directory, mil_text, weights)
+        if perf_stats_mask is not None and _has("_ANEInMemoryModel", "instance", "setPerfStatsMask:"):
+            # §1.10: the untested hypothesis that setting the mask makes the driver fill perfStats.
+            call("model", "setPerfStatsMask:", model.setPerfStatsMask_, int(perf_stats_mask))
+        # Step 5: compile, QoS (21 by default), empty options; the BOOL is checked (§6 silent failures).
+        what = "compileWithQoS:options:error:"
+        result = call("compile", what, model.compileWithQoS_options_error_, qos, _empty_options(), None)
+        check_bool("compile", what, result)
+        # Step 6: load; the maderix bridge retries once after 100 ms (§1.2, "ANE slot reclamation").
+        what = "loadWithQoS:options:error:"
+        try:
+            result = call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
+            check_bool("load", what, result)
+        except ANEError as first:
+            time.sleep(_LOAD_RETRY_DELAY_S)
+            try:
+                result = call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
+                check_bool("load", what, result)
+            except ANEError as second:
+                raise ANEError(
+                    "load", f"{second.message} (also failed 100 ms earlier: {first.message})",
+                    domain=second.domain, code=second.code, name=second.name, details=second.details,
+                ) from second  # fmt: skip
+        engine.loaded = True
+        return engine
+    except BaseException:
+        engine.close(qos)  # nothing loaded: only removes the directory
+        raise
+
+
+# -- §1.5, §1.6: surfaces and requests -----------------------------------------------------------
+class Surface:
+    """One IOSurface (§1.5) and its `_ANEIOSurfaceObject` wrapper (§1.6)."""
+
+    def __init__(self, nbytes: int):
+        state = _ensure_loaded()
+        self._ios, self._cf = state["iosurface"], state["cf"]
+        self.nbytes = nbytes
+        props = NSMutableDictionary.dictionary()
+        for key, value in surface_properties(nbytes).items():  # §1.5: flat byte buffer, exact keys
+            props[key] = NSNumber.numberWithUnsignedLongLong_(value)
+        # IOSurfaceCreate takes a CFDictionaryRef; NSDictionary is toll-free bridged to it.
+        self.ref: int | None = self._ios.IOSurfaceCreate(objc.pyobjc_id(props))
+        if not self.ref:
+            raise ANEError("surface", f"IOSurfaceCreate returned NULL for {nbytes} bytes")
+        try:
+            size = int(self._ios.IOSurfaceGetAllocSize(self.ref))
+            if size < nbytes:
+                raise ANEError("surface", f"IOSurfaceCreate gave {size} bytes, {nbytes} were asked")
+            what = "objectWithIOSurface:"
+            wrapped = call("surface", what, _cls("_ANEIOSurfaceObject").objectWithIOSurface_, self.ref)
+            self.wrapped = check_object("surface", what, wrapped)
+        except BaseException:
+            self.release()
+            raise
+
+    @contextmanager
+    def lock(self, read_only: bool = False) -> Iterator[memoryview]:
+        """§1.5: IOSurfaceLock -> the bytes at IOSurfaceGetBaseAddress -> IOSurfaceUnlock.
+
+        The memoryview is valid only inside the block.
+        """
+        if not self.ref:
+            raise ANEError("surface", "the surface was released")
+        options = _LOCK_READ_ONLY if read_only else 0
+        rc = self._ios.IOSurfaceLock(self.ref, options, None)
+        if rc != 0:
+            raise ANEError("surface", f"IOSurfaceLock returned {rc:#x}")
+        try:
+            base = self._ios.IOSurfaceGetBaseAddress(self.ref)
+            if not base:
+                raise ANEError("surface", "IOSurfaceGetBaseAddress returned NULL")
+            view = memoryview((ctypes.c_char * self.nbytes).from_address(base)).cast("B")
+            try:
+                yield view
+            finally:
+                view.release()
+        finally:
+            self._ios.IOSurfaceUnlock(self.ref, options, None)
+
+    def release(self) -> None:
+        """§1.2 step 10: drop the wrapper and CFRelease the surface (once)."""
+        self.wrapped = None
+        ref, self.ref = self.ref, None
+        if ref:
+            self._cf.CFRelease(ref)
+
+
+def create_surface(nbytes: int) -> Surface:
+    return Surface(nbytes)
+
+
+def make_request(inputs: Sequence[Surface], outputs: Sequence[Surface]) -> Any:
+    """§1.6: requestWithInputs:@[...] inputIndices:@[@0...] outputs:@[...] outputIndices:@[@0...]
+    weightsBuffer:nil perfStats:nil procedureIndex:@0. Built once per binding and reused."""
+    what = "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:"
+    request_cls = _cls("_ANERequest")
+    request = call(
+        "request", what,
+        request_cls.requestWithInputs_inputIndices_outputs_outputIndices_weightsBuffer_perfStats_procedureIndex_,
+        NSArray.arrayWithArray_([s.wrapped for s in inputs]),
+        NSArray.arrayWithArray_([NSNumber.numberWithInt_(i) for i in range(len(inputs))]),
+        NSArray.arrayWithArray_([s.wrapped for s in outputs]),
+        NSArray.arrayWithArray_([NSNumber.numberWithInt_(i) for i in range(len(outputs))]),
+        None, None, NSNumber.numberWithInt_(0),
+    )  # fmt: skip
+    return check_object("request", what, request)
+
+
+def hw_execution_time(request: Any) -> int | None:
+    """§1.10: `request.perfStats.hwExecutionTime` in ns when the driver filled it, else None.
+
+    With `perfStats:nil` (§1.6) consumer builds are expected to give None; nothing is estimated.
+    """
+    try:
+        if not request.respondsToSelector_("perfStats"):
+            return None
+        stats = request.perfStats()
+        if stats is None or not stats.respondsToSelector_("hwExecutionTime"):
+            return None
+        value = int(stats.hwExecutionTime())
+    except Exception:
+        return None
+    return value if value > 0 else None
+
+
+def device_info() -> dict[str, str]:
+    """`_ANEDeviceInfo` class methods that answer here (doctor), as strings."""
+    cls = _cls("_ANEDeviceInfo")
+    info = {}
+    for owner, kind, sel in OPTIONAL:
+        if owner == "_ANEDeviceInfo" and _responds(cls, kind, sel):
+            try:
+                info[sel] = str(to_python(getattr(cls, sel)()))
+            except Exception as exc:  # a private getter that throws is reported, not fatal
+                info[sel] = f"<raised {type(exc).__name__}: {exc}>"
+    return info

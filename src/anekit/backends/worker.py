@@ -1,0 +1,712 @@
+"""Kernels that compile and run in a worker process, for any backend.
+
+Why: the ANE compiler leaks and fails after ~119 compiles per process (ane-private-api.md §1.11).
+maderix checkpoints and exec()s itself every 100 compiles; anekit instead moves compiling and
+running into a fresh worker process when a process has spent its budget, without the caller
+noticing. Nothing here is ANE-specific: the worker runs `anekit.backends.<backend>.compile`, so
+the mechanism is tested anywhere with the reference backend.
+
+How:
+- `WorkerPool(backend, budget)` starts workers (spawn/forkserver, never plain fork: the
+  Objective-C runtime does not survive a fork) and sends each at most `budget` compiles; past that
+  a new worker takes new compiles, and a retired worker exits when its last kernel closes.
+- A `WorkerKernel` is the caller-side kernel. Inputs and outputs travel through shared memory
+  blocks (`multiprocessing.shared_memory`) owned and unlinked by the caller; only small messages
+  go over the pipe: `("compile", text, weights, options)`, `("bind", id)`, `("write", id, inputs)`,
+  `("run", id, inputs, outputs)`, `("close", id)`, `("exit",)`; replies are `("ok", value)` or
+  `("error", exception, traceback)`.
+- Every call waits on the reply *and* the process sentinel with a timeout, so a worker that dies
+  or hangs gives a `WorkerError` instead of a hang. The next call on a kernel whose worker died
+  compiles it again in a new worker and re-sends its bindings' staged inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from multiprocessing import connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from .base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs
+
+_log = logging.getLogger("anekit.worker")
+
+#: Seconds one call may take before the worker is declared hung and killed (compiles are slow).
+DEFAULT_TIMEOUT = 600.0
+#: Seconds a worker gets to exit cleanly before it is killed.
+EXIT_GRACE = 5.0
+
+_IN_WORKER = False
+
+
+def in_worker() -> bool:
+    """True inside a worker process (its backend then compiles in-process, whatever its budget)."""
+    return _IN_WORKER
+
+
+class WorkerError(RuntimeError):
+    """A worker process died, hung, or the pool was closed; the message says which and what next."""
+
+
+class RemoteError(RuntimeError):
+    """An exception raised in the worker that could not be sent back as itself."""
+
+
+def default_start_method() -> str:
+    """spawn on macOS (fork after the Objective-C runtime initialised is unsafe), else forkserver."""
+    return "spawn" if sys.platform == "darwin" else "forkserver"
+
+
+# -- worker side --------------------------------------------------------------------------------
+def _attach(cache: dict, key: tuple, shm_name: str) -> SharedMemory:
+    old = cache.get(key)
+    if old is not None and old.name == shm_name:
+        return old
+    if old is not None:
+        old.close()
+    # On Python < 3.13 attaching registers the block with the (shared) resource tracker again;
+    # that is harmless: the caller unregisters it when it unlinks the block.
+    block = cache[key] = SharedMemory(name=shm_name)
+    return block
+
+
+def _read_inputs(cache: dict, oid: int, descriptors: list) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, shm_name, dtype, shape in descriptors:
+        block = _attach(cache, (oid, "in", name), shm_name)
+        view = np.ndarray(shape, dtype=np.dtype(dtype), buffer=block.buf)
+        arrays[name] = np.array(view, copy=True)  # no view may outlive the attachment
+        del view
+    return arrays
+
+
+def _write_outputs(cache: dict, oid: int, outputs: Mapping[str, np.ndarray], slots: list) -> list:
+    results = []
+    for name, shm_name, capacity in slots:
+        arr = np.ascontiguousarray(outputs[name])
+        if arr.nbytes <= capacity and arr.dtype != object:
+            block = _attach(cache, (oid, "out", name), shm_name)
+            view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block.buf)
+            view[...] = arr
+            del view
+            results.append((name, "shm", arr.dtype.str, arr.shape))
+        else:  # the caller's block is too small: send it inline, the caller grows the block
+            results.append((name, "inline", arr))
+    return results
+
+
+def _specs(specs: Mapping[str, TensorSpec]) -> list[tuple]:
+    return [(s.name, tuple(s.shape), s.dtype) for s in specs.values()]
+
+
+def _picklable(exc: BaseException) -> BaseException | None:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return None
+
+
+def _worker_main(conn: connection.Connection, backend: str) -> None:
+    """The worker's loop: one request, one reply, until "exit" or the pipe closes."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    from . import get
+
+    module = None  # imported on the first compile, so a worker starts in a fraction of a second
+    objects: dict[int, Any] = {}
+    owners: dict[int, int] = {}  # binding id -> kernel id
+    attached: dict[tuple, SharedMemory] = {}
+    ids = itertools.count(1)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            op = msg[0]
+            try:
+                if op == "exit":
+                    conn.send(("ok", None))
+                    break
+                if op == "compile":
+                    _, text, weights, options = msg
+                    from ..mil.model import MilModel
+
+                    module = module or get(backend)
+                    kernel = module.compile(MilModel(text, dict(weights)), **options)
+                    oid = next(ids)
+                    objects[oid] = kernel
+                    value: Any = (oid, _specs(kernel.inputs), _specs(kernel.outputs), type(kernel).__name__)
+                elif op == "bind":
+                    kid = msg[1]
+                    oid = next(ids)
+                    objects[oid] = objects[kid].new_binding()
+                    owners[oid] = kid
+                    value = oid
+                elif op == "write":
+                    _, oid, inputs = msg
+                    objects[oid].write(**_read_inputs(attached, oid, inputs))
+                    value = None
+                elif op == "run":
+                    _, oid, inputs, slots = msg
+                    obj = objects[oid]
+                    arrays = _read_inputs(attached, oid, inputs)
+                    result = obj.run(**arrays) if isinstance(obj, Binding) else obj.run(arrays)
+                    kernel = objects[owners[oid]] if oid in owners else obj
+                    timing = getattr(kernel, "last_eval", None)
+                    value = (_write_outputs(attached, oid, result, slots), timing)
+                elif op == "close":
+                    oid = msg[1]
+                    obj = objects.pop(oid, None)
+                    owners.pop(oid, None)
+                    for key in [k for k in attached if k[0] == oid]:
+                        attached.pop(key).close()
+                    if obj is not None:
+                        obj.close()
+                    value = None
+                elif op == "ping":
+                    value = os.getpid()
+                else:
+                    raise ValueError(f"unknown worker request {op!r}")
+                conn.send(("ok", value))
+            except Exception as exc:
+                conn.send(
+                    ("error", _picklable(exc), f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+                )
+    finally:
+        for obj in list(objects.values())[::-1]:
+            try:
+                obj.close()
+            except Exception:
+                pass
+        for block in attached.values():
+            block.close()
+
+
+# -- caller side: shared memory ------------------------------------------------------------------
+class _Slots:
+    """Shared-memory blocks owned by the caller, one per tensor name, grown on demand.
+
+    The caller creates and unlinks every block, so a worker killed at any moment leaks nothing.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[str, SharedMemory] = {}
+        self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+    def _ensure(self, name: str, nbytes: int) -> SharedMemory:
+        block = self._blocks.get(name)
+        if block is not None and block.size >= nbytes:
+            return block
+        if block is not None:
+            _unlink(block)
+        block = self._blocks[name] = SharedMemory(create=True, size=max(int(nbytes), 1))
+        return block
+
+    def put(self, name: str, array: np.ndarray) -> tuple:
+        """Copy `array` into the block for `name`; returns its descriptor for the worker."""
+        arr = np.ascontiguousarray(array)
+        if arr.dtype == object:
+            raise KernelInputError(f"input {name!r} has dtype object; pass a numeric array")
+        block = self._ensure(name, arr.nbytes)
+        view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block.buf)
+        view[...] = arr
+        del view
+        self._meta[name] = (arr.dtype.str, arr.shape)
+        return (name, block.name, arr.dtype.str, arr.shape)
+
+    def descriptors(self) -> list[tuple]:
+        """Descriptors of everything put so far (re-sent to a new worker)."""
+        return [(n, self._blocks[n].name, d, s) for n, (d, s) in self._meta.items()]
+
+    def reserve(self, name: str, nbytes: int) -> tuple:
+        block = self._ensure(name, nbytes)
+        return (name, block.name, block.size)
+
+    def read(self, name: str, dtype: str, shape: tuple) -> np.ndarray:
+        view = np.ndarray(shape, dtype=np.dtype(dtype), buffer=self._blocks[name].buf)
+        out = np.array(view, copy=True)
+        del view
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        """The shared-memory names in use (for tests and leak checks)."""
+        return [b.name for b in self._blocks.values()]
+
+    def close(self) -> None:
+        blocks, self._blocks = list(self._blocks.values()), {}
+        self._meta.clear()
+        for block in blocks:
+            _unlink(block)
+
+
+def _unlink(block: SharedMemory) -> None:
+    try:
+        block.close()
+    except BufferError:  # a view is still alive somewhere; unlinking still frees the name
+        pass
+    try:
+        block.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# -- caller side: one worker process -------------------------------------------------------------
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a worker without it re-running the caller's `__main__`.
+
+    spawn and forkserver children normally import the parent's main script (as `__mp_main__`),
+    which re-executes any unguarded top-level code: a training script without an
+    `if __name__ == "__main__":` guard would start over inside the worker. The worker needs nothing
+    from `__main__` (its target lives in this module), so the main module's `__spec__` and
+    `__file__` are hidden while the process starts; multiprocessing then leaves main alone.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _MAIN_LOCK:
+        spec = getattr(main, "__spec__", None)
+        has_file = hasattr(main, "__file__")
+        path = getattr(main, "__file__", None)
+        main.__spec__ = None
+        if has_file:
+            del main.__file__
+        try:
+            yield
+        finally:
+            main.__spec__ = spec
+            if has_file:
+                main.__file__ = path
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is not running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class _Worker:
+    """One worker process and its pipe. Calls are serialised by a lock."""
+
+    def __init__(self, ctx: Any, backend: str, timeout: float):
+        self.backend = backend
+        self.timeout = timeout
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, backend), name=f"anekit-{backend}-worker", daemon=True
+        )
+        with _main_hidden():
+            self.proc.start()
+        child.close()
+        self.conn = parent
+        self.lock = threading.RLock()
+        self.compiles = 0  # compiles sent here (§1.11 budget)
+        self.kernels = 0  # live kernels compiled here
+        self.retired = False
+        self.dead: str | None = None  # why it is gone
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        if self.dead is None and not self.proc.is_alive():
+            self.dead = f"the {self.backend} worker (pid {self.pid}) {_describe_exit(self.proc.exitcode)}"
+        return self.dead is None
+
+    def _gone(self, why: str) -> WorkerError:
+        self.dead = why
+        try:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(1.0)
+        except Exception:
+            pass
+        self.conn.close()
+        return WorkerError(why)
+
+    def call(self, msg: tuple, timeout: float | None = None) -> Any:
+        """Send `msg`, wait for the reply; WorkerError if the worker dies or does not answer."""
+        timeout = self.timeout if timeout is None else timeout
+        with self.lock:
+            if not self.alive:
+                raise WorkerError(f"{self.dead}; its kernels will be compiled again in a new worker")
+            try:
+                self.conn.send(msg)
+            except (BrokenPipeError, OSError) as exc:
+                raise self._gone(
+                    f"the {self.backend} worker (pid {self.pid}) cannot be reached: {exc}"
+                ) from None
+            ready = connection.wait([self.conn, self.proc.sentinel], timeout)
+            if self.conn in ready:
+                try:
+                    reply = self.conn.recv()
+                except (EOFError, OSError):
+                    self.proc.join(1.0)
+                    raise self._gone(
+                        f"the {self.backend} worker (pid {self.pid}) {_describe_exit(self.proc.exitcode)} "
+                        f"during {msg[0]!r}; the next call starts a new worker"
+                    ) from None
+            elif ready:
+                self.proc.join(1.0)
+                raise self._gone(
+                    f"the {self.backend} worker (pid {self.pid}) {_describe_exit(self.proc.exitcode)} "
+                    f"during {msg[0]!r}; the next call starts a new worker"
+                )
+            else:
+                raise self._gone(
+                    f"the {self.backend} worker (pid {self.pid}) did not answer {msg[0]!r} within "
+                    f"{timeout:g} s and was killed; the next call starts a new worker"
+                )
+        if reply[0] == "ok":
+            return reply[1]
+        _, exc, text = reply
+        if exc is not None:
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"(raised in the {self.backend} worker, pid {self.pid})\n{text}")
+            raise exc
+        raise RemoteError(f"in the {self.backend} worker (pid {self.pid}): {text}")
+
+    def shutdown(self) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self.alive:
+            try:
+                self.call(("exit",), timeout=EXIT_GRACE)
+            except Exception:
+                pass
+        self.proc.join(EXIT_GRACE)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(1.0)
+        self.dead = self.dead or "shut down"
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+def _shutdown_all(workers: list[_Worker]) -> None:
+    for worker in list(workers):
+        worker.shutdown()
+    workers.clear()
+
+
+class WorkerPool:
+    """Worker processes running `backend`, each given at most `budget` compiles.
+
+    start_method: "spawn" or "forkserver" (default: spawn on macOS, forkserver elsewhere, with
+    the backend preloaded in the fork server so a new worker starts in milliseconds).
+    preload: modules the fork server imports once (default: the backend and anekit.mil); only
+    takes effect if this process's fork server is not running yet.
+    timeout: seconds any one call may take before the worker is killed.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        *,
+        budget: int = 100,
+        start_method: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        preload: Sequence[str] | None = None,
+    ):
+        if budget < 1:
+            raise ValueError(f"a worker needs a compile budget of at least 1, not {budget}")
+        method = start_method or default_start_method()
+        if method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver' (never fork), not {method!r}")
+        from . import BACKENDS
+
+        if backend not in BACKENDS:  # fail here, not in the worker (without importing it here)
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.budget = budget
+        self.timeout = timeout
+        self.start_method = method
+        self._ctx = mp.get_context(method)
+        if method == "forkserver":
+            if preload is None:
+                preload = [f"anekit.backends.{backend}", "anekit.mil", __name__]
+            self._ctx.set_forkserver_preload(list(preload))
+        self._workers: list[_Worker] = []
+        self._current: _Worker | None = None
+        self._lock = threading.RLock()
+        self.compiles = 0
+        self._finalizer = weakref.finalize(self, _shutdown_all, self._workers)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers still running."""
+        with self._lock:
+            return [w.pid for w in self._workers if w.alive]
+
+    def _worker_for_compile(self) -> _Worker:
+        with self._lock:
+            if self.closed:
+                raise WorkerError(f"the {self.backend} worker pool is closed")
+            worker = self._current
+            if worker is None or not worker.alive or worker.compiles >= self.budget:
+                if worker is not None:
+                    worker.retired = True
+                    self._stop_if_idle(worker)
+                worker = self._current = _Worker(self._ctx, self.backend, self.timeout)
+                self._workers.append(worker)
+            worker.compiles += 1
+            self.compiles += 1
+            return worker
+
+    def _stop_if_idle(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker.kernels <= 0 and (worker.retired or not worker.alive):
+                worker.shutdown()
+                if worker in self._workers:
+                    self._workers.remove(worker)
+                if self._current is worker:
+                    self._current = None
+
+    def _kernel_closed(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.kernels -= 1
+            self._stop_if_idle(worker)
+
+    def compile(self, source: Any, **options: Any) -> WorkerKernel:
+        """Compile `source` (Program or MilModel) in a worker; `options` go to the backend."""
+        from ..mil.model import MilModel
+
+        if not isinstance(source, MilModel):
+            from ..mil.printer import dumps
+
+            source = dumps(source)
+        return WorkerKernel(self, source, options)
+
+    def close(self) -> None:
+        """Stop every worker; their kernels fail from then on."""
+        with self._lock:
+            self._current = None
+            self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- caller side: kernels and bindings -----------------------------------------------------------
+class _Remote:
+    """What a WorkerKernel/WorkerBinding must give back (kept apart for its finalizer)."""
+
+    def __init__(self, pool: WorkerPool | None):
+        self.pool = pool
+        self.worker: _Worker | None = None
+        self.rid: int | None = None
+        self.inputs = _Slots()
+        self.outputs = _Slots()
+        self.is_kernel = pool is not None
+
+    def release(self) -> None:
+        worker, rid = self.worker, self.rid
+        self.worker = self.rid = None
+        if worker is not None and rid is not None and worker.alive:
+            try:
+                worker.call(("close", rid), timeout=EXIT_GRACE)
+            except Exception:
+                pass
+        if self.is_kernel and worker is not None and self.pool is not None:
+            self.pool._kernel_closed(worker)
+        self.inputs.close()
+        self.outputs.close()
+
+
+def _capacity(spec: TensorSpec) -> int:
+    if any(d is None for d in spec.shape):
+        return 64
+    try:
+        from ..mil.dtypes import dtype
+
+        item = dtype(spec.dtype).numpy.itemsize
+    except Exception:
+        item = 8
+    return max(int(np.prod(spec.shape, dtype=np.int64)) * item, 1)
+
+
+class WorkerKernel(Kernel):
+    """A kernel compiled and run in a worker process; used like any other kernel.
+
+    `pid` is the worker's process id. If the worker dies, the call in flight raises WorkerError
+    and the next call compiles the program again in a new worker (bindings re-send their staged
+    inputs), so a long run continues.
+    """
+
+    def __init__(self, pool: WorkerPool, model: Any, options: Mapping[str, Any]):
+        self.backend = pool.backend
+        self._pool = pool
+        self._model = model
+        self._options = dict(options)
+        self._lock = threading.RLock()
+        self._remote = _Remote(pool)
+        self._finalizer = weakref.finalize(self, self._remote.release)
+        self.last_eval: EvalTiming | None = None
+        self.remote_type = "?"
+        self.compiles = 0
+        try:
+            self._connect()
+        except BaseException:
+            self._finalizer()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        worker = self._remote.worker
+        return worker.pid if worker is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _connect(self) -> None:
+        """Compile in a worker with budget left (the first time, and after a worker died)."""
+        remote = self._remote
+        old = remote.worker
+        if old is not None:
+            remote.worker = remote.rid = None
+            self._pool._kernel_closed(old)
+        worker = self._pool._worker_for_compile()
+        self.compiles += 1
+        rid, ins, outs, kind = worker.call(
+            ("compile", self._model.text, dict(self._model.weights), self._options)
+        )
+        worker.kernels += 1
+        remote.worker, remote.rid = worker, rid
+        self.inputs = {n: TensorSpec(n, tuple(s), d) for n, s, d in ins}
+        self.outputs = {n: TensorSpec(n, tuple(s), d) for n, s, d in outs}
+        self.remote_type = kind
+
+    def _ensure(self) -> _Worker:
+        if self.closed:
+            raise RuntimeError("this worker kernel is closed")
+        worker = self._remote.worker
+        if worker is None or not worker.alive:
+            _log.warning(
+                "anekit: the %s worker is gone; compiling the kernel again in a new one", self.backend
+            )
+            self._connect()
+        return self._remote.worker
+
+    def _call_run(self, worker: _Worker, rid: int, descriptors: list) -> dict[str, np.ndarray]:
+        slots = self._remote.outputs
+        reserve = [slots.reserve(name, _capacity(spec)) for name, spec in self.outputs.items()]
+        results, timing = worker.call(("run", rid, descriptors, reserve))
+        self.last_eval = timing
+        outputs = {}
+        for item in results:
+            if item[1] == "shm":
+                name, _, dtype, shape = item
+                outputs[name] = slots.read(name, dtype, shape)
+            else:
+                name, _, arr = item
+                outputs[name] = arr
+                slots.reserve(name, arr.nbytes)  # grow the block for next time
+        return outputs
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            worker = self._ensure()
+            descriptors = [self._remote.inputs.put(name, arr) for name, arr in inputs.items()]
+            return self._call_run(worker, self._remote.rid, descriptors)
+
+    def new_binding(self) -> WorkerBinding:
+        with self._lock:
+            self._ensure()
+            return WorkerBinding(self)
+
+    @property
+    def shared_memory_names(self) -> list[str]:
+        """Names of the shared-memory blocks this kernel holds (tests check they are unlinked)."""
+        return self._remote.inputs.names + self._remote.outputs.names
+
+    def close(self) -> None:
+        with self._lock:
+            self._finalizer()
+
+
+class WorkerBinding(Binding):
+    """A binding of a WorkerKernel: its own input blocks in shared memory and its own request in
+    the worker; the kernel's output blocks."""
+
+    kernel: WorkerKernel
+
+    def __init__(self, kernel: WorkerKernel):
+        super().__init__(kernel)
+        self._remote = _Remote(None)
+        self._finalizer = weakref.finalize(self, self._remote.release)
+        self._connect()
+
+    def _connect(self) -> None:
+        worker = self.kernel._remote.worker
+        self._remote.rid = worker.call(("bind", self.kernel._remote.rid))
+        self._remote.worker = worker
+        staged = self._remote.inputs.descriptors()
+        if staged:  # a new worker: stage again what the old one had
+            worker.call(("write", self._remote.rid, staged))
+
+    def _ensure(self) -> _Worker:
+        if not self._finalizer.alive:
+            raise RuntimeError("this binding is closed")
+        worker = self.kernel._ensure()
+        if self._remote.worker is not worker:
+            self._connect()
+        return worker
+
+    def write(self, **inputs) -> None:
+        arrays = check_inputs(self.kernel.inputs, inputs, partial=True)
+        with self.kernel._lock:
+            worker = self._ensure()
+            descriptors = [self._remote.inputs.put(name, arr) for name, arr in arrays.items()]
+            worker.call(("write", self._remote.rid, descriptors))
+
+    def run(self, **inputs) -> dict[str, np.ndarray]:
+        arrays = check_inputs(self.kernel.inputs, inputs, partial=True) if inputs else {}
+        with self.kernel._lock:
+            worker = self._ensure()
+            staged = {d[0] for d in self._remote.inputs.descriptors()} | set(arrays)
+            missing = [n for n in self.kernel.inputs if n not in staged]
+            if missing:
+                raise KernelInputError(f"binding has no value yet for input(s): {', '.join(missing)}")
+            descriptors = [self._remote.inputs.put(name, arr) for name, arr in arrays.items()]
+            return self.kernel._call_run(worker, self._remote.rid, descriptors)
+
+    __call__ = run
+
+    def close(self) -> None:
+        self._finalizer()
