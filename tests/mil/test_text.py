@@ -475,3 +475,20 @@ def test_string_escapes_survive_a_round_trip():
     program = loads(text)
     assert program.functions["main"].operations[-1].name == 'a "quoted" \\ name'
     assert '[name = string("a \\"quoted\\" \\\\ name")]' in dumps(program).text
+
+
+def test_builder_default_norm_epsilon_is_printed_in_the_ops_dtype():
+    # coremltools fills a missing epsilon with an fp32 const even for fp16 norms; written out as is,
+    # its own validation (and reportedly the ANE compiler, mil-text.md §3.10) rejects the program.
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18)
+    def prog(x):
+        a = mb.layer_norm(x=x, axes=[1], gamma=np.ones(32, np.float16), name="ln")
+        b = mb.batch_norm(x=x, mean=np.zeros(32, np.float16), variance=np.ones(32, np.float16), name="bn")
+        return mb.instance_norm(x=mb.add(x=a, y=b, name="sum"), name="inn")
+
+    model = dumps(prog)
+    assert not re.search(r"fp32 \w*epsilon", model.text)
+    assert re.search(r"fp16 ln_epsilon_\d+ = const\(\)\[name = string\(\"ln_epsilon_\d+\"\), val = fp16\(0x1.5p-17\)\];", model.text)
+    reparsed = loads(model.text, model.weights)
+    x = np.random.default_rng(0).standard_normal((1, 32, 1, 32)).astype(np.float16)
+    np.testing.assert_array_equal(ref_compile(reparsed)(x=x)["inn"], ref_compile(prog)(x=x)["inn"])

@@ -122,6 +122,7 @@ class _Printer:
         self.blob_threshold = blob_threshold
         self._files: dict[str, BlobWriter] = {}
         self._names: dict[int, str] = {}
+        self._retype: dict[int, str] = {}
         self._taken: set[str] = set()
 
     # -- names and literals ------------------------------------------------------------------
@@ -143,9 +144,15 @@ class _Printer:
     def weights(self) -> dict[str, bytes]:
         return {path: w.to_bytes() for path, w in self._files.items()}
 
+    def var_type(self, var):
+        t = type_of_sym(var.sym_type)
+        if id(var) in self._retype:
+            return TensorType(self._retype[id(var)], t.shape)
+        return t
+
     def literal(self, var, ios18: bool) -> str:
         """A const var's value: inline, or a BLOBFILE reference into a weight file."""
-        t = type_of_sym(var.sym_type)
+        t = self.var_type(var)
         value = var.val
         if not isinstance(t, TensorType):
             return format_generic(t, value, self.canonical)
@@ -181,6 +188,7 @@ class _Printer:
             )
         lines = [head + " {"]
         inlined = _inlined_consts(func)
+        self._retype = _norm_epsilons(func)
         for op in func.operations:
             if op.op_type == "const" and id(op.outputs[0]) in inlined:
                 continue
@@ -195,9 +203,7 @@ class _Printer:
                 f"op {op.name!r} ({op.op_type}) has nested blocks; control flow has no known text form "
                 "(mil-text.md §1.3) and does not run on the ANE"
             )
-        outs = ", ".join(
-            f"{format_type(type_of_sym(v.sym_type), self.canonical)} {self.name(v)}" for v in op.outputs
-        )
+        outs = ", ".join(f"{format_type(self.var_type(v), self.canonical)} {self.name(v)}" for v in op.outputs)
         name_attr = ("name", self.string(op.name))
         if op.op_type == "const":
             attrs = [name_attr, ("val", self.literal(op.outputs[0], ios18))]
@@ -222,6 +228,29 @@ class _Printer:
 
 def _join(pairs) -> str:
     return ", ".join(f"{k} = {v}" for k, v in pairs)
+
+
+#: Normalizations whose epsilon must share the dtype of gamma/beta (or x without them).
+_NORMS = ("layer_norm", "batch_norm", "instance_norm", "l2_norm")
+
+
+def _norm_epsilons(func) -> dict[int, str]:
+    """Norm epsilons to print in their op's float dtype.
+
+    coremltools' builder fills a missing epsilon with an fp32 const even for fp16 ops, a program its
+    own validation (and, reportedly, the ANE compiler: mil-text.md §3.10, PR #40) rejects once
+    written out; such a const is printed in the op's dtype instead (1e-5 is ~1.0014e-5 in fp16).
+    """
+    retype: dict[int, str] = {}
+    for op in func.operations:
+        eps = op.inputs.get("epsilon") if op.op_type in _NORMS else None
+        if eps is None or eps.op is None or eps.op.op_type != "const":
+            continue
+        ref = op.inputs.get("gamma") or op.inputs.get("beta") or op.inputs["x"]
+        want, have = type_of_sym(ref.sym_type), type_of_sym(eps.sym_type)
+        if want.dtype != have.dtype and all(c.op_type in _NORMS for c in eps.child_ops):
+            retype[id(eps)] = want.dtype
+    return retype
 
 
 def _inlined_consts(func) -> set[int]:
