@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import doctor, lint, run
+from . import bench, doctor, estimate, lint, record, run
 
 app = typer.Typer(
     name="anekit",
@@ -16,6 +16,10 @@ app = typer.Typer(
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run)
 app.command("lint")(lint.lint)
+app.command("record")(record.record)
+app.command("replay")(record.replay)
+app.command("bench")(bench.bench)
+app.command("estimate")(estimate.estimate)
 
 
 def main() -> None:
