@@ -1,0 +1,1 @@
+"""Training: data, CPU ops, optimizer, the step that schedules kernels, checkpoints, generation."""

@@ -1,0 +1,361 @@
+"""One training step: forward and input gradients on kernels, everything else on the CPU.
+
+Per layer, four kernels (`anekit.kernels`), compiled once per shape and shared by all layers
+(ane-private-api.md §5.4: "compile once", one input buffer per layer per kernel with the layer's
+weights staged in it):
+
+    forward:  CPU RMSNorm -> attention_forward -> CPU residual + RMSNorm -> ffn_forward -> CPU residual
+    backward: ffn_backward -> CPU RMSNorm backward -> attention_backward -> CPU RMSNorm backward
+
+On the CPU: embedding gather and scatter-add, RMSNorm forward/backward (and dγ), residual adds,
+final RMSNorm, classifier and cross-entropy chunked over the vocabulary, and every weight gradient
+dW = dy·xᵀ, computed on a worker thread (one worker, like maderix's serial cblas queue) that
+overlaps the next kernel runs; the step waits for it only before returning the gradients (§5.4).
+
+Batching: `seqs_per_call` sequences (default: the whole batch) go through one kernel call, side
+by side on the spatial axis (`anekit.kernels.attention`: attention stays per sequence). On the
+engine a wider call amortises the ~0.1 ms dispatch cost (§6 "utilisation is low"); on the
+reference backend it turns many small NumPy ops into a few large ones. `seqs_per_call=1` gives
+maderix's one-sequence-per-call schedule. A sequence length that is not a multiple of 32 is padded
+at the end (§1.7 row alignment): causal attention keeps real tokens blind to the padding, and the
+padded positions carry no loss.
+
+Loss scaling (§6: fp16 gradients ~8e-5 x weights flush to zero): `loss_scale` multiplies dlogits
+before backpropagation and is divided out of the returned gradients. Non-finite gradients are
+reported (`StepResult.finite`, `.nonfinite`), never hidden; a dynamic loss scaler reacts to them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..kernels.attention import attention_backward, attention_forward
+from ..kernels.common import KernelSpec
+from ..kernels.ffn import ffn_backward, ffn_forward
+from ..kernels.layout import ROW_ALIGN, round_up
+from ..model.config import ModelConfig
+from . import cpu_ops
+from .blas import blas_threads, set_blas_threads
+
+__all__ = ["ModelRunner", "StepResult", "StepTiming", "KERNELS"]
+
+#: The kernels of one layer, in the order a step runs them.
+KERNELS = ("attention_forward", "ffn_forward", "ffn_backward", "attention_backward")
+
+
+@dataclass
+class StepTiming:
+    """Seconds spent in one step. `engine_s`: inside kernel calls; `cpu_s`: the rest of the main
+    thread (CPU ops, packing, waiting excluded); `dw_s`: the weight-gradient worker's busy time
+    (overlapped); `dw_wait_s`: how long the main thread waited for it; `total_s`: wall time."""
+
+    engine_s: float = 0.0
+    cpu_s: float = 0.0
+    dw_s: float = 0.0
+    dw_wait_s: float = 0.0
+    total_s: float = 0.0
+    kernel_calls: int = 0
+
+
+@dataclass
+class StepResult:
+    """Loss (mean over target tokens), gradients by parameter name (shapes of
+    `config.param_shapes()`, loss scale divided out), finiteness, timing."""
+
+    loss: float
+    grads: dict[str, np.ndarray]
+    finite: bool
+    nonfinite: list[str] = field(default_factory=list)
+    timing: StepTiming = field(default_factory=StepTiming)
+
+
+class _Saved:
+    """Activations one layer's forward keeps for its backward (one call's worth of tokens)."""
+
+    __slots__ = ("x", "rrms1", "xn1", "attn", "x2", "rrms2", "xn2", "ffn")
+
+
+class ModelRunner:
+    """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
+
+    config: the model. batch_size: sequences per step. seq_len: tokens per sequence (default
+    `config.seq_len`). backend / options: what `anekit.compile` gets (e.g. `backend="reference",
+    numerics="exact"`); or pass `compile`, a function program -> Kernel. seqs_per_call: sequences
+    per kernel call (must divide batch_size; default all). dtype: CPU float type (default float64
+    under exact reference numerics, else float32). const_precision: how the kernels bake their
+    RoPE tables (`anekit.kernels.common.CONST_PRECISIONS`). vocab_chunk: classifier rows per chunk.
+    blas_threads: BLAS threads per calling thread during a step (`anekit.train.blas`; the step
+    already runs two threads, kernels and dW; None leaves BLAS alone).
+
+    Call `set_params` after every parameter update (it stages the weights), then `step`.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        *,
+        seq_len: int | None = None,
+        backend: str = "reference",
+        compile: Callable | None = None,
+        seqs_per_call: int | None = None,
+        dtype=None,
+        const_precision: str = "fp32",
+        vocab_chunk: int = 8192,
+        blas_threads: int | None = 1,
+        **options,
+    ):
+        self.config = config
+        self.batch_size = batch_size
+        self.seq_len = config.seq_len if seq_len is None else seq_len
+        self.n_seq = batch_size if seqs_per_call is None else seqs_per_call
+        if batch_size < 1 or self.n_seq < 1 or batch_size % self.n_seq:
+            raise ValueError(f"seqs_per_call {self.n_seq} must divide batch_size {batch_size}")
+        self.padded_len = round_up(self.seq_len, ROW_ALIGN)  # §1.7: 64-byte rows
+        self.vocab_chunk = vocab_chunk
+        self.blas_threads = blas_threads
+        if compile is None:
+            from ..api import compile as anekit_compile
+
+            def compile(program):
+                return anekit_compile(program, backend=backend, **options)
+
+        n, s = self.n_seq, self.padded_len
+        self.specs: dict[str, KernelSpec] = {
+            "attention_forward": attention_forward(config, n, s, const_precision),
+            "ffn_forward": ffn_forward(config, n, s),
+            "ffn_backward": ffn_backward(config, n, s),
+            "attention_backward": attention_backward(config, n, s, const_precision),
+        }
+        self.kernels = {name: compile(spec.program) for name, spec in self.specs.items()}
+        # Exact reference numerics keep every fp16-typed value in float64, inputs included: the
+        # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
+        # takes, fp16; the CPU side follows (float64 / float32) unless `dtype` says otherwise.
+        exact = all(
+            getattr(getattr(k, "numerics", None), "name", None) == "exact" for k in self.kernels.values()
+        )
+        self.buffer_dtype = np.dtype(np.float64 if exact else np.float16)
+        self.dtype = np.dtype(dtype if dtype is not None else (np.float64 if exact else np.float32))
+        self.buffers = [
+            {name: spec.input_layout.empty(self.buffer_dtype) for name, spec in self.specs.items()}
+            for _ in range(config.n_layers)
+        ]
+        self.params: dict[str, np.ndarray] | None = None
+        init = None if blas_threads is None else (lambda: set_blas_threads(blas_threads))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anekit-dw", initializer=init)
+        self._timing = StepTiming()
+
+    # -- parameters ----------------------------------------------------------------------------
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Take (a copy of) the parameters in the CPU dtype and stage every layer's weights into
+        its kernel input buffers (ane-private-api.md §5.4 "Stage": forward kernels get Mᵀ for
+        y = M·x, backward kernels the layout `anekit.kernels` documents)."""
+        shapes = self.config.param_shapes()
+        missing = sorted(set(shapes) - set(params))
+        extra = sorted(set(params) - set(shapes))
+        if missing or extra:
+            raise ValueError(f"parameters do not match the config: missing {missing}, unexpected {extra}")
+        own = {}
+        for name, shape in shapes.items():
+            a = np.asarray(params[name])
+            if a.shape != shape:
+                raise ValueError(f"parameter {name!r} has shape {a.shape}, the config says {shape}")
+            own[name] = a.astype(self.dtype, copy=True)
+        self.params = own
+        for i, bufs in enumerate(self.buffers):
+            self._stage_layer(i, bufs)
+
+    def _stage_layer(self, i: int, bufs: dict[str, np.ndarray]) -> None:
+        p = self._layer(i)
+        for kname in ("attention_forward", "attention_backward"):
+            lay, buf = self.specs[kname].input_layout, bufs[kname]
+            lay.write(buf, "wq_t", p["wq"].T)
+            lay.write(buf, "wk_t", p["wk"].T)
+            lay.write(buf, "wv_t", p["wv"].T)
+            lay.write(buf, "wo", p["wo"])
+        lay, buf = self.specs["ffn_forward"].input_layout, bufs["ffn_forward"]
+        lay.write(buf, "w1_t", p["w1"].T)
+        lay.write(buf, "w3_t", p["w3"].T)
+        lay.write(buf, "w2", p["w2"])
+        lay, buf = self.specs["ffn_backward"].input_layout, bufs["ffn_backward"]
+        lay.write(buf, "w1", p["w1"])
+        lay.write(buf, "w3", p["w3"])
+        lay.write(buf, "w2_t", p["w2"].T)
+
+    def _layer(self, i: int) -> dict[str, np.ndarray]:
+        pre = f"layers.{i}."
+        return {k[len(pre) :]: v for k, v in self.params.items() if k.startswith(pre)}
+
+    @property
+    def classifier(self) -> np.ndarray:
+        return self.params["embed"] if self.config.tie_embeddings else self.params["lm_head"]
+
+    # -- running kernels -----------------------------------------------------------------------
+    def _run(self, layer: int, name: str, **acts: np.ndarray) -> dict[str, np.ndarray]:
+        """Write activation blocks into the layer's buffer, run the kernel, unpack the output."""
+        spec, buf = self.specs[name], self.buffers[layer][name]
+        for seg, array in acts.items():
+            spec.input_layout.write(buf, seg, array)
+        t0 = time.perf_counter()
+        out = self.kernels[name].run({spec.input_name: buf})[spec.output_name]
+        self._timing.engine_s += time.perf_counter() - t0
+        self._timing.kernel_calls += 1
+        return spec.output_layout.unpack(out)
+
+    def _submit_dw(self, futures: list[Future], grads: dict[str, np.ndarray], pairs) -> None:
+        """Queue dW += dy·xᵀ for each (name, dy, x) on the worker (fp16 outputs widened there)."""
+        dtype, timing = self.dtype, self._timing
+
+        def work():
+            t0 = time.perf_counter()
+            for name, dy, x in pairs:
+                grads[name] += np.asarray(dy, dtype=dtype) @ np.asarray(x, dtype=dtype).T
+            timing.dw_s += time.perf_counter() - t0
+
+        futures.append(self._pool.submit(work))
+
+    # -- the step ------------------------------------------------------------------------------
+    def _check_batch(self, tokens, targets) -> tuple[np.ndarray, np.ndarray]:
+        tok = np.asarray(tokens)
+        tgt = np.asarray(targets)
+        want = (self.batch_size, self.seq_len)
+        if tok.shape != want or tgt.shape != want:
+            raise ValueError(
+                f"tokens and targets must be {list(want)}, got {list(tok.shape)} and {list(tgt.shape)}"
+            )
+        if self.params is None:
+            raise RuntimeError("call set_params before running a step")
+        return tok, tgt
+
+    def _padded(self, a: np.ndarray, fill: int) -> np.ndarray:
+        """`[n_seq, S]` -> flat `[n_seq · S_padded]`, padding each sequence at its end."""
+        if self.padded_len == self.seq_len:
+            return a.reshape(-1)
+        out = np.full((a.shape[0], self.padded_len), fill, dtype=a.dtype)
+        out[:, : self.seq_len] = a
+        return out.reshape(-1)
+
+    def _forward_layer(self, i: int, x: np.ndarray) -> tuple[np.ndarray, _Saved]:
+        cfg, p, dt = self.config, self._layer(i), self.dtype
+        s = _Saved()
+        s.x = x
+        s.xn1, s.rrms1 = cpu_ops.rmsnorm_forward(x, p["attn_norm"], cfg.norm_eps, dt)
+        s.attn = self._run(i, "attention_forward", xnorm=s.xn1)
+        s.x2 = x + s.attn["o"]
+        s.xn2, s.rrms2 = cpu_ops.rmsnorm_forward(s.x2, p["ffn_norm"], cfg.norm_eps, dt)
+        s.ffn = self._run(i, "ffn_forward", xnorm=s.xn2)
+        return s.x2 + s.ffn["y"], s
+
+    def _backward_layer(self, i: int, dy: np.ndarray, s: _Saved, grads, futures) -> np.ndarray:
+        """dy: gradient of the layer output; returns the gradient of its input."""
+        p, dt, pre = self._layer(i), self.dtype, f"layers.{i}."
+        f = self._run(i, "ffn_backward", dy=dy, h1=s.ffn["h1"], h3=s.ffn["h3"])
+        self._submit_dw(
+            futures, grads,
+            [(pre + "w1", f["dh1"], s.xn2), (pre + "w3", f["dh3"], s.xn2), (pre + "w2", dy, s.ffn["gate"])],
+        )  # fmt: skip
+        dx2, dg = cpu_ops.rmsnorm_backward(f["dx"], s.x2, p["ffn_norm"], s.rrms2, dt)
+        grads[pre + "ffn_norm"] += dg
+        dx2 += dy
+        a = self._run(
+            i, "attention_backward", dy=dx2, q_rope=s.attn["q_rope"], k_rope=s.attn["k_rope"], v=s.attn["v"]
+        )
+        self._submit_dw(
+            futures, grads,
+            [(pre + "wq", a["dq"], s.xn1), (pre + "wk", a["dk"], s.xn1), (pre + "wv", a["dv"], s.xn1),
+             (pre + "wo", dx2, s.attn["attn"])],
+        )  # fmt: skip
+        dx, dg = cpu_ops.rmsnorm_backward(a["dx"], s.x, p["attn_norm"], s.rrms1, dt)
+        grads[pre + "attn_norm"] += dg
+        dx += dx2
+        return dx
+
+    def step(self, tokens, targets, loss_scale: float = 1.0) -> StepResult:
+        """Loss and gradients of the mean next-token cross-entropy of `tokens` `[B, S]` against
+        `targets` `[B, S]` (ids, or `cpu_ops.IGNORE`). fp16 overflow is not an error here: it
+        shows up as `StepResult.finite == False`."""
+        tok, tgt = self._check_batch(tokens, targets)
+        with blas_threads(self.blas_threads), np.errstate(over="ignore", invalid="ignore"):
+            return self._step(tok, tgt, loss_scale)
+
+    def _step(self, tok: np.ndarray, tgt: np.ndarray, loss_scale: float) -> StepResult:
+        t_start = time.perf_counter()
+        self._timing = timing = StepTiming()
+        cfg, dt = self.config, self.dtype
+        grads = {name: np.zeros(shape, dtype=dt) for name, shape in cfg.param_shapes().items()}
+        futures: list[Future] = []
+        n_count = int(np.sum(tgt != cpu_ops.IGNORE))
+        loss_sum = 0.0
+        for c0 in range(0, self.batch_size, self.n_seq):
+            ctok = self._padded(tok[c0 : c0 + self.n_seq], 0)
+            ctgt = self._padded(tgt[c0 : c0 + self.n_seq], cpu_ops.IGNORE)
+            x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
+            saved = []
+            for i in range(cfg.n_layers):
+                x, s = self._forward_layer(i, x)
+                saved.append(s)
+            xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
+            ls, dxf, dcls = cpu_ops.cross_entropy(
+                xf, self.classifier, ctgt, grad_scale=loss_scale, normalizer=max(n_count, 1),
+                chunk=self.vocab_chunk, dtype=dt,
+            )  # fmt: skip
+            loss_sum += ls
+            grads["embed" if cfg.tie_embeddings else "lm_head"] += dcls
+            dx, dg = cpu_ops.rmsnorm_backward(dxf, x, self.params["final_norm"], rrms_f, dt)
+            grads["final_norm"] += dg
+            for i in reversed(range(cfg.n_layers)):
+                dx = self._backward_layer(i, dx, saved[i], grads, futures)
+                saved[i] = None
+            cpu_ops.embedding_backward(dx, ctok, cfg.vocab_size, out=grads["embed"])
+        t_wait = time.perf_counter()
+        for fut in futures:
+            fut.result()
+        timing.dw_wait_s = time.perf_counter() - t_wait
+        if loss_scale != 1.0:
+            inv = 1.0 / loss_scale
+            for g in grads.values():
+                g *= inv
+        nonfinite = [name for name, g in grads.items() if not np.all(np.isfinite(g))]
+        timing.total_s = time.perf_counter() - t_start
+        timing.cpu_s = timing.total_s - timing.engine_s - timing.dw_wait_s
+        loss = loss_sum / max(n_count, 1)
+        return StepResult(loss, grads, not nonfinite and bool(np.isfinite(loss)), nonfinite, timing)
+
+    def loss(self, tokens, targets) -> float:
+        """Mean cross-entropy only (forward kernels, no gradients)."""
+        tok, tgt = self._check_batch(tokens, targets)
+        with blas_threads(self.blas_threads):
+            return self._loss(tok, tgt)
+
+    def _loss(self, tok: np.ndarray, tgt: np.ndarray) -> float:
+        cfg, dt = self.config, self.dtype
+        total, count = 0.0, int(np.sum(tgt != cpu_ops.IGNORE))
+        for c0 in range(0, self.batch_size, self.n_seq):
+            ctok = self._padded(tok[c0 : c0 + self.n_seq], 0)
+            ctgt = self._padded(tgt[c0 : c0 + self.n_seq], cpu_ops.IGNORE)
+            x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
+            for i in range(cfg.n_layers):
+                x, _ = self._forward_layer(i, x)
+            xf, _ = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
+            ls, _, _ = cpu_ops.cross_entropy(
+                xf, self.classifier, ctgt, chunk=self.vocab_chunk, need_grad=False, dtype=dt
+            )
+            total += ls
+        return total / max(count, 1)
+
+    def close(self) -> None:
+        """Stop the worker and release the kernels."""
+        self._pool.shutdown(wait=True)
+        for k in self.kernels.values():
+            k.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,225 @@
+"""One training step (loss and every parameter gradient) of `ModelRunner` on the reference backend,
+against PyTorch autograd in float64 on identical weights and tokens.
+
+The PyTorch model below is written independently of anekit: token-major, complex-number RoPE on
+interleaved pairs, `repeat_interleave` for grouped-query attention (q head h reads kv head
+h // ratio), a -inf causal mask, SwiGLU, tied or untied classifier, mean cross-entropy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anekit.model import ModelConfig, preset
+from anekit.model.reference import init_params
+from anekit.train.step import ModelRunner
+
+GQA4 = ModelConfig(  # 8 q heads on 2 kv heads (ratio 4), head_dim 8 (padded to 32 in the kernels), untied
+    "gqa4", dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=64, seq_len=32,
+    tie_embeddings=False,
+)  # fmt: skip
+MHA_ODD = ModelConfig(  # multi-head, sequence length 20 (padded to 32 in the kernels), tied
+    "mha", dim=64, hidden_dim=128, n_layers=2, n_heads=2, n_kv_heads=2, vocab_size=48, seq_len=20
+)
+
+
+def torch_loss(
+    params: dict[str, torch.Tensor], cfg: ModelConfig, tokens: torch.Tensor, targets: torch.Tensor
+):
+    B, S = tokens.shape
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    dt = params["embed"].dtype  # float64 for the checks; float32 also works (benchmarks)
+
+    def rmsnorm(x, g):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * g
+
+    freqs = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    angles = torch.outer(torch.arange(S, dtype=torch.float64), freqs)
+    rot = torch.polar(torch.ones_like(angles), angles).to(
+        torch.complex128 if dt == torch.float64 else torch.complex64
+    )
+
+    def rope(t):  # [B, S, heads, hd]: pairs (2p, 2p+1) as one complex number
+        c = torch.view_as_complex(t.reshape(B, S, t.shape[2], hd // 2, 2).contiguous())
+        return torch.view_as_real(c * rot[None, :, None, :]).reshape(t.shape)
+
+    mask = torch.triu(torch.full((S, S), float("-inf"), dtype=dt), diagonal=1)
+    x = params["embed"][tokens]
+    for i in range(cfg.n_layers):
+        p = {k.split(".")[-1]: v for k, v in params.items() if k.startswith(f"layers.{i}.")}
+        h = rmsnorm(x, p["attn_norm"])
+        q = rope((h @ p["wq"].T).view(B, S, nh, hd)).transpose(1, 2)
+        k = rope((h @ p["wk"].T).view(B, S, nkv, hd)).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
+        v = (h @ p["wv"].T).view(B, S, nkv, hd).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1) @ v
+        x = x + att.transpose(1, 2).reshape(B, S, nh * hd) @ p["wo"].T
+        h = rmsnorm(x, p["ffn_norm"])
+        x = x + (F.silu(h @ p["w1"].T) * (h @ p["w3"].T)) @ p["w2"].T
+    logits = (
+        rmsnorm(x, params["final_norm"]) @ (params["embed"] if cfg.tie_embeddings else params["lm_head"]).T
+    )
+    return F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Intra-op threads oversubscribe a busy 2-core machine (seconds instead of milliseconds)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def torch_grads(params: dict[str, np.ndarray], cfg, tokens, targets):
+    tp = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+    with one_torch_thread():
+        loss = torch_loss(tp, cfg, torch.from_numpy(tokens), torch.from_numpy(targets))
+        loss.backward()
+    return loss.item(), {k: t.grad.numpy() for k, t in tp.items()}
+
+
+def batch(cfg: ModelConfig, b: int, seed: int):
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(0, cfg.vocab_size, (b, cfg.seq_len))
+    tgt = rng.integers(0, cfg.vocab_size, (b, cfg.seq_len))
+    return tok, tgt
+
+
+def params_for(cfg: ModelConfig, seed: int = 0):
+    # the "normal" init with larger norms than 1 so RMSNorm gains get non-trivial gradients
+    p = init_params(cfg, seed, scheme="dynamic", dtype=np.float64)
+    rng = np.random.default_rng(seed + 100)
+    for name in p:
+        if name.endswith("norm"):
+            p[name] = 1.0 + 0.1 * rng.standard_normal(p[name].shape)
+    return p
+
+
+def cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    out = {}
+    for cfg, b, spc in ((preset("tiny"), 2, None), (GQA4, 4, 2), (MHA_ODD, 2, None)):
+        p = params_for(cfg)
+        tok, tgt = batch(cfg, b, seed=7)
+        out[cfg.name] = (cfg, b, spc, p, tok, tgt, torch_grads(p, cfg, tok, tgt))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny", "gqa4", "mha"])
+def test_step_matches_torch_exact(cases, name):
+    cfg, b, spc, p, tok, tgt, (want_loss, want) = cases[name]
+    with ModelRunner(cfg, b, backend="reference", numerics="exact", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt)
+    assert res.finite and not res.nonfinite
+    assert res.loss == pytest.approx(want_loss, rel=1e-6)
+    assert set(res.grads) == set(cfg.param_shapes())
+    for k, g in res.grads.items():
+        assert g.shape == cfg.param_shapes()[k]
+        scale = np.abs(want[k]).max()
+        assert scale > 0, k
+        np.testing.assert_allclose(g, want[k], rtol=1e-4, atol=1e-6 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["tiny", "gqa4"])
+def test_step_ane_numerics_close_to_torch(cases, name):
+    cfg, b, spc, p, tok, tgt, (want_loss, want) = cases[name]
+    with ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt, loss_scale=1024.0)
+    assert res.finite
+    assert res.loss == pytest.approx(want_loss, rel=1e-2)
+    for k, g in res.grads.items():
+        assert g.dtype == np.float32
+        assert cosine(g, want[k]) > 0.99, (k, cosine(g, want[k]))
+        assert np.linalg.norm(g) == pytest.approx(np.linalg.norm(want[k]), rel=0.05), k
+
+
+def test_loss_scale_is_divided_out(cases):
+    cfg, b, spc, p, tok, tgt, _ = cases["gqa4"]
+    with ModelRunner(cfg, b, backend="reference", numerics="exact", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        plain = runner.step(tok, tgt)
+        scaled = runner.step(tok, tgt, loss_scale=4096.0)
+    assert scaled.loss == plain.loss
+    for k in plain.grads:
+        np.testing.assert_allclose(scaled.grads[k], plain.grads[k], rtol=1e-12, atol=1e-300, err_msg=k)
+
+
+def test_nonfinite_gradients_are_reported(cases):
+    cfg, b, spc, p, tok, tgt, _ = cases["gqa4"]
+    with ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt, loss_scale=1e9)  # fp16 overflow on the engine side
+    assert not res.finite
+    assert res.nonfinite and set(res.nonfinite) <= set(cfg.param_shapes())
+
+
+def test_batch_split_across_calls_gives_the_same_step(cases):
+    cfg, b, _, p, tok, tgt, _ = cases["gqa4"]
+    results = []
+    for spc in (1, b):
+        with ModelRunner(cfg, b, backend="reference", numerics="exact", seqs_per_call=spc) as runner:
+            runner.set_params(p)
+            results.append(runner.step(tok, tgt))
+    one, all_ = results
+    assert one.loss == pytest.approx(all_.loss, rel=1e-12)
+    for k in one.grads:
+        np.testing.assert_allclose(one.grads[k], all_.grads[k], rtol=1e-9, atol=1e-15, err_msg=k)
+    assert one.timing.kernel_calls == b * all_.timing.kernel_calls
+
+
+def test_timing_and_staging(cases):
+    cfg, b, spc, p, tok, tgt, _ = cases["mha"]
+    with ModelRunner(cfg, b, backend="reference", numerics="ane") as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt)
+        t = res.timing
+        assert t.kernel_calls == 4 * cfg.n_layers
+        assert t.engine_s > 0 and t.cpu_s > 0 and t.dw_s > 0 and t.total_s >= t.engine_s
+        # weights are staged once, as fp16, in the spatial tail of each layer's buffers
+        lay = runner.specs["attention_forward"].input_layout
+        buf = runner.buffers[1]["attention_forward"]
+        np.testing.assert_array_equal(
+            lay.view(buf, "wq_t"), p["layers.1.wq"].T.astype(np.float32).astype(np.float16)
+        )
+        # a parameter update restages: a changed weight changes the loss
+        p2 = dict(p)
+        p2["layers.0.w2"] = p["layers.0.w2"] * 2.0
+        runner.set_params(p2)
+        assert runner.loss(tok, tgt) != pytest.approx(res.loss, rel=1e-6)
+        with pytest.raises(ValueError, match="shape"):
+            runner.set_params({**p, "embed": p["embed"][:5]})
+        with pytest.raises(ValueError, match="tokens and targets"):
+            runner.step(tok[:, :5], tgt[:, :5])
+
+
+def test_custom_compile_function(cases):
+    """`compile=` takes any program -> Kernel function; exact numerics are detected from the kernels."""
+    from anekit.backends.reference import compile as ref_compile
+
+    cfg, b, spc, p, tok, tgt, (want_loss, _) = cases["mha"]
+    compiled = []
+
+    def compile_exact(program):
+        compiled.append(program)
+        return ref_compile(program, numerics="exact")
+
+    with ModelRunner(cfg, b, compile=compile_exact) as runner:
+        assert runner.buffer_dtype == np.float64 and runner.dtype == np.float64
+        runner.set_params(p)
+        assert runner.step(tok, tgt).loss == pytest.approx(want_loss, rel=1e-9)
+    assert len(compiled) == 4  # once per kernel shape, shared by every layer
