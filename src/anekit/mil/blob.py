@@ -309,14 +309,14 @@ def _check_header(view: memoryview, name: str) -> int:
     if any(reserved):
         warnings.warn(
             f"{_where(name)}: storage header reserved bytes 8..63 are not zero; ignored "
-            "(writers before iOS18 left them uninitialised, mil-text.md §2.1)",
+            "(the format reserves them as 0, mil-text.md §2.1)",
             BlobWarning,
             stacklevel=3,
         )
     return count
 
 
-def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, DType | None]:
+def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, DType]:
     """Validate the metadata record at `offset` and its data's bounds (mil-text.md §2.1, §2.4).
 
     Checks that hold whatever tensor type the MIL text declares: the record fits, the sentinel,
