@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, estimate, lint, record, run
+from . import bench, doctor, estimate, lint, record, run, train
 
 app = typer.Typer(
     name="anekit",
@@ -13,6 +13,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("train")(train.train)
+app.command("eval")(train.evaluate)
+app.command("generate")(train.generate)
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run)
 app.command("lint")(lint.lint)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths and file:line:col stay on one line
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

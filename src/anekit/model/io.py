@@ -1,0 +1,455 @@
+"""Import and export of model weights: llama2.c model files and the Hugging Face Llama layout.
+
+Inside anekit, parameters are named by `ModelConfig.param_shapes()` and RoPE rotates interleaved
+pairs (dims 2i, 2i+1 of a head; the llama2.c / Meta convention, ane-private-api.md §3.4). Hugging
+Face Llama instead rotates dims i and i + head_dim/2 ("rotate half"). The two are the same model up
+to a fixed permutation of each head's rows of wq and wk: HF row order within a head is the even
+rows, then the odd rows. Export applies it and import inverts it; the scores q·k are unchanged
+because q and k are permuted alike, and wv/wo are untouched.
+
+llama2.c legacy model file (``stories15M.bin``; ane-private-api.md §5.1): 7 little-endian int32
+(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; vocab_size < 0 => separate
+classifier), then fp32 arrays: embed [V,D], attn_norm [L,D], wq [L,Qd,D], wk [L,KVd,D], wv [L,KVd,D],
+wo [L,D,Qd], ffn_norm [L,D], w1 [L,H,D], w2 [L,D,H], w3 [L,H,D], final_norm [D], then two legacy
+RoPE tables (cos and sin, each seq_len x head_dim/2) that llama2.c's reader skips, then lm_head [V,D]
+if untied. §5.1 does not list the two tables, but llama2.c's reader skips them and the published
+file sizes only add up with them (stories15M.bin: 28 + 4 x 15,204,000 bytes); files without them
+are accepted too. The header carries no RoPE theta or norm epsilon: import uses 10000 and 1e-5
+(llama2.c's fixed values, §5.1), and export cannot record other values (it refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+
+_LLAMA2C_HEADER = struct.Struct("<7i")
+_LLAMA2C_V1_MAGIC = 0x616B3432  # "ak42": llama2.c's later versioned export formats (not the legacy one)
+_LEGACY_ROPE_THETA, _LEGACY_NORM_EPS = 10000.0, 1e-5
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be imported or exported as asked; says which file and what."""
+
+
+# ---------------------------------------------------------------------------------------------
+# llama2.c
+
+
+def _llama2c_layout(config: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each array in file order, a stacked per-layer array named by its field."""
+    D, H, L, V = config.dim, config.hidden_dim, config.n_layers, config.vocab_size
+    Q, KV = config.q_dim, config.kv_dim
+    return [
+        ("embed", (V, D)),
+        ("attn_norm", (L, D)),
+        ("wq", (L, Q, D)),
+        ("wk", (L, KV, D)),
+        ("wv", (L, KV, D)),
+        ("wo", (L, D, Q)),
+        ("ffn_norm", (L, D)),
+        ("w1", (L, H, D)),
+        ("w2", (L, D, H)),
+        ("w3", (L, H, D)),
+        ("final_norm", (D,)),
+    ]
+
+
+def _legacy_rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position·theta^(-2i/head_dim), [seq_len, head_dim/2]: what the legacy tables held."""
+    hd = config.head_dim
+    inv = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.outer(np.arange(config.seq_len, dtype=np.float64), inv)
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def load_llama2c(path: str | Path, name: str | None = None) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, fp32 params) from a llama2.c legacy model file (module docstring, §5.1)."""
+    p = Path(path)
+    try:
+        data = np.memmap(p, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{p}: cannot read model file: {e}") from e
+    if len(data) < _LLAMA2C_HEADER.size:
+        raise ModelFileError(f"{p}: {len(data)} bytes is too short for a llama2.c model header (28 bytes)")
+    header = _LLAMA2C_HEADER.unpack(bytes(data[: _LLAMA2C_HEADER.size]))
+    if header[0] == _LLAMA2C_V1_MAGIC:
+        raise ModelFileError(
+            f"{p}: a versioned llama2.c export (magic 'ak42', version {header[1]}); only the legacy "
+            "(version 0) format is read: re-export the model in the legacy format"
+        )
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = header
+    tied = vocab > 0
+    try:
+        config = ModelConfig(
+            name=name or p.stem,
+            dim=dim,
+            hidden_dim=hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            vocab_size=abs(vocab),
+            seq_len=seq_len,
+            rope_theta=_LEGACY_ROPE_THETA,
+            norm_eps=_LEGACY_NORM_EPS,
+            tie_embeddings=tied,
+        )
+    except ValueError as e:
+        raise ModelFileError(f"{p}: header {list(header)} is not a valid llama2.c model header: {e}") from e
+
+    layout = _llama2c_layout(config)
+    n_body = sum(int(np.prod(s)) for _, s in layout)
+    n_tables = config.seq_len * config.head_dim  # cos + sin, each seq_len * head_dim / 2
+    n_cls = 0 if tied else config.vocab_size * config.dim
+    have = (len(data) - _LLAMA2C_HEADER.size) / 4
+    if have == n_body + n_tables + n_cls:
+        skip = n_tables
+    elif have == n_body + n_cls:
+        skip = 0
+    else:
+        with_tables = _LLAMA2C_HEADER.size + 4 * (n_body + n_tables + n_cls)
+        raise ModelFileError(
+            f"{p}: {len(data)} bytes does not match its header {list(header)}: expected {with_tables} "
+            f"bytes (with the legacy RoPE tables) or {with_tables - 4 * n_tables} (without). "
+            "Truncated, or not a llama2.c model file?"
+        )
+    floats = np.frombuffer(data, dtype="<f4", offset=_LLAMA2C_HEADER.size)
+    pos = 0
+    stacked: dict[str, np.ndarray] = {}
+    for field, shape in layout:
+        n = int(np.prod(shape))
+        stacked[field] = floats[pos : pos + n].reshape(shape)
+        pos += n
+    pos += skip
+    params: dict[str, np.ndarray] = {"embed": np.array(stacked["embed"], dtype=np.float32)}
+    for i in range(config.n_layers):
+        for field in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
+            params[f"layers.{i}.{field}"] = np.array(stacked[field][i], dtype=np.float32)
+    params["final_norm"] = np.array(stacked["final_norm"], dtype=np.float32)
+    if not tied:
+        params["lm_head"] = np.array(
+            floats[pos : pos + n_cls].reshape(config.vocab_size, config.dim), dtype=np.float32
+        )
+    return config, _ordered(config, params)
+
+
+def save_llama2c(path: str | Path, config: ModelConfig, params: dict[str, np.ndarray]) -> None:
+    """Write a llama2.c legacy model file (with the legacy RoPE tables, as llama2.c's exporter did)."""
+    _check_params(config, params, str(path))
+    if config.q_dim != config.dim:
+        raise ModelFileError(
+            f"llama2.c files assume head_dim = dim / n_heads; config {config.name!r} has head_dim "
+            f"{config.head_dim} (q_dim {config.q_dim} != dim {config.dim})"
+        )
+    if config.rope_theta != _LEGACY_ROPE_THETA or config.norm_eps != _LEGACY_NORM_EPS:
+        raise ModelFileError(
+            f"llama2.c files cannot record rope_theta {config.rope_theta} / norm_eps {config.norm_eps}; "
+            f"readers assume {_LEGACY_ROPE_THETA} / {_LEGACY_NORM_EPS}"
+        )
+    vocab = config.vocab_size if config.tie_embeddings else -config.vocab_size
+    header = _LLAMA2C_HEADER.pack(
+        config.dim,
+        config.hidden_dim,
+        config.n_layers,
+        config.n_heads,
+        config.n_kv_heads,
+        vocab,
+        config.seq_len,
+    )
+    L = config.n_layers
+    with open(path, "wb") as f:
+        f.write(header)
+        for field, _shape in _llama2c_layout(config):
+            if field in ("embed", "final_norm"):
+                arrays = [params[field]]
+            else:
+                arrays = [params[f"layers.{i}.{field}"] for i in range(L)]
+            for a in arrays:
+                f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+        for table in _legacy_rope_tables(config):
+            f.write(table.astype("<f4").tobytes())
+        if not config.tie_embeddings:
+            f.write(np.ascontiguousarray(params["lm_head"], dtype="<f4").tobytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face Llama
+
+
+def interleaved_to_half(w: np.ndarray, n_heads: int, head_dim: int) -> np.ndarray:
+    """Rows of a q/k projection from interleaved-pair RoPE order to HF rotate-half order, per head:
+    within each head, rows 0, 2, 4, ... then 1, 3, 5, ..."""
+    cols = w.shape[1]
+    return w.reshape(n_heads, head_dim // 2, 2, cols).transpose(0, 2, 1, 3).reshape(n_heads * head_dim, cols)
+
+
+def half_to_interleaved(w: np.ndarray, n_heads: int, head_dim: int) -> np.ndarray:
+    """Inverse of `interleaved_to_half`."""
+    cols = w.shape[1]
+    return w.reshape(n_heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(n_heads * head_dim, cols)
+
+
+_HF_LAYER = {
+    "attn_norm": "input_layernorm.weight",
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "wo": "self_attn.o_proj.weight",
+    "ffn_norm": "post_attention_layernorm.weight",
+    "w1": "mlp.gate_proj.weight",
+    "w3": "mlp.up_proj.weight",
+    "w2": "mlp.down_proj.weight",
+}
+_HF_GLOBAL = {
+    "embed": "model.embed_tokens.weight",
+    "final_norm": "model.norm.weight",
+    "lm_head": "lm_head.weight",
+}
+
+
+def hf_name(name: str) -> str:
+    """The Hugging Face Llama tensor name of an anekit parameter name."""
+    if name in _HF_GLOBAL:
+        return _HF_GLOBAL[name]
+    _, i, field = name.split(".")
+    return f"model.layers.{i}.{_HF_LAYER[field]}"
+
+
+def hf_config(
+    config: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, dtype: str = "float32"
+) -> dict:
+    """``config.json`` for ``LlamaForCausalLM``."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": config.dim,
+        "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None,
+        "tie_word_embeddings": config.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": dtype,
+        "anekit_name": config.name,
+    }
+
+
+def to_hf_tensors(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """anekit params -> HF names, wq/wk permuted to rotate-half order. Tied models get no lm_head."""
+    out = {}
+    for name, w in params.items():
+        field = name.rsplit(".", 1)[-1]
+        if field == "wq":
+            w = interleaved_to_half(w, config.n_heads, config.head_dim)
+        elif field == "wk":
+            w = interleaved_to_half(w, config.n_kv_heads, config.head_dim)
+        out[hf_name(name)] = w
+    return out
+
+
+def save_hf(
+    directory: str | Path,
+    config: ModelConfig,
+    params: dict[str, np.ndarray],
+    dtype: str = "float32",
+    bos_token_id: int = 1,
+    eos_token_id: int = 2,
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` in the Hugging Face Llama layout.
+
+    `dtype` is "float32" or "float16" (NumPy has no bfloat16 to write).
+    """
+    from safetensors.numpy import save_file
+
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        raise ModelFileError(f"dtype {dtype!r} is not supported for export; use 'float32' or 'float16'")
+    _check_params(config, params, str(directory))
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in to_hf_tensors(config, params).items()}
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = hf_config(config, bos_token_id, eos_token_id, dtype)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return d
+
+
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a safetensors file as fp32 NumPy arrays, including bfloat16 ones (which the
+    `safetensors` NumPy API cannot return). Format: u64 header length, JSON header, raw data."""
+    p = Path(path)
+    try:
+        raw = np.memmap(p, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{p}: cannot read: {e}") from e
+    try:
+        (n,) = struct.unpack("<Q", bytes(raw[:8]))
+        header = json.loads(bytes(raw[8 : 8 + n]))
+    except (struct.error, ValueError) as e:
+        raise ModelFileError(f"{p}: not a safetensors file ({e})") from e
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dt is None:
+            raise ModelFileError(
+                f"{p}: tensor {name} has dtype {info.get('dtype')}; only float tensors are read"
+            )
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if base + end > len(raw) or end - begin != count * np.dtype(dt).itemsize:
+            raise ModelFileError(
+                f"{p}: tensor {name} data is truncated or inconsistent with its shape {shape}"
+            )
+        arr = np.frombuffer(raw, dtype=dt, count=count, offset=base + begin)
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr.astype(np.float32).reshape(shape)
+    return out
+
+
+def _read_hf_tensors(d: Path) -> dict[str, np.ndarray]:
+    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
+    if single.is_file():
+        return read_safetensors(single)
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        out: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            out |= read_safetensors(d / shard)
+        return out
+    if (d / "pytorch_model.bin").is_file():
+        raise ModelFileError(f"{d}: has only pytorch_model.bin; convert it to safetensors first")
+    raise ModelFileError(f"{d}: no model.safetensors or model.safetensors.index.json")
+
+
+def config_from_hf(cfg: dict, name: str = "hf") -> ModelConfig:
+    """A ModelConfig from a Hugging Face Llama ``config.json`` dict (HF's defaults for absent fields)."""
+    if cfg.get("model_type") != "llama":
+        raise ModelFileError(
+            f"model_type {cfg.get('model_type')!r} is not 'llama'; only the Llama layout is imported"
+        )
+    if cfg.get("rope_scaling"):
+        raise ModelFileError(f"rope_scaling {cfg['rope_scaling']} is not supported (plain RoPE only)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ModelFileError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ModelFileError("attention_bias/mlp_bias are not supported (anekit models have no biases)")
+    n_heads = cfg["num_attention_heads"]
+    return ModelConfig(
+        name=cfg.get("anekit_name", name),
+        dim=cfg["hidden_size"],
+        hidden_dim=cfg["intermediate_size"],
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+        vocab_size=cfg["vocab_size"],
+        seq_len=cfg.get("max_position_embeddings", 2048),
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def from_hf_tensors(
+    config: ModelConfig, tensors: dict[str, np.ndarray], where: str = ""
+) -> dict[str, np.ndarray]:
+    """HF-named tensors -> anekit params (inverse permutation of wq/wk). Ignores RoPE buffers and a
+    tied model's duplicate lm_head; any other unknown tensor is an error."""
+    by_hf = {hf_name(n): n for n in config.param_shapes()}
+    params: dict[str, np.ndarray] = {}
+    for key, w in tensors.items():
+        name = by_hf.get(key)
+        if name is None:
+            if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and config.tie_embeddings):
+                continue
+            raise ModelFileError(f"{where}: unexpected tensor {key} for a Llama model (biases, QK-norm?)")
+        field = name.rsplit(".", 1)[-1]
+        if field in ("wq", "wk"):
+            heads = config.n_heads if field == "wq" else config.n_kv_heads
+            if w.ndim != 2 or w.shape[0] != heads * config.head_dim:
+                raise ModelFileError(f"{where}: tensor {key} has shape {list(w.shape)}, config disagrees")
+            w = half_to_interleaved(w, heads, config.head_dim)
+        params[name] = np.ascontiguousarray(w, dtype=np.float32)
+    if "lm_head" in config.param_shapes() and "lm_head" not in params:
+        raise ModelFileError(
+            f"{where}: missing tensor lm_head.weight, and tie_word_embeddings is false (Hugging Face's "
+            "default when config.json omits it); set it to true if the classifier shares the embedding"
+        )
+    _check_params(config, params, where, hf=True)
+    return _ordered(config, params)
+
+
+def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, fp32 params) from a Hugging Face Llama directory (config.json + safetensors)."""
+    d = Path(directory)
+    try:
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{d}: no config.json (not a Hugging Face model directory)") from None
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{d / 'config.json'}: cannot read: {e}") from e
+    try:
+        config = config_from_hf(cfg, name=d.name)
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{d / 'config.json'}: {e}") from e
+    return config, from_hf_tensors(config, _read_hf_tensors(d), str(d))
+
+
+def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Weights from a llama2.c model file or a Hugging Face Llama directory, by what `path` is."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return load_hf(p)
+        if (p / "state.json").is_file():
+            raise ModelFileError(f"{p}: is an anekit checkpoint; load it with anekit.train.checkpoint")
+        raise ModelFileError(f"{p}: directory has no config.json (Hugging Face) model")
+    if p.suffix == ".safetensors" and (p.parent / "config.json").is_file():
+        return load_hf(p.parent)
+    if p.is_file():
+        return load_llama2c(p)
+    raise ModelFileError(f"{p}: no such model file or directory")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_params(config: ModelConfig, params: dict[str, np.ndarray], where: str, hf: bool = False) -> None:
+    for name, shape in config.param_shapes().items():
+        shown = hf_name(name) if hf else name
+        if name not in params:
+            raise ModelFileError(f"{where}: missing tensor {shown} for config {config.name!r}")
+        got = list(np.shape(params[name]))
+        if tuple(got) != shape:
+            raise ModelFileError(f"{where}: tensor {shown} has shape {got}, config needs {list(shape)}")
+    extra = sorted(set(params) - set(config.param_shapes()))
+    if extra:
+        raise ModelFileError(f"{where}: unexpected tensor(s) {', '.join(extra)} for config {config.name!r}")
+
+
+def _ordered(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: params[k] for k in config.param_shapes()}
