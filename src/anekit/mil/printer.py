@@ -203,7 +203,9 @@ class _Printer:
                 f"op {op.name!r} ({op.op_type}) has nested blocks; control flow has no known text form "
                 "(mil-text.md §1.3) and does not run on the ANE"
             )
-        outs = ", ".join(f"{format_type(self.var_type(v), self.canonical)} {self.name(v)}" for v in op.outputs)
+        outs = ", ".join(
+            f"{format_type(self.var_type(v), self.canonical)} {self.name(v)}" for v in op.outputs
+        )
         name_attr = ("name", self.string(op.name))
         if op.op_type == "const":
             attrs = [name_attr, ("val", self.literal(op.outputs[0], ios18))]
