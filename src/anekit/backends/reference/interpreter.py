@@ -58,7 +58,7 @@ class ReferenceKernel(Kernel):
     def _compile(self, func) -> None:
         self._slots: dict[int, int] = {}
         self._input_slots = {name: self._slot(v) for name, v in func.inputs.items()}
-        self._input_dtypes = {name: self.numerics.storage(spec.dtype) for name, spec in self.inputs.items()}
+        self._input_dtypes = {name: spec.dtype for name, spec in self.inputs.items()}
         consts: dict[int, object] = {}
         self._steps = []
         for op in func.operations:
@@ -90,7 +90,7 @@ class ReferenceKernel(Kernel):
                 env = dict(consts)
                 self._exec(step, env)
                 for s in outs:
-                    consts[s] = self._compute_precision(env[s])
+                    consts[s] = env[s]
             else:
                 self._steps.append(step)
         self._consts = consts
@@ -101,19 +101,11 @@ class ReferenceKernel(Kernel):
         val = var.val
         if isinstance(val, str):
             return val
-        spec = var_spec(var)
-        arr = np.asarray(val).astype(self.numerics.storage(spec.dtype))
-        return self._compute_precision(arr)
-
-    def _compute_precision(self, value):
-        """Float constants are kept in the compute dtype: converted once, not on every run."""
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-            return value.astype(self.numerics.float, copy=False)
-        return value
+        return self.numerics.store(val, var_spec(var).dtype)
 
     def _out_cast(self, var):
         spec = var_spec(var)
-        return self.numerics.storage(spec.dtype), spec.shape
+        return spec.dtype, spec.shape
 
     # -- run -----------------------------------------------------------------------------------
     @staticmethod
@@ -127,10 +119,9 @@ class ReferenceKernel(Kernel):
             result = (result,)
         elif not isinstance(result, (tuple, list)) or len(result) != len(outs):
             raise RuntimeError(f"reference op {ctx.op.op_type!r} returned the wrong number of outputs")
+        store = ctx.numerics.store
         for s, value, (dt, shape) in zip(outs, result, casts):
-            value = np.asarray(value)
-            if value.dtype != dt:
-                value = value.astype(dt)
+            value = store(value, dt)
             if len(value.shape) != len(shape) or any(
                 d is not None and d != g for d, g in zip(shape, value.shape)
             ):
@@ -143,14 +134,12 @@ class ReferenceKernel(Kernel):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env: dict[int, object] = dict(self._consts)
         for name, slot in self._input_slots.items():
-            env[slot] = np.asarray(inputs[name]).astype(self._input_dtypes[name], copy=False)
+            env[slot] = self.numerics.store(inputs[name], self._input_dtypes[name])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for step in self._steps:
                 self._exec(step, env)
         return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
 
     def _finish(self, name: str, value) -> np.ndarray:
-        """Outputs come back in their storage dtype (constants were kept in compute precision)."""
-        dt = self.numerics.storage(self.outputs[name].dtype)
-        value = np.asarray(value)
-        return value if value.dtype == dt else value.astype(dt)
+        """Outputs come back in their declared dtype (float16 for fp16 under "ane")."""
+        return self.numerics.output(np.asarray(value), self.outputs[name].dtype)

@@ -16,29 +16,51 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fp16 import from_half, round_fp16, to_half
+
 
 @dataclass(frozen=True)
 class Numerics:
     """How values are stored and computed.
 
     "ane": every fp16-typed value is rounded to fp16 after each op (the engine stores activations
-    in fp16, mil-text.md §5 #1) and float math runs in fp32 (its wider accumulator). "exact": float64
-    everywhere and no rounding, for gradient checks against autograd.
+    in fp16, mil-text.md §5 #1) and float math runs in fp32 (its wider accumulator); fp16 values are
+    held in float32 arrays, rounded with `fp16.round_fp16` (NumPy's float16 casts are slow, worst on
+    the subnormals gradients produce), and handed out as float16. "exact": float64 everywhere and no
+    rounding, for gradient checks against autograd.
     """
 
     name: str
     float: type
 
     def storage(self, dtype_name: str) -> np.dtype:
-        """NumPy dtype a value declared as `dtype_name` is kept in."""
+        """NumPy dtype a value declared as `dtype_name` is kept in while the program runs."""
         from ...mil.dtypes import dtype
 
-        if self.name == "exact" and dtype_name in ("fp16", "fp32", "fp64", "bf16"):
-            return np.dtype(np.float64)
+        if dtype_name in ("fp16", "fp32", "fp64", "bf16"):
+            return np.dtype(self.float)
         d = dtype(dtype_name)
         if d.numpy is None:
             raise NotImplementedError(f"the reference backend has no storage for {dtype_name}")
         return d.numpy
+
+    def store(self, value, dtype_name: str) -> np.ndarray:
+        """`value` converted to the storage of `dtype_name` (rounded to fp16 under "ane")."""
+        arr = np.asarray(value)
+        if self.name == "ane" and dtype_name == "fp16":
+            if arr.dtype == np.float16:
+                return from_half(arr)
+            return round_fp16(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+        dt = self.storage(dtype_name)
+        return arr if arr.dtype == dt else arr.astype(dt)
+
+    def output(self, value: np.ndarray, dtype_name: str) -> np.ndarray:
+        """A stored value as handed to the caller: fp16 values as float16 under "ane"."""
+        if self.name == "ane" and dtype_name == "fp16":
+            return to_half(value)
+        if self.name == "ane" and dtype_name == "fp32":
+            return np.asarray(value, dtype=np.float32)
+        return value
 
 
 NUMERICS = {"ane": Numerics("ane", np.float32), "exact": Numerics("exact", np.float64)}
