@@ -12,6 +12,7 @@ types the text declares must agree with what the op computes. Errors carry line 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -506,6 +507,8 @@ class _Parser:
             if t.is_scalar and isinstance(raw, str):
                 return raw
             raise self.error("only scalar string literals are supported", pos)
+        if t.is_scalar and isinstance(raw, (int, float)):  # the common case: one number
+            return self.numeric_array(t.dtype, [raw], pos)[0]
         leaves: list = []
         _flatten(raw, leaves)
         if any(isinstance(x, (_Blob, str)) for x in leaves):
@@ -535,13 +538,7 @@ class _Parser:
             if bad:
                 raise self.error(f"{dt} literal holds a non-integer value {bad[0]!r}", pos)
             ints = [int(x) for x in leaves]
-            info = np.iinfo(d.numpy)
-            lo, hi = (
-                (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1)
-                if dt.startswith("int")
-                else (0, (1 << d.bits) - 1)
-            )
-            lo, hi = max(lo, info.min), min(hi, info.max)
+            lo, hi = _int_range(dt)
             out = [x for x in ints if not lo <= x <= hi]
             if out:
                 raise self.error(f"value {out[0]} is out of range for {dt}", pos)
@@ -666,6 +663,15 @@ class _Parser:
         raise self.error(
             f"{decl[1]!r} is declared {format_type(declared)} but {what} {format_type(actual)}", pos
         )
+
+
+@functools.cache
+def _int_range(dt: str) -> tuple[int, int]:
+    """The values an integer dtype holds (sub-byte types by their bit width)."""
+    d = dtype_of(dt)
+    info = np.iinfo(d.numpy)
+    lo, hi = (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if dt.startswith("int") else (0, (1 << d.bits) - 1)
+    return max(lo, int(info.min)), min(hi, int(info.max))
 
 
 def _compatible(a: TextType, b: TextType) -> bool:
