@@ -12,8 +12,16 @@ from anekit.cli import app
 from anekit.train.loop import Trainer, TrainOptions, read_log
 
 # A model small enough for CI: the bundled tokenizer's 512 ids, 2 layers, grouped-query heads.
-MICRO = {"name": "micro", "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-         "vocab_size": 512, "seq_len": 32}
+MICRO = {
+    "name": "micro",
+    "dim": 64,
+    "hidden_dim": 128,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "vocab_size": 512,
+    "seq_len": 32,
+}
 
 runner = CliRunner()
 
@@ -26,8 +34,16 @@ def micro_config(tmp_path):
 
 
 def options(tmp_path, config, **kw) -> TrainOptions:
-    base = dict(config_file=config, steps=6, batch=2, backend="reference", out=tmp_path / "run", save_every=3,
-                warmup=2, lr=3e-3)
+    base = dict(
+        config_file=config,
+        steps=6,
+        batch=2,
+        backend="reference",
+        out=tmp_path / "run",
+        save_every=3,
+        warmup=2,
+        lr=3e-3,
+    )
     base.update(kw)
     return TrainOptions(**base)
 
@@ -76,8 +92,24 @@ def test_nonfinite_step_is_skipped_and_scale_backs_off(tmp_path, micro_config):
 
 def test_train_eval_generate_commands(tmp_path, micro_config):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--config", str(micro_config), "--steps", "4", "--batch", "2",
-                                 "--backend", "reference", "--out", str(out), "--sample-tokens", "12"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(micro_config),
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--backend",
+            "reference",
+            "--out",
+            str(out),
+            "--sample-tokens",
+            "12",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "sample:" in result.output and "loss" in result.output and "tok/s" in result.output
     assert (out / "checkpoint" / "model.safetensors").is_file()
@@ -87,13 +119,25 @@ def test_train_eval_generate_commands(tmp_path, micro_config):
     entry = json.loads(lines[-1])
     assert {"loss", "tokens_per_s", "engine_ms", "cpu_ms", "lr", "loss_scale"} <= set(entry)
 
-    result = runner.invoke(app, ["eval", str(out / "checkpoint"), "--backend", "reference", "--max-batches", "2",
-                                 "--batch", "2"])
+    result = runner.invoke(
+        app, ["eval", str(out / "checkpoint"), "--backend", "reference", "--max-batches", "2", "--batch", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "mean loss" in result.output and "perplexity" in result.output
 
-    result = runner.invoke(app, ["generate", str(out / "checkpoint"), "--prompt", "Once upon a time",
-                                 "--max-tokens", "10", "--temperature", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(out / "checkpoint"),
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "10",
+            "--temperature",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Once upon a time")
 
@@ -101,12 +145,40 @@ def test_train_eval_generate_commands(tmp_path, micro_config):
 def test_train_errors_are_actionable(tmp_path, micro_config):
     result = runner.invoke(app, ["train", "--preset", "nope", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "unknown preset 'nope'" in result.output
-    result = runner.invoke(app, ["train", "--config", str(micro_config), "--resume", "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", "--config", str(micro_config), "--resume", "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 1 and "no checkpoint" in result.output
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    result = runner.invoke(app, ["train", "--config", str(micro_config), "--data", str(short), "--out",
-                                 str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", "--config", str(micro_config), "--data", str(short), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 1 and "tokens" in result.output
     result = runner.invoke(app, ["generate", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "no such checkpoint" in result.output
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path, micro_config):
+    args = [
+        "train",
+        "--config",
+        str(micro_config),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--backend",
+        "reference",
+        "--out",
+        str(tmp_path / "run"),
+        "--sample-tokens",
+        "0",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--resume" in result.output and "--overwrite" in result.output
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert runner.invoke(app, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() != before

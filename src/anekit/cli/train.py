@@ -46,6 +46,7 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from OUT/checkpoint exactly where it stopped."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if OUT holds a checkpoint."),
     seed: int = typer.Option(0, help="Seed for initialisation and data sampling."),
     save_every: int = typer.Option(100, help="Checkpoint every N steps (and at the end)."),
     sample_tokens: int = typer.Option(80, help="Tokens to generate as a sample at the end (0: none)."),
@@ -76,6 +77,7 @@ def train(
         numerics=numerics,
         out=out,
         resume=resume,
+        overwrite=overwrite,
         seed=seed,
         save_every=save_every,
         sample_tokens=sample_tokens,

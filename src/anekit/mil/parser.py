@@ -670,7 +670,9 @@ def _int_range(dt: str) -> tuple[int, int]:
     """The values an integer dtype holds (sub-byte types by their bit width)."""
     d = dtype_of(dt)
     info = np.iinfo(d.numpy)
-    lo, hi = (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if dt.startswith("int") else (0, (1 << d.bits) - 1)
+    lo, hi = (
+        (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if dt.startswith("int") else (0, (1 << d.bits) - 1)
+    )
     return max(lo, int(info.min)), min(hi, int(info.max))
 
 

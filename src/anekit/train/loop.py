@@ -47,6 +47,7 @@ class TrainOptions:
     numerics: str = "ane"  #: reference backend only
     out: Path = Path("runs/tiny")
     resume: bool = False
+    overwrite: bool = False  #: start afresh even though OUT holds a checkpoint
     seed: int = 0
     loss_scale: float = 256.0  #: initial dynamic loss scale (ane-private-api.md §5.4 uses 256)
     save_every: int = 100
@@ -111,6 +112,11 @@ class Trainer:
         self.optimizer = AdamW(lr=opts.lr, weight_decay=opts.weight_decay)
         self.scaler = LossScaler(scale=opts.loss_scale)
         self.start_step = 0
+        if not opts.resume and not opts.overwrite and is_checkpoint(self.ckpt_path):
+            raise ValueError(
+                f"{self.ckpt_path} already holds a checkpoint; pass --resume to continue it, --overwrite to "
+                "start afresh, or --out for another run directory"
+            )
         if opts.resume:
             if not is_checkpoint(self.ckpt_path):
                 raise ValueError(f"--resume: no checkpoint at {self.ckpt_path}")
