@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from ane_op_catalogue import CASES
+from ane_programs import conv_program, dynamic_program
 
 import anekit
 from anekit.backends.ane import ANEError
@@ -35,21 +36,8 @@ def test_smoke_conv1x1_matches_the_reference_backend():
     assert result.hw_ns is None or result.hw_ns > 0  # §1.10: reported, or None; never 0/invented
 
 
-def dynamic_program(c=64, s=64):
-    """y = x * w + x: `w` is a layer's weights staged once per binding (§1.6, §5.4)."""
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, c, 1, s), dtype=types.fp16) for _ in range(2)],
-        opset_version=ct.target.iOS18,
-    )
-    def prog(x, w):
-        return mb.add(x=mb.mul(x=x, y=w), y=x, name="y")
-
-    return prog
-
-
 def test_many_requests_on_one_compiled_kernel():
-    prog = dynamic_program()
+    prog = dynamic_program(c=64, s=64)
     ref = reference_compile(prog)
     before = COMPILES.used
     with warnings.catch_warnings():
@@ -76,18 +64,6 @@ def test_many_requests_on_one_compiled_kernel():
     kernel.close()
 
 
-def conv_program(seed):
-    w = (np.random.default_rng(seed).standard_normal((32, 32, 1, 1)) / 6).astype(np.float16)
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18
-    )
-    def prog(x):
-        return mb.conv(x=x, weight=mb.const(val=w, name="w"), name="y")
-
-    return prog
-
-
 def test_150_compiles_in_one_run_without_failure():
     """§1.11: ~119 compiles per process is the limit; past the budget (100) anekit compiles in
     worker processes, so 150 distinct programs all compile, run and match."""
@@ -95,7 +71,7 @@ def test_150_compiles_in_one_run_without_failure():
     kinds = collections.Counter()
     room = max(0, default_budget() - COMPILES.used)  # compiles this process may still do
     for i in range(150):
-        prog = conv_program(1000 + i)  # distinct weights: distinct programs, no cache hits
+        prog = conv_program(1000 + i, scale=6.0)  # distinct weights: distinct programs, no cache hits
         with ane(prog, cache=False) as kernel:
             kinds[type(kernel).__name__] += 1
             got = kernel(x=x)

@@ -13,39 +13,12 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import pytest
+from ane_programs import conv_program, dynamic_program, rand
 
 from anekit.backends.reference import compile as reference_compile
 from anekit.backends.worker import WorkerError, WorkerKernel, WorkerPool, in_worker
-from anekit.mil import ct, mb, types
 
 START = "forkserver"  # explicit; preloads the reference backend, so each worker starts fast
-
-
-def conv_program(seed=0, c=32, s=32):
-    w = (np.random.default_rng(seed).standard_normal((c, c, 1, 1)) / 8).astype(np.float16)
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, c, 1, s), dtype=types.fp16)], opset_version=ct.target.iOS18
-    )
-    def prog(x):
-        return mb.conv(x=x, weight=mb.const(val=w, name="w"), name="y")
-
-    return prog
-
-
-def dynamic_program(c=4, s=32):
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, c, 1, s), dtype=types.fp16) for _ in range(2)],
-        opset_version=ct.target.iOS18,
-    )
-    def prog(x, w):
-        return mb.add(x=mb.mul(x=x, y=w), y=x, name="y")
-
-    return prog
-
-
-def rand(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float16)
 
 
 def shm_exists(name: str) -> bool:
