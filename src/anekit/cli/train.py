@@ -32,7 +32,7 @@ def train(
     tokenizer: Path = typer.Option(
         None, help="tokenizer.json (Hugging Face) or llama2.c tokenizer.bin (default: bundled)."
     ),
-    steps: int = typer.Option(300, help="Optimizer steps to train to (in total, when resuming)."),
+    steps: int = typer.Option(400, help="Optimizer steps to train to (in total, when resuming)."),
     batch: int = typer.Option(8, help="Sequences per micro-batch."),
     accum: int = typer.Option(1, help="Micro-batches accumulated per optimizer step."),
     lr: float = typer.Option(3e-3, help="Peak learning rate (cosine decay to 0.1x after warm-up)."),

@@ -35,7 +35,7 @@ class TrainOptions:
     config_file: Path | None = None
     data: Path | None = None  #: None: the bundled stories; .bin: llama2.c tokens; else text
     tokenizer: Path | None = None  #: None: the bundled tokenizer
-    steps: int = 300
+    steps: int = 400
     batch: int = 8
     accum: int = 1
     lr: float = 3e-3
