@@ -74,18 +74,12 @@ def to_half(x: np.ndarray) -> np.ndarray:
     return (half | sign).view(np.float16)
 
 
+#: Every fp16 bit pattern's float32 value, from NumPy's own cast: decoding is one table lookup.
+_HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def from_half(h: np.ndarray) -> np.ndarray:
-    """A float16 array as float32, bit-exact, without NumPy's slow subnormal path."""
-    hb = np.asarray(h, dtype=np.float16).view(np.uint16).astype(np.uint32)
-    sign = (hb & np.uint32(0x8000)) << np.uint32(16)
-    exp = (hb >> np.uint32(10)) & np.uint32(0x1F)
-    mant = hb & np.uint32(0x3FF)
-    normal = sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13))
-    special = sign | _INF | (mant << np.uint32(13))
-    bits = np.where(exp == np.uint32(31), special, normal)
-    out = bits.view(np.float32)
-    sub = exp == 0
-    if sub.any():  # zero and subnormals: mantissa * 2**-24, with the sign
-        value = mant.astype(np.float32) * _SUB_UNIT
-        out = np.where(sub, np.where(sign != 0, -value, value), out)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    """A float16 array as float32, bit-exact: a lookup in a 256 kB table of all 65,536 values, which
+    avoids NumPy's slow per-element path for subnormals."""
+    bits = np.asarray(h, dtype=np.float16).view(np.uint16)
+    return np.take(_HALF_TO_FLOAT, bits)

@@ -13,7 +13,7 @@ from ..._coreml import types
 from ...mil.dtypes import of_builtin
 from ..base import Kernel, TensorSpec
 from . import ops as _ops  # noqa: F401  (fills OPS)
-from .registry import NUMERICS, OPS, OpContext, UnsupportedOp
+from .registry import NUMERICS, OPS, VALUE_PRESERVING, OpContext, UnsupportedOp
 
 
 def var_spec(var) -> TensorSpec:
@@ -27,6 +27,19 @@ def var_spec(var) -> TensorSpec:
         shape = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in inner.get_shape())
         return TensorSpec(var.name, shape, of_builtin(inner.get_primitive()).name)
     return TensorSpec(var.name, (), of_builtin(t).name)
+
+
+def _only_moves_values(op) -> bool:
+    """Whether every output element of `op` is a copy of an input element of the same dtype, so the
+    result needs no rounding to its declared type (reshape, slices, concat, ...)."""
+    if op.op_type not in VALUE_PRESERVING:
+        return False
+    dtypes = set()
+    for value in op.inputs.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if types.is_tensor(v.sym_type) and types.is_float(v.sym_type.get_primitive()):
+                dtypes.add(var_spec(v).dtype)
+    return all(var_spec(v).dtype in dtypes and len(dtypes) == 1 for v in op.outputs)
 
 
 class ReferenceKernel(Kernel):
@@ -84,6 +97,8 @@ class ReferenceKernel(Kernel):
                     args.append((name, s))
             outs = tuple(self._slot(v) for v in op.outputs)
             casts = tuple(self._out_cast(v) for v in op.outputs)
+            if _only_moves_values(op):  # outputs already hold values of their dtype: no rounding
+                casts = tuple((None, shape) for _, shape in casts)
             ctx = OpContext(self.numerics, op, self.ignore_sdpa_mask)
             step = (impl, ctx, tuple(args), outs, casts)
             if all_const:  # constant-fold: evaluated once, kept in compute precision
@@ -121,7 +136,7 @@ class ReferenceKernel(Kernel):
             raise RuntimeError(f"reference op {ctx.op.op_type!r} returned the wrong number of outputs")
         store = ctx.numerics.store
         for s, value, (dt, shape) in zip(outs, result, casts):
-            value = store(value, dt)
+            value = np.asarray(value) if dt is None else store(value, dt)
             if len(value.shape) != len(shape) or any(
                 d is not None and d != g for d, g in zip(shape, value.shape)
             ):

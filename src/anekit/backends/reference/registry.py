@@ -91,6 +91,13 @@ class OpContext:
         return of_builtin(t.get_primitive() if types.is_tensor(t) else t).name
 
 
+#: Ops whose outputs are copies of input elements: their results need no rounding when the
+#: input and output dtypes agree (the interpreter skips it; a measurable share of a kernel's time).
+VALUE_PRESERVING = frozenset(
+    "reshape transpose slice_by_size slice_by_index concat split stack expand_dims squeeze tile identity "
+    "gather gather_along_axis pad band_part select".split()
+)
+
 OpImpl = Callable[..., object]
 OPS: dict[str, OpImpl] = {}
 
