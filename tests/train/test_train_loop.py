@@ -182,3 +182,33 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path, micro_config):
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == before
     assert runner.invoke(app, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() != before
+
+
+def test_gradient_accumulation_averages_micro_batches(tmp_path, micro_config):
+    # With exact numerics, one step over 2 accumulated micro-batches logs the mean of their losses and
+    # applies the mean of their gradients: replay the same batches through a plain runner to check.
+    from anekit.train.optim import AdamW, clip_by_global_norm, cosine_lr
+    from anekit.train.step import ModelRunner
+
+    opts = options(tmp_path, micro_config, steps=1, accum=2, numerics="exact", clip=0.0)
+    trainer = Trainer(opts)
+    try:
+        params0 = {k: v.copy() for k, v in trainer.params.items()}
+        sampler_state = trainer.batches.state_dict()
+        entry = trainer.train_step(0)
+        trainer.batches.load_state_dict(sampler_state)
+        batches = [next(trainer.batches) for _ in range(2)]
+        with ModelRunner(trainer.config, opts.batch, backend="reference", numerics="exact") as plain:
+            plain.set_params(params0)
+            results = [plain.step(tok, tgt) for tok, tgt in batches]
+        assert entry.loss == pytest.approx(np.mean([r.loss for r in results]), rel=1e-12)
+        grads = {k: (results[0].grads[k] + results[1].grads[k]) / 2 for k in params0}
+        clip_by_global_norm(grads, 0.0)
+        expected = {k: v.copy() for k, v in params0.items()}
+        AdamW(lr=opts.lr, weight_decay=opts.weight_decay).step(
+            expected, grads, lr=cosine_lr(0, opts.lr, 1, opts.warmup)
+        )
+        for k in expected:
+            np.testing.assert_allclose(trainer.params[k], expected[k], rtol=1e-5, atol=1e-7)
+    finally:
+        trainer.close()
