@@ -212,3 +212,17 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path, micro_config):
             np.testing.assert_allclose(trainer.params[k], expected[k], rtol=1e-5, atol=1e-7)
     finally:
         trainer.close()
+
+
+@pytest.mark.skipif(
+    __import__("sys").platform == "darwin", reason="off macOS only: the engine is unavailable here"
+)
+def test_asking_for_the_engine_off_a_mac_is_a_clear_error(tmp_path, micro_config):
+    result = runner.invoke(
+        app, ["train", "--config", str(micro_config), "--backend", "ane", "--out", str(tmp_path / "r")]
+    )
+    assert (
+        result.exit_code == 1
+        and "ane backend is unavailable" in result.output
+        and "Traceback" not in result.output
+    )

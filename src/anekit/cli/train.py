@@ -57,6 +57,7 @@ def train(
     the NumPy reference backend elsewhere. Writes OUT/checkpoint (safetensors + JSON), OUT/log.jsonl
     (one line per step), OUT/loss.png, and prints a generated sample.
     """
+    from ..backends import BackendUnavailable
     from ..train.checkpoint import CheckpointError
     from ..train.data import DataError
     from ..train.generate import generate_text
@@ -85,7 +86,7 @@ def train(
     console = Console()
     try:
         trainer = Trainer(opts)
-    except (ValueError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ValueError, DataError, CheckpointError, FileNotFoundError, BackendUnavailable) as e:
         raise fail(str(e)) from None
     cfg = trainer.config
     console.print(
@@ -170,7 +171,7 @@ def evaluate(
     numerics: str = typer.Option("ane", help="Reference backend numerics: ane or exact."),
 ) -> None:
     """Mean cross-entropy (and perplexity) of a checkpoint on a data file, in file order."""
-    from ..backends import resolve
+    from ..backends import BackendUnavailable, resolve
     from ..train.data import DataError, load_dataset, sequential_batches
     from ..train.step import ModelRunner
     from ..train.tokenizers import load_tokenizer
@@ -181,10 +182,14 @@ def evaluate(
         ds = load_dataset(data, tok, vocab_size=config.vocab_size)
     except (ValueError, DataError) as e:
         raise fail(str(e)) from None
-    name = resolve(backend)
-    options = {"numerics": numerics} if name == "reference" else {}
+    try:
+        name = resolve(backend)
+        options = {"numerics": numerics} if name == "reference" else {}
+        runner = ModelRunner(config, batch, backend=name, **options)
+    except (ValueError, BackendUnavailable) as e:
+        raise fail(str(e)) from None
     total, count = 0.0, 0
-    with ModelRunner(config, batch, backend=name, **options) as runner:
+    with runner:
         runner.set_params(params)
         for tokens, targets in sequential_batches(ds, batch, config.seq_len, max_batches or None):
             if len(tokens) < batch:  # the kernels are compiled for one batch shape: pad the last
