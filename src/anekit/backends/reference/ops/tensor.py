@@ -292,28 +292,22 @@ for _name, _fn in _REDUCTIONS.items():
     _register_reduction(_name, _fn)
 
 
-@op("reduce_argmax")
-def reduce_argmax(
-    ctx: OpContext,
-    x: Array,
-    axis: Array | int = -1,
-    keep_dims: Array | bool = False,
-    output_dtype: str = "int32",
-) -> Array:
-    """Index of the first maximum along `axis` (ties: the lowest index)."""
-    return np.argmax(x, axis=_axis(axis, x.ndim), keepdims=bool(keep_dims))
+def _register_arg_reduction(name: str, fn, what: str) -> None:
+    def impl(
+        ctx: OpContext,
+        x: Array,
+        axis: Array | int = -1,
+        keep_dims: Array | bool = False,
+        output_dtype: str = "int32",
+    ) -> Array:
+        return fn(x, axis=_axis(axis, x.ndim), keepdims=bool(keep_dims))
+
+    impl.__doc__ = f"Index of the first {what} along `axis` (ties: the lowest index)."
+    op(name)(impl)
 
 
-@op("reduce_argmin")
-def reduce_argmin(
-    ctx: OpContext,
-    x: Array,
-    axis: Array | int = -1,
-    keep_dims: Array | bool = False,
-    output_dtype: str = "int32",
-) -> Array:
-    """Index of the first minimum along `axis` (ties: the lowest index)."""
-    return np.argmin(x, axis=_axis(axis, x.ndim), keepdims=bool(keep_dims))
+_register_arg_reduction("reduce_argmax", np.argmax, "maximum")
+_register_arg_reduction("reduce_argmin", np.argmin, "minimum")
 
 
 # -- topk (mil-text.md §3.14) -------------------------------------------------------------------
