@@ -492,3 +492,28 @@ def test_builder_default_norm_epsilon_is_printed_in_the_ops_dtype():
     reparsed = loads(model.text, model.weights)
     x = np.random.default_rng(0).standard_normal((1, 32, 1, 32)).astype(np.float16)
     np.testing.assert_array_equal(ref_compile(reparsed)(x=x)["inn"], ref_compile(prog)(x=x)["inn"])
+
+
+@pytest.mark.parametrize(
+    "decl, fragment",
+    [
+        ("tensor<fp32, [1, -4]>", "a dimension cannot be negative"),
+        ("tensor<fp32, [1, 4.0]>", "expected a dimension (an integer)"),
+        ("tensor<fp32, [1 4]>", "',' or ']' in the shape"),
+        ("tensor<fp32, [1, 4]", "expected '>'"),
+    ],
+)
+def test_malformed_tensor_types_still_get_precise_errors(decl, fragment):
+    err = parse_error(f"        {decl} y = relu(x = x);\n")
+    assert fragment in err.message and err.line == 4
+
+
+def test_flexible_and_scalar_tensor_types_parse():
+    text = (
+        "program(1.3)\n{\n    func main<ios18>(tensor<fp32, [?, 4]> x, tensor<fp32, [1]> s) {\n"
+        "        tensor<fp32, [?, 4]> y = mul(x = x, y = s)[name = string(\"y\")];\n    } -> (y);\n}\n"
+    )
+    printed = dumps(loads(text)).text
+    assert "tensor<fp32, [?, 4]> x, tensor<fp32, [1]> s)" in printed and "tensor<fp32, [?, 4]> y = mul(x = x, y = s)" in printed
+    with pytest.raises(MilParseError, match="rank-0 function parameter"):
+        loads(text.replace("tensor<fp32, [1]> s", "fp32 s"))

@@ -280,6 +280,12 @@ class _Parser:
             return mb.state_tensor_placeholder(shape=shape, dtype=self.builtin(t.wrapped.dtype, pos))
         if not isinstance(t, TensorType):
             raise self.error(f"a function parameter of type {format_type(t)} is not supported", pos)
+        if t.is_scalar:  # coremltools' placeholders have rank >= 1
+            raise self.error(
+                f"a rank-0 function parameter ({format_type(t)}) is not supported; "
+                f"use tensor<{t.dtype}, [1]>",
+                pos,
+            )
         shape = [d if d is not None else get_new_symbol() for d in t.shape]
         return mb.placeholder(shape=shape, dtype=self.builtin(t.dtype, pos))
 
@@ -317,6 +323,37 @@ class _Parser:
         self.expect(";", "';' at the end of the statement")
         self.build(op_type, op_pos, start, decls, args, attrs, symbols)
 
+    def _static_tensor_type(self) -> TensorType | None:
+        """Fast path for the commonest type, `tensor<dtype, [int, ...]>`: None if the tokens after
+        `tensor` are anything else, and the general path (with its errors) takes over."""
+        toks, i = self.tokens, self.i
+        if (
+            toks[i][1] != "<"
+            or toks[i + 1][1] not in DTYPE_NAMES
+            or toks[i + 2][1] != ","
+            or toks[i + 3][1] != "["
+        ):
+            return None
+        dt, j, dims = toks[i + 1][1], i + 4, []
+        if toks[j][1] != "]":
+            while True:
+                kind, text, _ = toks[j]
+                if kind != "num" or not text.isdigit():
+                    return None
+                dims.append(int(text))
+                sep = toks[j + 1][1]
+                j += 2
+                if sep == "]":
+                    break
+                if sep != ",":
+                    return None
+        else:
+            j += 1
+        if toks[j][1] != ">":
+            return None
+        self.i = j + 1
+        return TensorType(dt, tuple(dims))
+
     def attr_list(self) -> list[tuple[str, object]]:
         self.expect("[")
         out = []
@@ -324,7 +361,20 @@ class _Parser:
             while True:
                 name, _ = self.ident("an attribute name")
                 self.expect("=", f"'=' after attribute {name!r}")
-                out.append((name, self.binding()))
+                toks, i = self.tokens, self.i
+                if (
+                    toks[i][1] == "string"
+                    and toks[i + 1][1] == "("
+                    and toks[i + 2][0] == "str"
+                    and toks[i + 3][1] == ")"
+                ):
+                    # the `name = string("...")` every statement carries: read it directly
+                    text = toks[i + 2][1]
+                    value = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+                    out.append((name, _Literal(TensorType("string", ()), value, toks[i][2])))
+                    self.i = i + 4
+                else:
+                    out.append((name, self.binding()))
                 if not self.accept(","):
                     break
         self.expect("]", "',' or ']' in the attribute list")
@@ -356,6 +406,9 @@ class _Parser:
         if word in DTYPE_NAMES:
             return TensorType(word, ())
         if word == "tensor":
+            fast = self._static_tensor_type()
+            if fast is not None:
+                return fast
             self.expect("<")
             dt, dpos = self.ident("a dtype")
             if dt not in DTYPE_NAMES:
