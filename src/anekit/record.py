@@ -27,6 +27,7 @@ import numpy as np
 
 from .backends import get, resolve
 from .backends.base import Kernel
+from .errors import AnekitError
 
 BUNDLE_FORMAT = "anekit-bundle"
 BUNDLE_VERSION = 1
@@ -39,7 +40,7 @@ DEFAULT_ATOL = 1e-2
 FILES = ("model.mil", "inputs.npz", "outputs.npz", "meta.json")
 
 
-class BundleError(ValueError):
+class BundleError(AnekitError, ValueError):
     """A bundle directory is incomplete or its metadata is missing what a replay relies on."""
 
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import AnekitError
 
-class BackendUnavailable(RuntimeError):
+
+class BackendUnavailable(AnekitError, RuntimeError):
     """The requested backend cannot run on this machine; the message says what is missing."""
 
 
-class KernelInputError(ValueError):
+class KernelInputError(AnekitError, ValueError):
     """The arrays passed to a kernel do not match its declared inputs."""
 
 

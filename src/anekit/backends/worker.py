@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AnekitError
 from .base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs
 
 _log = logging.getLogger("anekit.worker")
@@ -57,12 +58,13 @@ def in_worker() -> bool:
     return _IN_WORKER
 
 
-class WorkerError(RuntimeError):
+class WorkerError(AnekitError, RuntimeError):
     """A worker process died, hung, or the pool was closed; the message says which and what next."""
 
 
 class RemoteError(RuntimeError):
-    """An exception raised in the worker that could not be sent back as itself."""
+    """An exception raised in the worker that could not be sent back as itself (not an `AnekitError`:
+    what it wraps may be anything)."""
 
 
 def default_start_method() -> str:

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import AnekitError
+
 Arrays = dict[str, np.ndarray]
 
 
-class OutputMismatch(RuntimeError):
+class OutputMismatch(AnekitError, RuntimeError):
     """A benchmark program computed the wrong thing; it is not timed."""
 
 

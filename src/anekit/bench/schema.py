@@ -14,6 +14,8 @@ import re
 from functools import lru_cache
 from importlib import resources
 
+from ..errors import AnekitError
+
 SUPPORTED = {
     "$schema",
     "$id",
@@ -45,7 +47,7 @@ _TYPES = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(AnekitError, ValueError):
     """A record does not match the schema; the message lists every problem with its JSON path."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import AnekitError
+
 __all__ = ["Segment", "Layout", "LayoutError", "ROW_ALIGN", "round_up"]
 
 #: The engine's rows are multiples of 64 bytes = 32 fp16 elements (ane-private-api.md §1.7, §6;
@@ -31,7 +33,7 @@ __all__ = ["Segment", "Layout", "LayoutError", "ROW_ALIGN", "round_up"]
 ROW_ALIGN = 32
 
 
-class LayoutError(ValueError):
+class LayoutError(AnekitError, ValueError):
     """A layout was built inconsistently, or an array does not fit the block it was given for."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import AnekitError
 from .dtypes import BY_BLOB_CODE, DType
 from .dtypes import dtype as _lookup_dtype
 
@@ -58,7 +59,7 @@ _METADATA_RESERVED = struct.Struct("<4Q")  # bytes 32..63
 _BYTE_BITS = 8
 
 
-class BlobError(ValueError):
+class BlobError(AnekitError, ValueError):
     """A blob file (or a tensor to be written to one) is malformed.
 
     The message names the field, its byte offset in the file, what was expected and what was

@@ -7,11 +7,13 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import AnekitError
+
 MODEL_PATH = "@model_path/"
 WEIGHTS_DIR = "weights"
 
 
-class WeightPathError(ValueError):
+class WeightPathError(AnekitError, ValueError):
     """A BLOBFILE path that is malformed or escapes the model directory."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .._coreml import OPSET_ALIASES, OPSETS, Function, Program, mb, types
+from ..errors import AnekitError
 from .blob import BlobError, read_blob
 from .dtypes import dtype as dtype_of
 from .literals import (
@@ -40,7 +41,7 @@ from .model import WeightPathError, weight_relpath
 from .printer import TEXT_INFO_ATTR, TextInfo
 
 
-class MilParseError(ValueError):
+class MilParseError(AnekitError, ValueError):
     """MIL text that cannot be read; says where (file:line:col), what was expected, and shows the line."""
 
     def __init__(self, message: str, line: int, col: int, source_line: str = "", filename: str = "<mil>"):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import AnekitError
 from .config import ModelConfig
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
@@ -33,7 +34,7 @@ _LLAMA2C_V1_MAGIC = 0x616B3432  # "ak42": llama2.c's later versioned export form
 _LEGACY_ROPE_THETA, _LEGACY_NORM_EPS = 10000.0, 1e-5
 
 
-class ModelFileError(ValueError):
+class ModelFileError(AnekitError, ValueError):
     """A model file that cannot be imported or exported as asked; says which file and what."""
 
 

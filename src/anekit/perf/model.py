@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 
+from ..errors import AnekitError
 from .chips import CHIPS, chip_id
 from .count import MAC_KINDS, OpCost, ProgramCost, count_ops
 
@@ -107,7 +108,7 @@ class Params:
         )
 
 
-class UncalibratedChip(ValueError):
+class UncalibratedChip(AnekitError, ValueError):
     """The chip is in the table but no published measurement calibrates the model for it."""
 
     def __init__(self, cid: str, calibrated: list[str]):

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import AnekitError
 from ..model.config import ModelConfig
 
 FORMAT = "anekit-checkpoint"
@@ -39,7 +40,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AnekitError, ValueError):
     """A checkpoint that cannot be written or used as given; the message says what and where."""
 
 

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import AnekitError
 from .tokenizers import Tokenizer, encode_documents, load_tokenizer
 
 DOC_SEPARATOR = "\n\n"
 _CACHE_FORMAT = "anekit-tokens-v1"  # bump when the way text becomes tokens changes
 
 
-class DataError(ValueError):
+class DataError(AnekitError, ValueError):
     """Training data that cannot be used as given; the message says what and what to do."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from ...errors import AnekitError
+
 #: The steps of ane-private-api.md §1.2 (plus the surrounding set-up), as named in errors.
 STEPS = (
     "framework",  # §1.1: dlopen the framework, resolve the classes
@@ -34,7 +36,7 @@ MAX_DETAIL = 4000
 T = TypeVar("T")
 
 
-class ANEError(RuntimeError):
+class ANEError(AnekitError, RuntimeError):
     """A step of the engine call sequence failed.
 
     step: one of `STEPS`. message: what failed, including the compiler's or driver's own text.

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import AnekitError
 from ..base import TensorSpec
 
 #: §1.7: the innermost dimension must span a multiple of 64 bytes (32 fp16 elements) when the
@@ -32,7 +33,7 @@ ROW_ALIGN_BYTES = 64
 IO_DTYPES: dict[str, np.dtype] = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
 
 
-class LayoutError(ValueError):
+class LayoutError(AnekitError, ValueError):
     """A tensor cannot be placed in an IOSurface as the engine expects; the message says why."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import AnekitError
 from .fp16 import from_half, round_fp16, to_half
 
 
@@ -115,5 +116,5 @@ def op(*names: str) -> Callable[[OpImpl], OpImpl]:
     return register
 
 
-class UnsupportedOp(NotImplementedError):
+class UnsupportedOp(AnekitError, NotImplementedError):
     """The reference backend has no implementation of an op used by the program."""
