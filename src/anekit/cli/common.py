@@ -10,6 +10,15 @@ from rich.console import Console
 err = Console(stderr=True, soft_wrap=True)  # paths and file:line:col stay on one line
 
 
+def stdout_console() -> Console:
+    """The console every command prints its results on.
+
+    soft_wrap: rich hard-wraps at 80 columns when stdout is not a terminal, which put newlines inside
+    generated text and long paths; with soft_wrap a line is written whole and the terminal wraps it.
+    """
+    return Console(soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/] {message}")
     return typer.Exit(code)

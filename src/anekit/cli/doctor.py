@@ -6,8 +6,9 @@ import platform
 import sys
 from importlib import metadata
 
-from rich.console import Console
 from rich.table import Table
+
+from .common import stdout_console
 
 
 def _version(dist: str) -> str:
@@ -22,7 +23,7 @@ def doctor() -> None:
     from .. import __version__
     from ..backends import BACKENDS, availability
 
-    console = Console()
+    console = stdout_console()
     info = Table(title="anekit doctor", show_header=False)
     info.add_row("anekit", __version__)
     info.add_row("python", sys.version.split()[0])

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .common import fail, load_program
+from .common import fail, load_program, stdout_console
 
 
 def _mb(b: float) -> str:
@@ -40,7 +39,7 @@ def estimate(
     if as_json:
         typer.echo(json.dumps(est.to_json(), indent=1))
         return
-    console = Console()
+    console = stdout_console()
     head = Table(
         title=f"{model}: predicted on {get_chip(cid).name} (cost model, not a measurement)",
         show_header=False,

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .common import fail, load_program
+from .common import fail, load_program, stdout_console
 
 _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -25,7 +24,7 @@ def lint(
         findings = run_lint(program, chip=chip)
     except ValueError as e:
         raise fail(str(e)) from None
-    console = Console()
+    console = stdout_console()
     if not findings:
         console.print(f"[green]{model}: no findings[/]")
         return

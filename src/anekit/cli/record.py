@@ -6,10 +6,9 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .common import fail, load_program
+from .common import fail, load_program, stdout_console
 from .run import _parse_inputs
 
 
@@ -49,7 +48,7 @@ def record(
         raise fail(str(e)) from None
     target = out or Path(f"bundle-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     save_bundle(bundle, target)
-    console = Console()
+    console = stdout_console()
     t = bundle.meta["timings"]
     console.print(f"recorded {len(bundle.outputs)} output(s) from [bold]{bundle.source}[/] into {target}")
     if t["engine_wall_s"]:
@@ -73,7 +72,7 @@ def replay(
         problems = check_replay(b, backend)
     except (BundleError, BackendUnavailable, ValueError, NotImplementedError) as e:
         raise fail(str(e)) from None
-    console = Console()
+    console = stdout_console()
     table = Table(title=f"{bundle} ({b.source}, {b.meta.get('machine', {}).get('chip', '?')}) on {backend}")
     table.add_column("result")
     for p in problems or ["every output matches within fp16 tolerance"]:

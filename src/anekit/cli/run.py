@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .common import fail, load_program
+from .common import fail, load_program, stdout_console
 
 
 def _parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
@@ -54,7 +53,7 @@ def run(
             raise fail(
                 f"{e}. The program takes: {', '.join(str(s) for s in kernel.inputs.values())}"
             ) from None
-    console = Console()
+    console = stdout_console()
     table = Table(title=f"{model} on {kernel.backend}")
     for col in ("output", "shape", "dtype", "min", "max", "mean", "non-finite"):
         table.add_column(col)

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .common import fail
+from .common import fail, stdout_console
 
 
 def train(
@@ -83,7 +82,7 @@ def train(
         save_every=save_every,
         sample_tokens=sample_tokens,
     )
-    console = Console()
+    console = stdout_console()
     try:
         trainer = Trainer(opts)
     except (ValueError, DataError, CheckpointError, FileNotFoundError, BackendUnavailable) as e:
@@ -200,7 +199,7 @@ def evaluate(
             total += runner.loss(tokens, targets) * n
             count += n
     mean = total / max(count, 1)
-    Console().print(
+    stdout_console().print(
         f"{checkpoint}: mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.2f}) "
         f"over {count:,} tokens of {ds.source} on {name}"
     )
@@ -235,4 +234,4 @@ def generate(
         )
     except ValueError as e:
         raise fail(str(e)) from None
-    Console().print(text, highlight=False, markup=False)
+    stdout_console().print(text, highlight=False, markup=False)
