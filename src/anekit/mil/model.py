@@ -1,20 +1,31 @@
-"""`MilModel`: MIL text plus its weight files, as handed to the compiler and stored on disk."""
+"""`MilModel`: MIL text plus its weight files, as handed to the compiler and stored on disk.
+
+On disk a model is a directory: `model.mil` and the weight files its `BLOBFILE` constants name
+(`@model_path/weights/*.bin`, mil-text.md §1.9). Reading one opens `model.mil` and exactly the weight
+files the text refers to, each only if it resolves (after symlinks) inside the directory and is a
+regular file; writing one never writes in place (see `anekit.safe_dir`).
+"""
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AnekitError
+from ..safe_dir import StagedDirectory, read_inside, write_new_file
 
 MODEL_PATH = "@model_path/"
 WEIGHTS_DIR = "weights"
+TEXT_FILE = "model.mil"
 
 
 class WeightPathError(AnekitError, ValueError):
-    """A BLOBFILE path that is malformed or escapes the model directory."""
+    """A file of a model directory that cannot be read or written safely: a BLOBFILE path that is
+    malformed or escapes the directory (also through a symbolic link), a missing file, one that is
+    not a regular file, or a directory that would be written through a link or overwritten."""
 
 
 def weight_relpath(path: str) -> str:
@@ -27,9 +38,60 @@ def weight_relpath(path: str) -> str:
         raise WeightPathError(f"weight path {path!r} does not start with {MODEL_PATH!r}")
     rel = path[len(MODEL_PATH) :]
     norm = posixpath.normpath(rel)
-    if not rel or rel.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "\\" in rel:
+    if (
+        not rel
+        or rel.startswith("/")
+        or norm == "."
+        or norm.startswith("../")
+        or norm == ".."
+        or "\\" in rel
+        or "\0" in rel
+    ):
         raise WeightPathError(f"weight path {path!r} escapes the model directory; refused")
     return norm
+
+
+# Just enough of the MIL lexer (mil-text.md §1.2) to find BLOBFILE paths without parsing: `//`
+# comments and strings are skipped as units, so a path inside either is not taken for a reference.
+_LEX = re.compile(r'//[^\n]*|"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|\S')
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+def referenced_weights(text: str) -> list[str]:
+    """The distinct `BLOBFILE(path = string("..."), ...)` paths of a MIL text, in order of appearance.
+
+    Strings take C-style escapes (mil-text.md §1.2: none occur in real files, `\\"` and `\\\\` are
+    accepted), undone here as the parser undoes them.
+    """
+    tokens = [m.group() for m in _LEX.finditer(text) if not m.group().startswith("//")]
+    paths: dict[str, None] = {}
+    for i, tok in enumerate(tokens):
+        if tok != "BLOBFILE":
+            continue
+        # BLOBFILE ( [offset = uint64 ( N ) ,] path = string ( "..." ) ...
+        depth, j = 0, i + 1
+        while j < len(tokens):
+            t = tokens[j]
+            depth += t == "("
+            depth -= t == ")"
+            if depth <= 0:
+                break
+            if t == "path" and tokens[j + 1 : j + 4] == ["=", "string", "("] and j + 4 < len(tokens):
+                s = tokens[j + 4]
+                if s.startswith('"') and s.endswith('"') and len(s) >= 2:
+                    paths[re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), s[1:-1])] = None
+                break
+            j += 1
+    return list(paths)
+
+
+def read_weight_file(root: str | os.PathLike, path: str) -> bytes:
+    """The bytes of the weight file a BLOBFILE `path` names in model directory `root`.
+
+    WeightPathError if the path is malformed, or the file is missing, resolves (through a symlink)
+    outside `root`, or is not a regular file.
+    """
+    return read_inside(root, weight_relpath(path), WeightPathError, f"weight file {path!r}:")
 
 
 @dataclass
@@ -39,16 +101,35 @@ class MilModel:
     text: str
     weights: dict[str, bytes] = field(default_factory=dict)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write `model.mil` and `weights/` into `directory` (created if needed); returns it."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        for path, data in self.weights.items():
-            target = root / weight_relpath(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        (root / "model.mil").write_text(self.text, encoding="utf-8")
-        return root
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write `model.mil` and its weight files into `directory`; returns it.
+
+        The files are written into a new directory beside `directory`, which then takes its place
+        (`anekit.safe_dir`): nothing is written through a symlink, and a failure leaves nothing
+        half-written. An existing non-empty `directory` is a WeightPathError unless `overwrite`;
+        with it, the old directory is replaced once the new one is complete (only if it holds
+        nothing but a model: `model.mil` and weight files).
+        """
+        rels = {path: weight_relpath(path) for path in self.weights}
+        tops = {rel.split("/", 1)[0] for rel in rels.values()}
+        if TEXT_FILE in tops:
+            raise WeightPathError(f"a weight file cannot be named {TEXT_FILE}: it is the MIL text's file")
+        with StagedDirectory(
+            directory,
+            overwrite=overwrite,
+            error=WeightPathError,
+            produces={TEXT_FILE, WEIGHTS_DIR, *tops},
+            what="model directory",
+        ) as stage:
+            written: set[str] = set()
+            for path, data in self.weights.items():
+                rel = rels[path]
+                if rel in written:  # two spellings of one file (`weights/./w.bin`): one file
+                    continue
+                write_new_file(stage, rel, data)
+                written.add(rel)
+            write_new_file(stage, TEXT_FILE, self.text.encode("utf-8"))
+        return Path(directory)
 
     def program(self, **options):
         """Parse back into a coremltools Program (see `anekit.mil.loads`)."""
@@ -64,18 +145,27 @@ class MilModel:
 
 
 def load(path: str | os.PathLike) -> MilModel:
-    """Read a model directory (or its `model.mil`) written by `MilModel.save` or by Core ML."""
+    """Read a model directory (or its `model.mil`) written by `MilModel.save` or by Core ML.
+
+    Reads `model.mil` and only the weight files its BLOBFILE constants name, each of which must
+    resolve inside the directory and be a regular file (WeightPathError otherwise); text that is not
+    UTF-8 is a MilParseError.
+    """
     p = Path(path)
-    if p.is_dir():
-        root, text_file = p, p / "model.mil"
-    else:
-        root, text_file = p.parent, p
-    if not text_file.is_file():
-        raise FileNotFoundError(f"no MIL text at {text_file}")
-    weights = {}
-    wdir = root / WEIGHTS_DIR
-    if wdir.is_dir():
-        for f in sorted(wdir.rglob("*")):
-            if f.is_file():
-                weights[MODEL_PATH + f.relative_to(root).as_posix()] = f.read_bytes()
-    return MilModel(text_file.read_text(encoding="utf-8"), weights)
+    root, name = (p, TEXT_FILE) if p.is_dir() else (p.parent, p.name)
+    raw = read_inside(root, name, WeightPathError, "MIL text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from .parser import MilParseError
+
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise MilParseError(
+            f"the file is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); MIL text is UTF-8",
+            line,
+            col,
+            filename=str(root / name),
+        ) from None
+    weights = {ref: read_weight_file(root, ref) for ref in referenced_weights(text)}
+    return MilModel(text, weights)
