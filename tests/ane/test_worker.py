@@ -1,4 +1,4 @@
-"""The generic worker (anekit.backends.worker) with the reference backend: numerics, budget
+"""The generic worker (anekit.backends.worker) with the reference backend: numerics, live-kernel
 rollover, a worker killed or hung mid-run, shared memory unlinked, bindings re-staged."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def process_gone(pid: int, timeout: float = 10.0) -> bool:
 
 @pytest.fixture
 def pool():
-    p = WorkerPool("reference", budget=10, start_method=START, timeout=30)
+    p = WorkerPool("reference", max_kernels=10, start_method=START, timeout=30)
     yield p
     p.close()
 
@@ -84,9 +84,9 @@ def test_worker_gives_the_in_process_results_under_both_numerics(pool, numerics,
     assert not any(shm_exists(n) for n in names)  # unlinked by the caller
 
 
-def test_budget_rollover_is_transparent_and_retired_workers_exit():
-    budget, n = 2, 5
-    with WorkerPool("reference", budget=budget, start_method=START, timeout=30) as pool:
+def test_full_workers_roll_over_and_idle_older_workers_exit():
+    max_kernels, n = 2, 5
+    with WorkerPool("reference", max_kernels=max_kernels, start_method=START, timeout=30) as pool:
         progs = [conv_program(seed) for seed in range(n)]
         kernels = [pool.compile(p) for p in progs]
         pids = [k.pid for k in kernels]
@@ -133,7 +133,7 @@ def test_worker_killed_mid_run_gives_a_clear_error_then_a_new_worker_takes_over(
 
 
 def test_hung_worker_times_out_is_killed_and_replaced():
-    with WorkerPool("reference", budget=10, start_method=START, timeout=1.0) as pool:
+    with WorkerPool("reference", max_kernels=10, start_method=START, timeout=1.0) as pool:
         kernel = pool.compile(conv_program(0))
         x = rand((1, 32, 1, 32), 4)
         kernel(x=x)
@@ -183,7 +183,7 @@ def test_worker_errors_arrive_as_themselves(pool):
 
 
 def test_closed_pool_and_kernel_refuse_work():
-    pool = WorkerPool("reference", budget=3, start_method=START, timeout=30)
+    pool = WorkerPool("reference", max_kernels=3, start_method=START, timeout=30)
     kernel = pool.compile(conv_program(0))
     pid = kernel.pid
     pool.close()
@@ -197,7 +197,7 @@ def test_closed_pool_and_kernel_refuse_work():
 
 def test_pool_arguments_are_checked():
     with pytest.raises(ValueError, match="at least 1"):
-        WorkerPool("reference", budget=0)
+        WorkerPool("reference", max_kernels=0)
     with pytest.raises(ValueError, match="never fork"):
         WorkerPool("reference", start_method="fork")
     with pytest.raises(ValueError, match="unknown backend"):

@@ -1,15 +1,18 @@
 """Kernels that compile and run in a worker process, for any backend.
 
-Why: the ANE compiler leaks and fails after ~119 compiles per process (ane-private-api.md §1.11).
-maderix checkpoints and exec()s itself every 100 compiles; anekit instead moves compiling and
-running into a fresh worker process when a process has spent its budget, without the caller
-noticing. Nothing here is ANE-specific: the worker runs `anekit.backends.<backend>.compile`, so
-the mechanism is tested anywhere with the reference backend.
+Why: the engine's driver holds at most 128 loaded programs per process (ane-private-api.md
+§10.1, which corrects §1.11's "~119 compiles": that was this cap seen from code that never
+unloads). The ane runtime unloads idle programs to stay under its loaded-program budget; only when
+more programs must be live *at once* than the budget allows does it move compiling and running
+into worker processes, each with its own 128 slots, without the caller noticing. Nothing here is
+ANE-specific: the worker runs `anekit.backends.<backend>.compile`, so the mechanism is tested
+anywhere with the reference backend.
 
 How:
-- `WorkerPool(backend, budget)` starts workers (spawn/forkserver, never plain fork: the
-  Objective-C runtime does not survive a fork) and sends each at most `budget` compiles; past that
-  a new worker takes new compiles, and a retired worker exits when its last kernel closes.
+- `WorkerPool(backend, max_kernels)` starts workers (spawn, or forkserver off macOS; never plain
+  fork: the Objective-C runtime does not survive a fork) and places each new kernel in a worker
+  holding fewer than `max_kernels` live kernels, starting a new worker only when every worker is
+  full; a worker that is not the newest exits when its last kernel closes.
 - A `WorkerKernel` is the caller-side kernel. Inputs and outputs travel through shared memory
   blocks (`multiprocessing.shared_memory`) owned and unlinked by the caller; only small messages
   go over the pipe: `("compile", text, weights, options)`, `("bind", id)`, `("write", id, inputs)`,
@@ -49,6 +52,10 @@ _log = logging.getLogger("anekit.worker")
 DEFAULT_TIMEOUT = 600.0
 #: Seconds a worker gets to exit cleanly before it is killed.
 EXIT_GRACE = 5.0
+#: Live kernels one worker holds at most: the ane runtime's default loaded-program budget
+#: (`anekit.backends.ane.runtime.DEFAULT_LOADED_PROGRAM_BUDGET`), under the engine's 128 loaded
+#: programs per process (ane-private-api.md §10.1).
+DEFAULT_MAX_KERNELS = 120
 
 _IN_WORKER = False
 
@@ -62,14 +69,45 @@ class WorkerError(AnekitError, RuntimeError):
     """A worker process died, hung, or the pool was closed; the message says which and what next."""
 
 
+class WorkerOptionError(AnekitError, ValueError):
+    """A worker pool was asked for something it does not do (start method, size, a renamed
+    option); the message says what to pass instead."""
+
+
 class RemoteError(RuntimeError):
     """An exception raised in the worker that could not be sent back as itself (not an `AnekitError`:
     what it wraps may be anything)."""
 
 
+def _platform() -> str:
+    """`sys.platform` (a function, so tests can check the macOS rules anywhere)."""
+    return sys.platform
+
+
 def default_start_method() -> str:
     """spawn on macOS (fork after the Objective-C runtime initialised is unsafe), else forkserver."""
-    return "spawn" if sys.platform == "darwin" else "forkserver"
+    return "spawn" if _platform() == "darwin" else "forkserver"
+
+
+def check_start_method(method: str) -> str:
+    """`method` if workers may start with it here, else `WorkerOptionError` saying what to use.
+
+    Never "fork": a forked child of a process that loaded the Objective-C runtime and system
+    frameworks is not safe (Python's multiprocessing docs: on macOS "the fork start method should
+    be considered unsafe as it can lead to crashes of the subprocess as macOS system libraries may
+    start threads"). On macOS not "forkserver" either: its server is a process like any other that
+    imports the backend it preloads (AppleNeuralEngine.framework through PyObjC for "ane") and then
+    forks every worker from itself, which is the same unsafe fork (issue 8 §4).
+    """
+    if method not in ("spawn", "forkserver"):
+        raise WorkerOptionError(f"start_method must be 'spawn' or 'forkserver' (never fork), not {method!r}")
+    if method == "forkserver" and _platform() == "darwin":
+        raise WorkerOptionError(
+            "start_method 'forkserver' is refused on macOS: the fork server forks each worker from "
+            "a process that has loaded the Objective-C runtime, which is not fork-safe; use 'spawn' "
+            "(the default on macOS)"
+        )
+    return method
 
 
 # -- worker side --------------------------------------------------------------------------------
@@ -327,9 +365,8 @@ class _Worker:
         child.close()
         self.conn = parent
         self.lock = threading.RLock()
-        self.compiles = 0  # compiles sent here (§1.11 budget)
-        self.kernels = 0  # live kernels compiled here
-        self.retired = False
+        self.compiles = 0  # compiles sent here
+        self.kernels = 0  # live kernels here, and compiles on their way here (slots taken)
         self.dead: str | None = None  # why it is gone
 
     @property
@@ -420,12 +457,18 @@ def _shutdown_all(workers: list[_Worker]) -> None:
 
 
 class WorkerPool:
-    """Worker processes running `backend`, each given at most `budget` compiles.
+    """Worker processes running `backend`, each holding at most `max_kernels` live kernels.
 
-    start_method: "spawn" or "forkserver" (default: spawn on macOS, forkserver elsewhere, with
-    the backend preloaded in the fork server so a new worker starts in milliseconds).
+    max_kernels: kernels live at once in one worker. For the ane backend each live kernel is a
+        loaded program, and a process holds at most 128 (ane-private-api.md §10.1), so this is a
+        worker's loaded-program budget; a new kernel goes to a worker with room, and a new worker
+        starts only when every worker is full. (It replaces `budget`, a number of compiles per
+        worker: compiles are not what is limited.)
+    start_method: "spawn" or "forkserver" (default: spawn on macOS, where forkserver is refused,
+        forkserver elsewhere, with the backend preloaded in the fork server so a new worker starts
+        in milliseconds).
     preload: modules the fork server imports once (default: the backend and anekit.mil); only
-    takes effect if this process's fork server is not running yet.
+        takes effect if this process's fork server is not running yet.
     timeout: seconds any one call may take before the worker is killed.
     """
 
@@ -433,22 +476,29 @@ class WorkerPool:
         self,
         backend: str,
         *,
-        budget: int = 100,
+        max_kernels: int = DEFAULT_MAX_KERNELS,
         start_method: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         preload: Sequence[str] | None = None,
+        budget: int | None = None,
     ):
-        if budget < 1:
-            raise ValueError(f"a worker needs a compile budget of at least 1, not {budget}")
-        method = start_method or default_start_method()
-        if method not in ("spawn", "forkserver"):
-            raise ValueError(f"start_method must be 'spawn' or 'forkserver' (never fork), not {method!r}")
+        if budget is not None:
+            raise WorkerOptionError(
+                "WorkerPool(budget=...) was a number of compiles per worker; what a process is "
+                "limited in is programs loaded at once (ane-private-api.md §10.1), so pass "
+                "max_kernels=N (live kernels per worker) instead"
+            )
+        if not isinstance(max_kernels, int) or max_kernels < 1:
+            raise WorkerOptionError(
+                f"a worker must hold at least 1 kernel (max_kernels), not {max_kernels!r}"
+            )
+        method = check_start_method(start_method or default_start_method())
         from . import BACKENDS
 
         if backend not in BACKENDS:  # fail here, not in the worker (without importing it here)
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise WorkerOptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self.budget = budget
+        self.max_kernels = max_kernels
         self.timeout = timeout
         self.start_method = method
         self._ctx = mp.get_context(method)
@@ -457,7 +507,7 @@ class WorkerPool:
                 preload = [f"anekit.backends.{backend}", "anekit.mil", __name__]
             self._ctx.set_forkserver_preload(list(preload))
         self._workers: list[_Worker] = []
-        self._current: _Worker | None = None
+        self._current: _Worker | None = None  # the newest worker; it stays up when idle
         self._lock = threading.RLock()
         self.compiles = 0
         self._finalizer = weakref.finalize(self, _shutdown_all, self._workers)
@@ -473,23 +523,28 @@ class WorkerPool:
             return [w.pid for w in self._workers if w.alive]
 
     def _worker_for_compile(self) -> _Worker:
+        """A worker with room for one more kernel (the newest if it has room, else the first
+        that has), or a new one when all are full; the slot is taken here, before the compile."""
         with self._lock:
             if self.closed:
                 raise WorkerError(f"the {self.backend} worker pool is closed")
-            worker = self._current
-            if worker is None or not worker.alive or worker.compiles >= self.budget:
-                if worker is not None:
-                    worker.retired = True
-                    self._stop_if_idle(worker)
+            room = [w for w in self._workers if w.alive and w.kernels < self.max_kernels]
+            worker = self._current if self._current in room else (room[0] if room else None)
+            if worker is None:
+                previous = self._current
                 worker = self._current = _Worker(self._ctx, self.backend, self.timeout)
                 self._workers.append(worker)
+                if previous is not None:
+                    self._stop_if_idle(previous)
+            worker.kernels += 1
             worker.compiles += 1
             self.compiles += 1
             return worker
 
     def _stop_if_idle(self, worker: _Worker) -> None:
+        """Stop a worker that holds no kernel, unless it is the newest one and alive."""
         with self._lock:
-            if worker.kernels <= 0 and (worker.retired or not worker.alive):
+            if worker.kernels <= 0 and (worker is not self._current or not worker.alive):
                 worker.shutdown()
                 if worker in self._workers:
                     self._workers.remove(worker)
@@ -597,18 +652,21 @@ class WorkerKernel(Kernel):
         return not self._finalizer.alive
 
     def _connect(self) -> None:
-        """Compile in a worker with budget left (the first time, and after a worker died)."""
+        """Compile in a worker with room (the first time, and after a worker died)."""
         remote = self._remote
         old = remote.worker
         if old is not None:
             remote.worker = remote.rid = None
             self._pool._kernel_closed(old)
-        worker = self._pool._worker_for_compile()
+        worker = self._pool._worker_for_compile()  # takes a slot there
         self.compiles += 1
-        rid, ins, outs, kind = worker.call(
-            ("compile", self._model.text, dict(self._model.weights), self._options)
-        )
-        worker.kernels += 1
+        try:
+            rid, ins, outs, kind = worker.call(
+                ("compile", self._model.text, dict(self._model.weights), self._options)
+            )
+        except BaseException:
+            self._pool._kernel_closed(worker)  # give the slot back
+            raise
         remote.worker, remote.rid = worker, rid
         self.inputs = {n: TensorSpec(n, tuple(s), d) for n, s, d in ins}
         self.outputs = {n: TensorSpec(n, tuple(s), d) for n, s, d in outs}

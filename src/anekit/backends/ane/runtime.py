@@ -455,7 +455,7 @@ def _pool(backend: str, budget: int, start_method: str | None, timeout: float | 
         pool = _POOLS.get(key)
         if pool is None or pool.closed:
             kwargs = {} if timeout is None else {"timeout": timeout}
-            pool = _POOLS[key] = WorkerPool(backend, budget=budget, start_method=start_method, **kwargs)
+            pool = _POOLS[key] = WorkerPool(backend, max_kernels=budget, start_method=start_method, **kwargs)
         return pool
 
 
