@@ -82,6 +82,7 @@ class _Dims:
         self.n = n_seq * self.s  # tokens per call
         self.hd_pad = round_up(self.hd, ROW_ALIGN)  # contracted head dim, padded (§1.7)
         self.theta = cfg.rope_theta
+        self.rope_scaling = getattr(cfg, "rope_scaling", None)  # Llama 3 frequency scaling (rope.py)
         self.scale = 1.0 / math.sqrt(self.hd)
 
 
@@ -90,7 +91,7 @@ class _Dims:
 
 def _rope_consts(dm: _Dims, prefix: str, precision: str):
     """cos/sin tables `[1, 1, hd, n]` for q (pre-scaled by 1/√hd) and k, tiled over sequences."""
-    cos, sin = rope_channel_tables(dm.hd, dm.s, dm.theta)
+    cos, sin = rope_channel_tables(dm.hd, dm.s, dm.theta, dm.rope_scaling)
     cos, sin = np.tile(cos, (1, dm.n_seq))[None, None], np.tile(sin, (1, dm.n_seq))[None, None]
     return {
         "q": (

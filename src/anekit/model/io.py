@@ -14,8 +14,14 @@ wo [L,D,Qd], ffn_norm [L,D], w1 [L,H,D], w2 [L,D,H], w3 [L,H,D], final_norm [D],
 RoPE tables (cos and sin, each seq_len x head_dim/2) that llama2.c's reader skips, then lm_head [V,D]
 if untied. §5.1 does not list the two tables, but llama2.c's reader skips them and the published
 file sizes only add up with them (stories15M.bin: 28 + 4 x 15,204,000 bytes); files without them
-are accepted too. The header carries no RoPE theta or norm epsilon: import uses 10000 and 1e-5
-(llama2.c's fixed values, §5.1), and export cannot record other values (it refuses them).
+are accepted too. The header carries no RoPE theta, scaling or norm epsilon: import uses 10000, none
+and 1e-5 (llama2.c's fixed values, §5.1), and export cannot record other values (it refuses them).
+
+Hugging Face ``config.json`` keeps its RoPE settings in two ways, and both are read: transformers 5
+writes ``rope_parameters`` = {"rope_type": ..., "rope_theta": ..., plus the type's keys}; 4.x wrote
+``rope_theta`` and ``rope_scaling`` (the oldest with "type" for "rope_type"). Export writes both, so
+either version loads it. RoPE scaling type "llama3" is imported (`anekit.model.config.RopeScaling`);
+any other type is refused by name, never ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnekitError
-from .config import ModelConfig
+from ..kernels.rope import rope_tables
+from .config import ModelConfig, RopeScaling
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
 _LLAMA2C_V1_MAGIC = 0x616B3432  # "ak42": llama2.c's later versioned export formats (not the legacy one)
@@ -63,10 +70,8 @@ def _llama2c_layout(config: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 def _legacy_rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of position·theta^(-2i/head_dim), [seq_len, head_dim/2]: what the legacy tables held."""
-    hd = config.head_dim
-    inv = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.outer(np.arange(config.seq_len, dtype=np.float64), inv)
-    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    cos, sin = rope_tables(config.head_dim, config.seq_len, config.rope_theta, config.rope_scaling)
+    return cos.astype(np.float32), sin.astype(np.float32)
 
 
 def load_llama2c(path: str | Path, name: str | None = None) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -152,6 +157,11 @@ def save_llama2c(path: str | Path, config: ModelConfig, params: dict[str, np.nda
             f"llama2.c files cannot record rope_theta {config.rope_theta} / norm_eps {config.norm_eps}; "
             f"readers assume {_LEGACY_ROPE_THETA} / {_LEGACY_NORM_EPS}"
         )
+    if config.rope_scaling is not None:
+        raise ModelFileError(
+            f"llama2.c files cannot record RoPE scaling ({config.rope_scaling.rope_type}); readers assume "
+            "plain RoPE. Export it in the Hugging Face layout instead (save_hf)"
+        )
     vocab = config.vocab_size if config.tie_embeddings else -config.vocab_size
     header = _LLAMA2C_HEADER.pack(
         config.dim,
@@ -224,7 +234,10 @@ def hf_name(name: str) -> str:
 def hf_config(
     config: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, dtype: str = "float32"
 ) -> dict:
-    """``config.json`` for ``LlamaForCausalLM``."""
+    """``config.json`` for ``LlamaForCausalLM``, readable by transformers 5 (``rope_parameters``,
+    ``dtype``) and 4.x (``rope_theta``, ``rope_scaling``, ``torch_dtype``)."""
+    scaling = None if config.rope_scaling is None else config.rope_scaling.__dict__.copy()
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta} | (scaling or {})
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -237,8 +250,9 @@ def hf_config(
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.seq_len,
         "rms_norm_eps": config.norm_eps,
+        "rope_parameters": rope,
         "rope_theta": config.rope_theta,
-        "rope_scaling": None,
+        "rope_scaling": scaling,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
@@ -246,6 +260,7 @@ def hf_config(
         "attention_dropout": 0.0,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
+        "dtype": dtype,
         "torch_dtype": dtype,
         "anekit_name": config.name,
     }
@@ -348,31 +363,120 @@ def _read_hf_tensors(d: Path) -> dict[str, np.ndarray]:
 
 def config_from_hf(cfg: dict, name: str = "hf") -> ModelConfig:
     """A ModelConfig from a Hugging Face Llama ``config.json`` dict (HF's defaults for absent fields)."""
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"config.json holds {type(cfg).__name__}, not a JSON object")
     if cfg.get("model_type") != "llama":
         raise ModelFileError(
             f"model_type {cfg.get('model_type')!r} is not 'llama'; only the Llama layout is imported"
         )
-    if cfg.get("rope_scaling"):
-        raise ModelFileError(f"rope_scaling {cfg['rope_scaling']} is not supported (plain RoPE only)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ModelFileError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ModelFileError("attention_bias/mlp_bias are not supported (anekit models have no biases)")
-    n_heads = cfg["num_attention_heads"]
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+        )
+        if k not in cfg
+    ]
+    if missing:
+        raise ModelFileError(f"config.json lacks {', '.join(missing)} (required for a Llama model)")
+    theta, scaling = rope_from_hf(cfg)
     return ModelConfig(
         name=cfg.get("anekit_name", name),
         dim=cfg["hidden_size"],
         hidden_dim=cfg["intermediate_size"],
         n_layers=cfg["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+        n_heads=cfg["num_attention_heads"],
+        n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
         vocab_size=cfg["vocab_size"],
         seq_len=cfg.get("max_position_embeddings", 2048),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        head_dim=cfg.get("head_dim"),  # None: hidden_size // num_attention_heads, as HF derives it
+        rope_theta=theta,
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        tie_embeddings=cfg.get("tie_word_embeddings", False),
+        rope_scaling=scaling,
     )
+
+
+#: Keys a Llama config.json may hold in rope_parameters / rope_scaling, by rope type.
+_ROPE_KEYS = {
+    "default": {"rope_type", "rope_theta", "partial_rotary_factor"},
+    "llama3": {
+        "rope_type",
+        "rope_theta",
+        "partial_rotary_factor",
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    },
+}
+_HF_DEFAULT_THETA = 10000.0  # transformers' default_theta when a config names none
+
+
+def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from a Llama ``config.json``: ``rope_parameters`` (transformers 5),
+    ``rope_theta`` + ``rope_scaling`` (4.x), or both (they must agree). As transformers does, a
+    "llama3" entry without ``original_max_position_embeddings`` takes ``max_position_embeddings``.
+    Scaling types other than "llama3", per-layer RoPE and partial rotary dims are refused."""
+    merged: dict = {}
+    for key in ("rope_parameters", "rope_scaling"):
+        part = cfg.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise ModelFileError(f"{key} must be a JSON object or null, got {part!r}")
+        part = dict(part)
+        if "type" in part:  # the oldest spelling of rope_type
+            old = part.pop("type")
+            if part.setdefault("rope_type", old) != old:
+                raise ModelFileError(f"{key} gives type {old!r} and rope_type {part['rope_type']!r}")
+        nested = [k for k, v in part.items() if isinstance(v, dict)]
+        if nested:
+            raise ModelFileError(
+                f"{key} gives RoPE parameters per layer type ({', '.join(nested)}); Llama uses one set"
+            )
+        for k, v in part.items():
+            if k in merged and merged[k] != v:
+                raise ModelFileError(
+                    f"rope_parameters and rope_scaling disagree on {k}: {merged[k]!r} vs {v!r}"
+                )
+            merged[k] = v
+    for k in ("rope_theta", "partial_rotary_factor"):
+        if k in cfg and k in merged and cfg[k] != merged[k]:
+            raise ModelFileError(f"{k} {cfg[k]!r} disagrees with the {merged[k]!r} in rope_parameters")
+        if k in cfg:
+            merged.setdefault(k, cfg[k])
+    rope_type = merged.pop("rope_type", None) or "default"
+    allowed = _ROPE_KEYS.get(rope_type)
+    if allowed is None:
+        raise ModelFileError(
+            f"RoPE scaling type {rope_type!r} is not supported: anekit imports 'llama3' scaling or plain "
+            "RoPE ('default'); linear, dynamic, yarn, longrope and other types are not"
+        )
+    extra = sorted(set(merged) - allowed)
+    if extra:
+        raise ModelFileError(
+            f"RoPE parameters {', '.join(extra)} are not understood for rope_type {rope_type!r}"
+        )
+    if merged.pop("partial_rotary_factor", 1.0) != 1.0:
+        raise ModelFileError("partial_rotary_factor other than 1 is not supported (RoPE on every head dim)")
+    theta = merged.pop("rope_theta", _HF_DEFAULT_THETA)
+    if rope_type == "default":
+        return theta, None
+    merged.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+    missing = sorted(
+        _ROPE_KEYS[rope_type] - {"rope_theta", "partial_rotary_factor", "rope_type"} - set(merged)
+    )
+    if missing:
+        raise ModelFileError(f"rope_scaling of type {rope_type!r} lacks {', '.join(missing)}")
+    return theta, RopeScaling(rope_type=rope_type, **merged)
 
 
 def from_hf_tensors(
@@ -415,7 +519,7 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
         raise ModelFileError(f"{d / 'config.json'}: cannot read: {e}") from e
     try:
         config = config_from_hf(cfg, name=d.name)
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         raise ModelFileError(f"{d / 'config.json'}: {e}") from e
     return config, from_hf_tensors(config, _read_hf_tensors(d), str(d))
 

@@ -6,8 +6,9 @@ Architecture (ane-private-api.md §5.1; `anekit.model.config`): token embedding;
 `x += W2·(silu(W1·n2(x)) ⊙ W3·n2(x))`, with RMSNorm `n(x) = x / sqrt(mean(x²) + eps) · γ`;
 final RMSNorm; classifier = the embedding (tied) or `lm_head`. Causal attention with query head h
 reading kv head h // (n_heads / n_kv_heads) (§6: one GQA mapping everywhere); RoPE on interleaved
-pairs (`anekit.kernels.rope`). Arrays here are token-major (`[batch, seq, dim]`), the natural
-orientation for a reader; the training step works channel-major, as the engine does.
+pairs (`anekit.kernels.rope`, with Llama 3 frequency scaling when the config has it). Arrays here are
+token-major (`[batch, seq, dim]`), the natural orientation for a reader; the training step works
+channel-major, as the engine does.
 
 This module is not the gradient oracle of the tests (PyTorch autograd is); it is the model the
 CPU runs.
@@ -71,9 +72,10 @@ def _rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def _rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """Rotate interleaved pairs of `x` `[..., seq, heads, head_dim]` at `positions` `[seq]`."""
-    ang = rope_angles(x.shape[-1], positions, theta)[:, None, :]  # [seq, 1, hd/2]
+def _rope(x: np.ndarray, positions: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Rotate interleaved pairs of `x` `[..., seq, heads, head_dim]` at `positions` `[seq]` (RoPE
+    theta and any Llama 3 scaling from `config`)."""
+    ang = rope_angles(x.shape[-1], positions, config.rope_theta, config.rope_scaling)[:, None, :]
     cos, sin = np.cos(ang), np.sin(ang)
     a, b = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
@@ -122,7 +124,7 @@ def _block(x, lp, config: ModelConfig, positions, cache_kv=None):
     q = (h @ lp["wq"].T).reshape(B, S, config.n_heads, config.head_dim)
     k = (h @ lp["wk"].T).reshape(B, S, config.n_kv_heads, config.head_dim)
     v = (h @ lp["wv"].T).reshape(B, S, config.n_kv_heads, config.head_dim)
-    q, k = _rope(q, positions, config.rope_theta), _rope(k, positions, config.rope_theta)
+    q, k = _rope(q, positions, config), _rope(k, positions, config)
     if cache_kv is not None:
         kc, vc, start = cache_kv
         kc[:, start : start + S], vc[:, start : start + S] = k, v

@@ -170,31 +170,43 @@ def cross_entropy(
 # -- attention pieces --------------------------------------------------------------------------
 
 
-def _rope_apply(t: np.ndarray, head_dim: int, seq_len: int, theta: float, scale: float, sign: float, dtype):
+def _rope_apply(
+    t: np.ndarray, head_dim: int, seq_len: int, theta: float, scale: float, sign: float, dtype, scaling
+):
     t = _f(t, dtype)
     c, n = t.shape
     if n % seq_len or c % head_dim:
         raise ValueError(f"[{c}, {n}] is not heads x {head_dim} channels by sequences of {seq_len} tokens")
-    cos, sin = rope_channel_tables(head_dim, seq_len, theta)
+    cos, sin = rope_channel_tables(head_dim, seq_len, theta, scaling)
     cos = np.tile(cos * scale, (c // head_dim, n // seq_len)).astype(dtype)
     sin = np.tile(sin * scale, (c // head_dim, n // seq_len)).astype(dtype)
     swapped = t.reshape(c // 2, 2, n)[:, ::-1].reshape(c, n)
     return t * cos + sign * swapped * sin
 
 
-def rope_forward(t: np.ndarray, head_dim: int, seq_len: int, theta: float = 10000.0, dtype=np.float32):
+def rope_forward(
+    t: np.ndarray, head_dim: int, seq_len: int, theta: float = 10000.0, dtype=np.float32, *, scaling=None
+):
     """RoPE (interleaved pairs, `anekit.kernels.rope`) of channel-major `t` `[heads·hd, N]` whose
-    N tokens are sequences of `seq_len` positions side by side."""
-    return _rope_apply(t, head_dim, seq_len, theta, 1.0, 1.0, dtype)
+    N tokens are sequences of `seq_len` positions side by side. `scaling`: a config's
+    `rope_scaling` (Llama 3 frequency scaling) or None."""
+    return _rope_apply(t, head_dim, seq_len, theta, 1.0, 1.0, dtype, scaling)
 
 
 def rope_backward(
-    dt: np.ndarray, head_dim: int, seq_len: int, theta: float = 10000.0, scale: float = 1.0, dtype=np.float32
+    dt: np.ndarray,
+    head_dim: int,
+    seq_len: int,
+    theta: float = 10000.0,
+    scale: float = 1.0,
+    dtype=np.float32,
+    *,
+    scaling=None,
 ):
     """Gradient through `scale · rope_forward`: the inverse (transposed) rotation of `dt`, times
     `scale` (the attention kernels fold 1/√hd into q's rotation). The attention backward kernel
     does this on the engine; this is the CPU version for pipelines that do not."""
-    return _rope_apply(dt, head_dim, seq_len, theta, scale, -1.0, dtype)
+    return _rope_apply(dt, head_dim, seq_len, theta, scale, -1.0, dtype, scaling)
 
 
 def gqa_reduce(d_full: np.ndarray, n_heads: int, n_kv_heads: int) -> np.ndarray:
