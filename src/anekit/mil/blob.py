@@ -142,47 +142,58 @@ def _sub_byte_range(dt: DType) -> tuple[int, int]:
 # Encoding tensors
 
 
-def _check_range(arr: np.ndarray, lo: int | float, hi: int | float, dt: DType) -> None:
+def _first(bad: np.ndarray) -> tuple[int, ...]:
+    """The index of the first True of `bad`, as a tuple (`()` for a 0-d array)."""
+    return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape))
+
+
+def _check_range(arr: np.ndarray, lo: int | float, hi: int | float, dt: DType, tensor: str) -> None:
     if arr.size == 0:
         return
     bad = (arr < lo) | (arr > hi)
     if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        index = _first(bad)
         raise BlobError(
-            f"value {arr[index].item()!r} at index {list(index)} is out of range for {dt.name} ([{lo}, {hi}])"
+            f"{tensor}: value {arr[index].item()!r} at index {list(index)} is out of range for {dt.name} "
+            f"([{lo}, {hi}]); clip or rescale it, or store it as a wider type"
         )
 
 
-def _encode(array: np.ndarray, dt: DType) -> tuple[bytes, int]:
+def _encode(array: np.ndarray, dt: DType, tensor: str) -> tuple[bytes, int]:
     """Data bytes and padding bits of `array` stored as `dt`, after checking the values fit."""
     kind = array.dtype.kind
     if dt.is_float:
         if kind not in "fiu":
-            raise BlobError(f"cannot store a {array.dtype} array as {dt.name}")
+            raise BlobError(f"{tensor}: cannot store a {array.dtype} array as {dt.name}")
         with np.errstate(over="ignore", invalid="ignore"):
-            out = np.ascontiguousarray(array, dtype=_storage_dtype(dt))
+            # np.asarray keeps a 0-d array 0-d (ascontiguousarray makes it 1-d, and the overflow
+            # index then did not fit the input: an IndexError instead of this BlobError).
+            out = np.asarray(array, dtype=_storage_dtype(dt), order="C")
         if out.size:
-            # A finite value that becomes inf did not fit (fp16 max is 65504).
+            # A finite value that becomes inf did not fit (fp16 max is 65504); an explicit inf stays.
             overflow = np.isinf(out) & np.isfinite(array)
             if overflow.any():
-                index = tuple(int(i) for i in np.argwhere(overflow)[0])
+                index = _first(overflow)
+                hint = "scale it down" + (" or store it as fp32" if dt.bits < 32 else "")
                 raise BlobError(
-                    f"value {array[index].item()!r} at index {list(index)} is out of range for {dt.name} "
-                    f"(max {int(np.finfo(dt.numpy).max)})"
+                    f"{tensor}: value {array[index].item()!r} at index {list(index)} is out of range for "
+                    f"{dt.name} (max {int(np.finfo(dt.numpy).max)}); {hint}"
                 )
         return out.tobytes(), 0
 
     if kind not in "iub":
-        raise BlobError(f"cannot store a {array.dtype} array as {dt.name}: integer values are needed")
+        raise BlobError(
+            f"{tensor}: cannot store a {array.dtype} array as {dt.name}: integer values are needed"
+        )
     if not _is_sub_byte(dt):
         info = np.iinfo(dt.numpy)
-        _check_range(array, info.min, info.max, dt)
+        _check_range(array, info.min, info.max, dt, tensor)
         return np.ascontiguousarray(array, dtype=_storage_dtype(dt)).tobytes(), 0
 
     # mil-text.md §2.5: element i occupies bits [i*bits, (i+1)*bits) of the byte stream, the first
     # element in the least significant bits of byte 0; int4 is two's complement.
     lo, hi = _sub_byte_range(dt)
-    _check_range(array, lo, hi, dt)
+    _check_range(array, lo, hi, dt, tensor)
     flat = (np.asarray(array, dtype=np.int16).reshape(-1) & ((1 << dt.bits) - 1)).astype(np.uint8)
     planes = np.unpackbits(flat[:, None], axis=1, count=dt.bits, bitorder="little")
     data = np.packbits(planes.reshape(-1), bitorder="little").tobytes()  # zero-fills the last byte
@@ -222,16 +233,22 @@ class BlobWriter:
         self._end = HEADER_SIZE
         self._count = 0
 
-    def add(self, array: np.ndarray, dtype: str | None = None) -> int:
+    def add(self, array: np.ndarray, dtype: str | None = None, *, name: str = "") -> int:
         """Append one tensor (row-major); returns the metadata offset to use as BLOBFILE offset.
 
         dtype defaults to the array's natural MIL dtype (float16->fp16, float32->fp32, int8, uint8,
         int16, uint16, int32, uint32); sub-byte dtypes (int4, uint1, uint2, uint3, uint4, uint6) take
         int8/uint8 arrays and pack them LSB-first; values out of range for the dtype are a BlobError.
         Other NumPy types are converted when every value fits (float64 -> fp16 checks overflow;
-        integers are range-checked); floats are never silently truncated to integers.
+        integers are range-checked); floats are never silently truncated to integers. A 0-d array
+        is stored as one element. `name` (the tensor's name) goes into errors; without it the
+        tensor is named by its position in the file.
         """
-        array = np.asarray(array)
+        tensor = f"tensor {name!r}" if name else f"tensor #{self._count} of the blob file"
+        try:
+            array = np.asarray(array)
+        except (ValueError, TypeError) as e:
+            raise BlobError(f"{tensor}: is not a rectangular numeric array ({e})") from None
         if dtype is None:
             native = array.dtype.newbyteorder("=")
             natural = next(
@@ -244,12 +261,17 @@ class BlobWriter:
             )
             if natural is None:
                 raise BlobError(
-                    f"a {array.dtype} array has no blob dtype of its own; pass dtype= (e.g. 'fp16') "
-                    "or cast it to float16/float32/(u)int8/16/32"
+                    f"{tensor}: a {array.dtype} array has no blob dtype of its own; pass dtype= "
+                    "(e.g. 'fp16') or cast it to float16/float32/(u)int8/16/32"
                 )
             dtype = natural.name
-        dt = _blob_dtype(dtype, "write")
-        data, padding = _encode(array, dt)
+        if not isinstance(dtype, str):
+            raise BlobError(f"{tensor}: dtype must be a MIL dtype name such as 'fp16', not {dtype!r}")
+        try:
+            dt = _blob_dtype(dtype, "write")
+        except BlobError as e:
+            raise BlobError(f"{tensor}: {e}") from None
+        data, padding = _encode(array, dt, tensor)
 
         meta_off = _align(self._end)
         if meta_off > self._end:
@@ -273,10 +295,10 @@ class BlobWriter:
         return b"".join([header, bytes(HEADER_SIZE - len(header)), *self._parts])
 
 
-def write_blob(array: np.ndarray, dtype: str | None = None) -> bytes:
+def write_blob(array: np.ndarray, dtype: str | None = None, *, name: str = "") -> bytes:
     """A file holding one tensor; its BLOBFILE offset is 64 (the maderix per-tensor files, §2.6)."""
     writer = BlobWriter()
-    writer.add(array, dtype)
+    writer.add(array, dtype, name=name)
     return writer.to_bytes()
 
 
