@@ -2,10 +2,10 @@
 
 This module is the one place where anekit states what the Neural Engine accepts (DESIGN.md: "an ANE
 constraint lives once, in the lint rules, with the source of the fact"). Each rule is a small check
-function registered in `RULES` together with a citation into `shared/reference/` (the files
-`mil-text.md`, `ane-private-api.md`, `landscape.md`), so a finding can always be traced back to the
-report, benchmark or issue it rests on. Most of those facts are community claims (`[C]` in the
-references): severities say how firm the evidence is.
+function registered in `RULES` with the fact it rests on: a section of `docs/ane-facts.md` (the facts
+in our own words, each with its public sources) and the main public source itself, so a user of the
+installed package can check a finding without this repository. Most of those facts are community
+reports, not Apple documentation: severities say how firm the evidence is.
 
 - ``error``: known not to compile, or known to give wrong results.
 - ``warning``: risky (reported failures), slow, or reported on some chips only.
@@ -27,7 +27,7 @@ import numpy as np
 from .._coreml import ct, types
 from . import dtypes
 
-__all__ = ["CHIP_FAMILIES", "RULES", "SEVERITIES", "Finding", "Rule", "lint", "normalize_chip"]
+__all__ = ["CHIP_FAMILIES", "FACTS_DOC", "RULES", "SEVERITIES", "Finding", "Rule", "lint", "normalize_chip"]
 
 #: Chip families the rules know about. Variants (Pro, Max, Ultra) share their family's rules.
 CHIP_FAMILIES: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5")
@@ -42,8 +42,9 @@ class Rule:
     id: str  #: stable slug, e.g. "inner-dim-not-multiple-of-32"
     severity: str  #: "error", "warning" or "info"
     title: str  #: one line saying what the rule checks
-    source: str  #: citation into shared/reference, e.g. "mil-text.md §5 #8"
+    source: str  #: the fact's section in the repository docs, e.g. "docs/ane-facts.md#rsqrt-inverse"
     chips: tuple[str, ...] | None  #: chip families it applies to; None = all
+    url: str | None = None  #: the fact's main public source (None only where none could be found)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class Finding:
     var: str | None
     source: str
     function: str | None = None  #: the function it was found in; None for program-wide findings
+    url: str | None = None  #: the rule's main public source
+
+    @property
+    def citation(self) -> str:
+        """Where the fact is written down: the docs section, and the public source where there is one."""
+        return f"{self.source}; {self.url}" if self.url else self.source
 
     def __str__(self) -> str:
         where = []
@@ -67,7 +74,23 @@ class Finding:
         location = f" at {', '.join(where)}" if where else ""
         if self.function is not None and (self.function != "main" or not where):
             location += f" in function '{self.function}'"
-        return f"{self.severity} {self.rule}{location}: {self.message} [{self.source}]"
+        return f"{self.severity} {self.rule}{location}: {self.message} [{self.citation}]"
+
+    def to_json(self) -> dict:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "function": self.function,
+            "op": self.op,
+            "var": self.var,
+            "source": self.source,
+            "url": self.url,
+        }
+
+
+#: The document holding every fact a rule rests on, one section (anchor) per fact.
+FACTS_DOC = "docs/ane-facts.md"
 
 
 RULES: dict[str, Rule] = {}
@@ -297,15 +320,18 @@ def _rule(
     id: str,
     severity: str,
     title: str,
-    source: str,
+    *,
+    fact: str,
+    url: str | None,
     chips: tuple[str, ...] | None = None,
     scope: str = "function",
 ) -> Callable[[Callable], Callable]:
-    """Register a check function under a Rule. `scope` is "function" or "program"."""
+    """Register a check function under a Rule. `fact` is the anchor of the fact's section in
+    FACTS_DOC, `url` its main public source; `scope` is "function" or "program"."""
     assert severity in SEVERITIES and id not in RULES
 
     def register(check: Callable) -> Callable:
-        RULES[id] = Rule(id, severity, title, source, chips)
+        RULES[id] = Rule(id, severity, title, f"{FACTS_DOC}#{fact}", chips, url)
         _CHECKS[id] = (check, scope)
         return check
 
@@ -330,7 +356,8 @@ def _io(fn: _Fn) -> Iterator[tuple[str, object, int | None]]:
     "error",
     "Innermost dim of a function input/output is not a whole number of 64-byte rows "
     "(32 fp16 / 16 fp32 elements)",
-    "ane-private-api.md §1.7, §6; mil-text.md §5 #4",
+    fact="rows-64-bytes",
+    url="https://github.com/maderix/ANE/issues/47",
 )
 def _check_io_inner_dim(fn: _Fn) -> Iterator[_Hit]:
     # Hardware row strides are multiples of 64 bytes; a surface whose rows are not is reported to
@@ -357,7 +384,8 @@ def _check_io_inner_dim(fn: _Fn) -> Iterator[_Hit]:
     "fp32-io",
     "warning",
     "fp32 function input/output (fp16 I/O is ~37% faster; fp32 needs a cast the M1/M2 ANE cannot run)",
-    "ane-private-api.md §1.8; mil-text.md §5 #2",
+    fact="fp16-io",
+    url="https://github.com/maderix/ANE",
 )
 def _check_fp32_io(fn: _Fn) -> Iterator[_Hit]:
     for kind, var, pos in _io(fn):
@@ -375,7 +403,8 @@ def _check_fp32_io(fn: _Fn) -> Iterator[_Hit]:
     "io-dtype-unsupported",
     "warning",
     "Function input/output dtype outside what the ANE datapath handles (fp16, int8, uint8; fp32 via cast)",
-    "mil-text.md §4.2, §5 #1",
+    fact="datapath-dtypes",
+    url="https://github.com/tinygrad/tinygrad/tree/master/extra/accel/ane",
 )
 def _check_io_dtype(fn: _Fn) -> Iterator[_Hit]:
     # The datapath reads UInt8, Int8 and Float16 (tinygrad's register map); wider types are
@@ -395,7 +424,8 @@ def _check_io_dtype(fn: _Fn) -> Iterator[_Hit]:
     "multiple-inputs",
     "warning",
     "More than one function input (multi-input requests have failed with status 0x1d)",
-    "ane-private-api.md §1.12; mil-text.md §5 #6",
+    fact="single-input",
+    url="https://github.com/maderix/ANE",
 )
 def _check_multiple_inputs(fn: _Fn) -> Iterator[_Hit]:
     if len(fn.tensor_inputs) > 1:
@@ -411,7 +441,8 @@ def _check_multiple_inputs(fn: _Fn) -> Iterator[_Hit]:
     "io-slot-order",
     "warning",
     "Several inputs not in strictly ascending size, or outputs not in strictly descending size",
-    "ane-private-api.md §1.12 (issue #47)",
+    fact="io-slot-order",
+    url="https://github.com/maderix/ANE/issues/47",
 )
 def _check_io_slot_order(fn: _Fn) -> Iterator[_Hit]:
     # Issue #47: multi-input works "if IOSurface slot sizes are strictly ascending for inputs and
@@ -438,7 +469,8 @@ def _check_io_slot_order(fn: _Fn) -> Iterator[_Hit]:
     "output-not-computed",
     "warning",
     "A function output is a function input or a constant (the engine needs an op to produce it)",
-    "ane-private-api.md §3.2 (PR #6)",
+    fact="output-needs-op",
+    url="https://github.com/maderix/ANE/pull/6",
 )
 def _check_output_not_computed(fn: _Fn) -> Iterator[_Hit]:
     for var in fn.outputs:
@@ -456,7 +488,8 @@ def _check_output_not_computed(fn: _Fn) -> Iterator[_Hit]:
     "io-not-4d",
     "info",
     "Function input/output is not 4-D (the ANE favours [1, C, 1, S])",
-    "mil-text.md §5 #3; ane-private-api.md §1.7",
+    fact="layout-1c1s",
+    url="https://machinelearning.apple.com/research/neural-engine-transformers",
 )
 def _check_io_rank(fn: _Fn) -> Iterator[_Hit]:
     for kind, var, pos in _io(fn):
@@ -474,7 +507,8 @@ def _check_io_rank(fn: _Fn) -> Iterator[_Hit]:
     "state-dim-not-multiple-of-32",
     "error",
     "State tensor's innermost dim is not a multiple of 32",
-    "mil-text.md §5 #18, §3.13",
+    fact="state-dims-32",
+    url="https://github.com/apple/coremltools/issues/2631",
 )
 def _check_state_dims(fn: _Fn) -> Iterator[_Hit]:
     # coremltools #2631: a state of width 270 fails on the ANE where 256 works. The report
@@ -511,7 +545,8 @@ def _big_axes(var, limit: int, axes=None) -> list[tuple[int, int]]:
     "axis-over-65536",
     "error",
     "A tensor axis is larger than 65536",
-    "ane-private-api.md §1.7, §6; mil-text.md §5 #12",
+    fact="axis-cap",
+    url="https://github.com/maderix/ANE/pull/26",
 )
 def _check_axis_cap(fn: _Fn) -> Iterator[_Hit]:
     for var in fn.first_violations(lambda v: bool(_big_axes(v, _MAX_AXIS))):
@@ -527,7 +562,8 @@ def _check_axis_cap(fn: _Fn) -> Iterator[_Hit]:
     "spatial-dim-over-16384",
     "warning",
     "H or W larger than 16384 (the limit measured on M1; Core ML refuses it)",
-    "mil-text.md §5 #12",
+    fact="spatial-cap",
+    url="https://github.com/microsoft/onnxruntime/issues/19543",
 )
 def _check_spatial_cap(fn: _Fn) -> Iterator[_Hit]:
     def bad(v) -> bool:
@@ -544,7 +580,13 @@ def _check_spatial_cap(fn: _Fn) -> Iterator[_Hit]:
         )
 
 
-@_rule("rank-over-5", "error", "A tensor has rank > 5", "mil-text.md §5 #12")
+@_rule(
+    "rank-over-5",
+    "error",
+    "A tensor has rank > 5",
+    fact="rank-cap",
+    url="https://aneforge.readthedocs.io/en/latest/api/graph/",
+)
 def _check_rank(fn: _Fn) -> Iterator[_Hit]:
     for var in fn.first_violations(lambda v: len(_shape(v)) > _MAX_RANK):
         yield fn.var_hit(
@@ -558,7 +600,8 @@ def _check_rank(fn: _Fn) -> Iterator[_Hit]:
     "dynamic-shape",
     "error",
     "A tensor has a dynamic ('?') dimension",
-    "mil-text.md §5 #15",
+    fact="static-graphs",
+    url="https://github.com/hollance/neural-engine/blob/master/docs/unsupported-layers.md",
 )
 def _check_dynamic(fn: _Fn) -> Iterator[_Hit]:
     for var in fn.first_violations(lambda v: not _is_static(_shape(v))):
@@ -573,7 +616,8 @@ def _check_dynamic(fn: _Fn) -> Iterator[_Hit]:
     "spatial-width-0x1d-band",
     "warning",
     "A spatial size in 14593..14622 (status 0x1d seen on M4)",
-    "mil-text.md §5 #13; ane-private-api.md §1.7",
+    fact="width-0x1d-band",
+    url="https://github.com/maderix/ane-prefill-bench",
 )
 def _check_0x1d_band(fn: _Fn) -> Iterator[_Hit]:
     lo, hi = _BAND_0X1D
@@ -605,7 +649,8 @@ def _ops(fn: _Fn, *op_types: str) -> Iterator:
     "rsqrt-not-compiled",
     "error",
     "rsqrt fails to compile on the ANE",
-    "mil-text.md §5 #8, §3.3",
+    fact="rsqrt-inverse",
+    url="https://github.com/maderix/ane-prefill-bench",
 )
 def _check_rsqrt(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "rsqrt"):
@@ -616,7 +661,8 @@ def _check_rsqrt(fn: _Fn) -> Iterator[_Hit]:
     "inverse-not-compiled",
     "error",
     "inverse fails to compile on the ANE",
-    "mil-text.md §5 #8, §3.3",
+    fact="rsqrt-inverse",
+    url="https://github.com/maderix/ane-prefill-bench",
 )
 def _check_inverse(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "inverse"):
@@ -627,7 +673,8 @@ def _check_inverse(fn: _Fn) -> Iterator[_Hit]:
     "sdpa-attn-mask-ignored",
     "error",
     "scaled_dot_product_attention ignores attn_mask on the ANE (wrong results)",
-    "mil-text.md §5 #7, §3.11; ane-private-api.md §6",
+    fact="sdpa-mask-ignored",
+    url="https://github.com/maderix/ane-prefill-bench",
 )
 def _check_sdpa_mask(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "scaled_dot_product_attention"):
@@ -659,7 +706,8 @@ _OFF_ANE = {
     "op-falls-off-ane",
     "warning",
     "Op that Core ML places off the ANE (gather*, scatter*, topk, lstm/gru/rnn)",
-    "mil-text.md §5 #15",
+    fact="ops-off-engine",
+    url="https://github.com/apple/coremltools/issues/1780",
 )
 def _check_off_ane(fn: _Fn) -> Iterator[_Hit]:
     for op in fn.ops:
@@ -675,7 +723,8 @@ def _check_off_ane(fn: _Fn) -> Iterator[_Hit]:
     "control-flow",
     "error",
     "Control flow (cond, while_loop) is not supported on the ANE",
-    "mil-text.md §5 #15",
+    fact="static-graphs",
+    url="https://github.com/hollance/neural-engine/blob/master/docs/unsupported-layers.md",
 )
 def _check_control_flow(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "cond", "while_loop"):
@@ -697,7 +746,8 @@ def _conv_cin(op) -> int | None:
     "conv-input-channels-rejected",
     "error",
     "conv with >= 32000 input channels (a 32000-input-channel conv is rejected)",
-    "ane-private-api.md §1.7, §6; mil-text.md §5 #11",
+    fact="conv-input-channels",
+    url="https://github.com/maderix/ANE/blob/main/training/ane_classifier.h",
 )
 def _check_conv_cin_rejected(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "conv"):
@@ -715,7 +765,8 @@ def _check_conv_cin_rejected(fn: _Fn) -> Iterator[_Hit]:
     "conv-input-channels-large",
     "warning",
     "conv with > 16384 input channels (32000 is known rejected; the exact limit is unknown)",
-    "ane-private-api.md §1.7, §6; mil-text.md §5 #11",
+    fact="conv-input-channels",
+    url="https://github.com/maderix/ANE/blob/main/training/ane_classifier.h",
 )
 def _check_conv_cin_large(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "conv"):
@@ -732,7 +783,8 @@ def _check_conv_cin_large(fn: _Fn) -> Iterator[_Hit]:
     "conv-kernel-too-wide",
     "warning",
     "conv kernel wider than 13",
-    "mil-text.md §5 #12",
+    fact="conv-kernel-width",
+    url="https://ane-guide.readthedocs.io/en/latest/part-5-practice/17-model-design-rules.html",
 )
 def _check_conv_kernel(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "conv"):
@@ -749,7 +801,8 @@ def _check_conv_kernel(fn: _Fn) -> Iterator[_Hit]:
     "conv-dilated",
     "info",
     "Dilated conv (fell back off the ANE in Core ML's older path)",
-    "mil-text.md §5 #15",
+    fact="ops-off-engine",
+    url="https://github.com/hollance/neural-engine/blob/master/docs/unsupported-layers.md",
 )
 def _check_conv_dilated(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "conv"):
@@ -775,7 +828,8 @@ def _matmul_k(op) -> int | None:
     "matmul-inner-dim-not-multiple-of-32",
     "warning",
     "matmul contracted (inner) dim is not a multiple of 32",
-    "ane-private-api.md §1.7 (issue #47)",
+    fact="rows-64-bytes",
+    url="https://github.com/maderix/ANE/issues/47",
 )
 def _check_matmul_k(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "matmul"):
@@ -792,7 +846,8 @@ def _check_matmul_k(fn: _Fn) -> Iterator[_Hit]:
     "matmul-operands-from-different-inputs",
     "warning",
     "matmul whose operands trace back to different function inputs (status 0x1d)",
-    "ane-private-api.md §1.12; mil-text.md §5 #6",
+    fact="single-input",
+    url="https://github.com/maderix/ane-prefill-bench",
 )
 def _check_matmul_origins(fn: _Fn) -> Iterator[_Hit]:
     if len(fn.tensor_inputs) < 2:
@@ -812,7 +867,8 @@ def _check_matmul_origins(fn: _Fn) -> Iterator[_Hit]:
     "matmul-const-weight",
     "info",
     "matmul/linear with a constant weight (a 1x1 conv is ~3x faster)",
-    "mil-text.md §5 #22, §3.5; ane-private-api.md §4.2",
+    fact="conv-beats-matmul",
+    url="https://maderix.substack.com/p/inside-the-m4-apple-neural-engine-615",
 )
 def _check_matmul_const(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "matmul", "linear"):
@@ -829,7 +885,8 @@ def _check_matmul_const(fn: _Fn) -> Iterator[_Hit]:
     "reduce-arg-axis-over-2048",
     "warning",
     "reduce_argmax/argmin over an axis longer than 2048",
-    "mil-text.md §5 #12",
+    fact="arg-axis-cap",
+    url="https://ane-guide.readthedocs.io/en/latest/part-5-practice/17-model-design-rules.html",
 )
 def _check_arg_axis(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "reduce_argmax", "reduce_argmin"):
@@ -869,7 +926,8 @@ def _is_square(op) -> bool:
     "fp16-square-overflow",
     "info",
     "fp16 x*x summed over channels (x^2 overflows fp16 for |x| > 256; no native RMSNorm)",
-    "mil-text.md §5 #16, §3.10",
+    fact="square-overflow",
+    url="https://github.com/apple/coremltools/blob/main/coremltools/converters/mil/frontend/torch/ops.py",
 )
 def _check_square_overflow(fn: _Fn) -> Iterator[_Hit]:
     sums = ("reduce_sum", "reduce_mean")
@@ -900,11 +958,14 @@ def _check_square_overflow(fn: _Fn) -> Iterator[_Hit]:
     "cast-unsupported-m1-m2",
     "error",
     "cast cannot execute on the M1/M2 ANE",
-    "ane-private-api.md §1.8, §3.2, §6",
+    fact="cast-m1-m2",
+    url="https://github.com/maderix/ANE/pull/6",
     chips=("m1", "m2"),
 )
 def _check_cast_m1_m2(fn: _Fn) -> Iterator[_Hit]:
     for op in _ops(fn, "cast"):
+        if _is_const(op.inputs["x"]):
+            continue  # a constant cast is `const-cast-unsupported-m1-m2`, whose remedy differs
         yield fn.op_hit(
             op,
             "cast cannot execute on the M1/M2 ANE (PR #6, M1 Pro): fp32-I/O programs fail to compile "
@@ -913,10 +974,36 @@ def _check_cast_m1_m2(fn: _Fn) -> Iterator[_Hit]:
 
 
 @_rule(
+    "const-cast-unsupported-m1-m2",
+    "error",
+    "A constant cast to another dtype in the graph (cast cannot execute on the M1/M2 ANE)",
+    fact="cast-m1-m2",
+    url="https://github.com/maderix/ANE/pull/6",
+    chips=("m1", "m2"),
+)
+def _check_const_cast_m1_m2(fn: _Fn) -> Iterator[_Hit]:
+    # An fp32 table baked as `const` and `cast` to fp16 where it is used (ane-private-api.md §1.8,
+    # the M1/M2 port of PR #6): the cast is the op those engines lack, and it buys nothing, since the
+    # engine computes in fp16 anyway. Baking the constant in the dtype it is used in removes it.
+    for op in _ops(fn, "cast"):
+        x = op.inputs["x"]
+        if not _is_const(x):
+            continue
+        target = _dtype_name(op.outputs[0]) or "the target dtype"
+        yield fn.op_hit(
+            op,
+            f"constant '{x.name}' ({_dtype_name(x)}) is cast to {target} in the graph; the M1/M2 ANE "
+            f"cannot execute cast (PR #6, M1 Pro), so the program fails to compile there. Bake the "
+            f"constant as {target} (e.g. anekit.kernels.common.float_const(..., precision='fp16'))",
+        )
+
+
+@_rule(
     "cast-at-io-boundary",
     "warning",
     "cast of a non-fp16 function input or into a non-fp16 output (fp32 I/O is ~37% slower)",
-    "ane-private-api.md §1.8; mil-text.md §5 #2",
+    fact="fp16-io",
+    url="https://github.com/maderix/ANE",
     chips=("m3", "m4", "m5"),
 )
 def _check_cast_io(fn: _Fn) -> Iterator[_Hit]:
@@ -951,7 +1038,8 @@ def _float_consts(fn: _Fn) -> Iterator[tuple[object, np.ndarray]]:
     "non-finite-constant",
     "warning",
     "Constant holding inf, -inf or nan (prefer finite -65504 masks)",
-    "mil-text.md §5 #17",
+    fact="finite-masks",
+    url="https://github.com/maderix/ANE/tree/main/training",
 )
 def _check_non_finite(fn: _Fn) -> Iterator[_Hit]:
     for op, val in _float_consts(fn):
@@ -971,7 +1059,8 @@ def _check_non_finite(fn: _Fn) -> Iterator[_Hit]:
     "constant-overflows-fp16",
     "warning",
     "Finite constant whose magnitude exceeds the fp16 range (65504)",
-    "mil-text.md §5 #1",
+    fact="fp16-range",
+    url="https://github.com/hollance/neural-engine/blob/master/docs/16-bit.md",
 )
 def _check_const_range(fn: _Fn) -> Iterator[_Hit]:
     for op, val in _float_consts(fn):
@@ -999,7 +1088,8 @@ def _const_bytes(fn: _Fn) -> int:
     "weights-exceed-sram",
     "warning",
     "Constant weights of one function total >= 32 MB (the ~32 MB SRAM cliff, ~30% slower)",
-    "ane-private-api.md §4.3; mil-text.md §5 #14",
+    fact="sram-32mb",
+    url="https://maderix.substack.com/p/inside-the-m4-apple-neural-engine-615",
 )
 def _check_sram(fn: _Fn) -> Iterator[_Hit]:
     total = _const_bytes(fn)
@@ -1015,7 +1105,8 @@ def _check_sram(fn: _Fn) -> Iterator[_Hit]:
     "large-operand",
     "info",
     "An op operand larger than 2 MB (streams from DRAM)",
-    "mil-text.md §5 #14",
+    fact="sram-32mb",
+    url="https://ane-guide.readthedocs.io/en/latest/part-5-practice/17-model-design-rules.html",
 )
 def _check_large_operand(fn: _Fn) -> Iterator[_Hit]:
     for op in fn.compute_ops():
@@ -1036,7 +1127,8 @@ def _check_large_operand(fn: _Fn) -> Iterator[_Hit]:
     "weights-over-2gb",
     "error",
     "Constant weights of the program total >= 2 GiB (the weight file fails to load)",
-    "mil-text.md §2.7",
+    fact="weight-file-2gb",
+    url="https://github.com/apple/coremltools/issues/1807",
     scope="program",
 )
 def _check_blob_size(fns: list[_Fn]) -> Iterator[_Hit]:
@@ -1060,7 +1152,8 @@ def _check_blob_size(fns: list[_Fn]) -> Iterator[_Hit]:
     "m3-conv-channels-not-512",
     "warning",
     "conv channel count other than 512 on M3 (only 512 compiled in M3 Pro/Ultra benchmarks)",
-    "mil-text.md §5 #11; ane-private-api.md §4.1, §6",
+    fact="m3-512-channels",
+    url="https://github.com/maderix/ANE/issues/42",
     chips=("m3",),
 )
 def _check_m3_channels(fn: _Fn) -> Iterator[_Hit]:
@@ -1081,7 +1174,8 @@ def _check_m3_channels(fn: _Fn) -> Iterator[_Hit]:
     "matmul-sdpa-on-m1-m2",
     "warning",
     "matmul or scaled_dot_product_attention on M1/M2 (reported conv-only by a third party)",
-    "mil-text.md §3.5, §5 #20",
+    fact="m1-m2-conv-only",
+    url=None,
     chips=("m1", "m2"),
 )
 def _check_matmul_m1_m2(fn: _Fn) -> Iterator[_Hit]:
@@ -1097,7 +1191,8 @@ def _check_matmul_m1_m2(fn: _Fn) -> Iterator[_Hit]:
     "runtime-weight-grouped-conv",
     "warning",
     "Grouped/depthwise conv with a runtime (non-constant) weight fails on M1",
-    "ane-private-api.md §6 (issue #47)",
+    fact="m1-runtime-grouped-conv",
+    url="https://github.com/maderix/ANE/issues/47",
     chips=("m1",),
 )
 def _check_runtime_grouped_conv(fn: _Fn) -> Iterator[_Hit]:
@@ -1115,7 +1210,8 @@ def _check_runtime_grouped_conv(fn: _Fn) -> Iterator[_Hit]:
     "gelu-lut-error",
     "info",
     "gelu is a lookup-table approximation (~8% relative error reported on M1)",
-    "mil-text.md §3.0 (rule 8)",
+    fact="gelu-lut",
+    url="https://aneforge.readthedocs.io/en/latest/op-catalog/",
     chips=("m1",),
 )
 def _check_gelu(fn: _Fn) -> Iterator[_Hit]:
@@ -1132,7 +1228,8 @@ def _check_gelu(fn: _Fn) -> Iterator[_Hit]:
     "opset-newer-than-ios16-on-m1-m2",
     "info",
     "Opset newer than ios16 on M1/M2 (the M1/M2 dialect of PR #6 is program(1.0)/<ios16>)",
-    "ane-private-api.md §3.2; mil-text.md §5 #20",
+    fact="m1-m2-dialect",
+    url="https://github.com/maderix/ANE/pull/6",
     chips=("m1", "m2"),
 )
 def _check_opset_m1_m2(fn: _Fn) -> Iterator[_Hit]:
@@ -1154,7 +1251,8 @@ def _check_opset_m1_m2(fn: _Fn) -> Iterator[_Hit]:
     "single-op-program",
     "info",
     "Program computes a single op (one op uses ~30% of the engine; chain 16-64)",
-    "landscape.md §8; ane-private-api.md §4.1",
+    fact="single-op-waste",
+    url="https://github.com/maderix/ANE/issues/3",
 )
 def _check_single_op(fn: _Fn) -> Iterator[_Hit]:
     compute = [op for op in fn.ops if op.op_type not in _LAYOUT_OPS]
@@ -1205,7 +1303,7 @@ def lint(program, chip: str | None = None, function: str | None = None) -> list[
         for fn_name, fn_index, hits in runs:
             for hit in hits:
                 finding = Finding(
-                    rule.id, severity, hit.message + note, hit.op, hit.var, rule.source, fn_name
+                    rule.id, severity, hit.message + note, hit.op, hit.var, rule.source, fn_name, rule.url
                 )
                 keyed.append(((fn_index, hit.pos), finding))
     keyed.sort(key=lambda item: item[0])  # stable: rules keep their order within one op
