@@ -251,6 +251,7 @@ class ModelConfig:
             base = data.pop("preset", None)
             if base is not None:
                 start = preset(base).to_dict()
+                del start["name"]  # the file's model is named by the file (or its own `name`)
                 if start["head_dim"] * start["n_heads"] == start["dim"]:
                     start["head_dim"] = None
                 data = start | data
