@@ -15,7 +15,9 @@ the reference semantics to what the engine did (tests/ane/test_record_replay.py)
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from .arrays_io import NUMERIC_KINDS, ArrayFileError, read_npz
 from .backends import get, resolve
 from .backends.base import Kernel
 from .errors import AnekitError
+from .safe_dir import StagedDirectory, read_inside, resolve_inside, write_new_file
 
 BUNDLE_FORMAT = "anekit-bundle"
 BUNDLE_VERSION = 1
@@ -37,7 +41,14 @@ SOURCES = {"ane": "ane-hardware", "reference": "reference-backend", "coreml": "c
 #: |got - expected| <= atol·max(1, max|expected|) + rtol·|expected|.
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
-FILES = ("model.mil", "inputs.npz", "outputs.npz", "meta.json")
+META = "meta.json"
+FILES = ("model.mil", "inputs.npz", "outputs.npz", META)
+#: meta.json is a few kB; anything near this is not one.
+MAX_META_BYTES = 1 << 20
+#: Reference-backend numerics a bundle may ask for (anekit.backends.reference).
+NUMERICS = ("ane", "exact")
+#: rtol/atol beyond this would accept any output.
+MAX_TOLERANCE = 1.0
 
 
 class BundleError(AnekitError, ValueError):
@@ -110,8 +121,8 @@ def record(
     from . import __version__
     from .backends.ane.doctor import machine_info
 
-    if repeat < 1:
-        raise ValueError("repeat must be at least 1")
+    if type(repeat) is not int or repeat < 1:
+        raise BundleError(f"repeat must be an integer of at least 1, not {repeat!r}")
     model = _as_model(source)
     name = resolve(backend)
     kernel = get(name).compile(model, **options)
@@ -159,47 +170,178 @@ def record(
     return Bundle(model, arrays, outputs, meta)
 
 
-def save_bundle(bundle: Bundle, directory: str | Path) -> Path:
-    """Write `bundle` into `directory` (created; existing bundle files are replaced)."""
+def save_bundle(bundle: Bundle, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write `bundle` into `directory`; returns it.
+
+    Built in a new directory beside `directory` and renamed into place (`anekit.safe_dir`): nothing
+    is written through a symlink and a failure leaves no half-written bundle. An existing non-empty
+    `directory` is a BundleError unless `overwrite`; with it, the old directory is replaced once
+    the new bundle is complete (only if it holds nothing but bundle files).
+    """
     if "source" not in bundle.meta:
         raise BundleError("refusing to save a bundle whose metadata has no 'source'")
-    root = Path(directory)
-    bundle.model.save(root)
-    np.savez(root / "inputs.npz", **bundle.inputs)
-    np.savez(root / "outputs.npz", **bundle.outputs)
-    (root / "meta.json").write_text(
-        json.dumps(bundle.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    return root
+    for kind, arrays in (("input", bundle.inputs), ("output", bundle.outputs)):
+        for name, array in arrays.items():
+            dt = np.asarray(array).dtype
+            if dt.hasobject or dt.kind not in NUMERIC_KINDS or dt.fields is not None:
+                raise BundleError(
+                    f"{kind} {name!r} is a {dt} array; a bundle stores numeric arrays only (never pickles)"
+                )
+    try:
+        meta = (json.dumps(bundle.meta, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"the bundle's metadata cannot be written as JSON: {e}") from None
+    files = {"inputs.npz": _npz_bytes(bundle.inputs), "outputs.npz": _npz_bytes(bundle.outputs), META: meta}
+    with StagedDirectory(
+        directory,
+        overwrite=overwrite,
+        error=BundleError,
+        produces={*FILES, *bundle.model.entries()},
+        what="bundle directory",
+    ) as stage:
+        bundle.model.write_files(stage)
+        for name, data in files.items():
+            write_new_file(stage, name, data)
+    return Path(directory)
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
 
 
 def load_bundle(directory: str | Path) -> Bundle:
-    """Read a bundle; `BundleError` if a file is missing or `meta.json` lacks a known "source"."""
+    """Read a bundle, checking everything a replay relies on before using it.
+
+    `BundleError` (saying what is wrong with which file, and what to do) if the directory or a file
+    is missing, a file is not a regular file inside the directory (symlinks leaving it are refused),
+    `meta.json` is not the supported format and version or lacks a known "source", an array file is
+    damaged (array headers are checked before anything is allocated, `anekit.arrays_io`), or the
+    arrays do not match the names and shapes `meta.json` records.
+    """
     from .mil.model import load
 
     root = Path(directory)
-    missing = [f for f in FILES if not (root / f).is_file()]
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise BundleError(f"bundle {root} {what}; give the directory `anekit record --out` wrote")
+    missing = [f for f in FILES if not (root / f).exists() and not (root / f).is_symlink()]
     if missing:
         raise BundleError(f"{root} is not a complete bundle: missing {', '.join(missing)}")
+    meta = _read_meta(root)
+    inputs = _read_arrays(root, "inputs.npz", meta.get("inputs"), "input")
+    outputs = _read_arrays(root, "outputs.npz", meta.get("outputs"), "output")
     try:
-        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{root / 'meta.json'} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or "source" not in meta:
+        model = load(root)
+    except AnekitError as e:
+        raise BundleError(f"bundle {root}: its program cannot be read: {e}") from None
+    return Bundle(model, inputs, outputs, meta)
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    where = root / META
+    raw = read_inside(root, META, BundleError, "bundle file", max_bytes=MAX_META_BYTES)
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BundleError(
-            f"{root / 'meta.json'} has no 'source' field: a bundle must say whether its outputs came "
+            f"{where} is not valid JSON ({type(e).__name__}: {e}); record the bundle again"
+        ) from None
+    if not isinstance(meta, dict):
+        raise BundleError(
+            f"{where} holds a JSON {type(meta).__name__}, not an object; record the bundle again"
+        )
+    _check_format(meta, where)
+    if "source" not in meta:
+        raise BundleError(
+            f"{where} has no 'source' field: a bundle must say whether its outputs came "
             f"from the engine or from a backend (one of {', '.join(sorted(SOURCES.values()))})"
         )
     if meta["source"] not in SOURCES.values():
         raise BundleError(
-            f"{root / 'meta.json'}: unknown source {meta['source']!r} "
+            f"{where}: unknown source {meta['source']!r} "
             f"(expected one of {', '.join(sorted(SOURCES.values()))})"
         )
-    with np.load(root / "inputs.npz", allow_pickle=False) as f:
-        inputs = {k: f[k] for k in f.files}
-    with np.load(root / "outputs.npz", allow_pickle=False) as f:
-        outputs = {k: f[k] for k in f.files}
-    return Bundle(load(root), inputs, outputs, meta)
+    _check_fields(meta, where)
+    return meta
+
+
+def _check_format(meta: dict[str, Any], where: Path) -> None:
+    supported = f"this anekit reads format {BUNDLE_FORMAT!r}, version {BUNDLE_VERSION}"
+    if "format" not in meta:
+        raise BundleError(f"{where} has no 'format' field, so it is not an anekit bundle ({supported})")
+    if meta["format"] != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: format {meta['format']!r} is not an anekit bundle ({supported})")
+    version = meta.get("version")
+    if type(version) is not int:
+        raise BundleError(f"{where}: 'version' is {version!r}, not an integer ({supported})")
+    if version > BUNDLE_VERSION:
+        raise BundleError(
+            f"{where}: bundle version {version} is newer than this anekit reads ({supported}); "
+            "upgrade anekit to replay it"
+        )
+    if version != BUNDLE_VERSION:
+        raise BundleError(f"{where}: unknown bundle version {version} ({supported})")
+
+
+def _check_fields(meta: dict[str, Any], where: Path) -> None:
+    """The fields a replay or the `replay` command reads: their types and ranges."""
+    for key in ("options", "tolerance", "machine", "timings"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise BundleError(f"{where}: {key!r} must be a JSON object, not {_kind(meta[key])}")
+    numerics = meta.get("options", {}).get("numerics", "ane")
+    if numerics not in NUMERICS:
+        raise BundleError(f"{where}: options.numerics is {numerics!r}; expected one of {', '.join(NUMERICS)}")
+    for key, value in meta.get("tolerance", {}).items():
+        if key in ("rtol", "atol") and not (
+            type(value) in (int, float) and math.isfinite(value) and 0 <= value <= MAX_TOLERANCE
+        ):
+            raise BundleError(
+                f"{where}: tolerance.{key} is {value!r}; expected a number in [0, {MAX_TOLERANCE}]"
+            )
+    for kind in ("inputs", "outputs"):
+        specs = meta.get(kind)
+        if specs is None:
+            continue
+        if not isinstance(specs, dict):
+            raise BundleError(f"{where}: {kind!r} must be a JSON object of name -> spec, not {_kind(specs)}")
+        for name, spec in specs.items():
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            if not isinstance(shape, list) or not all(
+                d is None or (type(d) is int and 0 <= d) for d in shape
+            ):
+                raise BundleError(
+                    f'{where}: {kind}.{name} must be {{"shape": [dims], "dtype": ...}} with non-negative '
+                    f"integer (or null) dims, not {spec!r}"
+                )
+
+
+def _read_arrays(root: Path, name: str, specs: Any, kind: str) -> dict[str, np.ndarray]:
+    path = resolve_inside(root, name, BundleError, "bundle file")
+    try:
+        arrays = read_npz(path)
+    except ArrayFileError as e:
+        raise BundleError(f"bundle {root}: {e}") from None
+    if specs is None:
+        return arrays
+    if set(arrays) != set(specs):
+        raise BundleError(
+            f"bundle {root}: {name} holds {kind}s {sorted(arrays)} but meta.json records {sorted(specs)}; "
+            "the bundle is damaged: record it again"
+        )
+    for key, array in arrays.items():
+        shape = specs[key]["shape"]
+        if len(shape) != array.ndim or any(d is not None and d != n for d, n in zip(shape, array.shape)):
+            raise BundleError(
+                f"bundle {root}: {kind} {key!r} in {name} has shape {list(array.shape)} but meta.json "
+                f"records {shape}; the bundle is damaged: record it again"
+            )
+    return arrays
+
+
+def _kind(value: Any) -> str:
+    return f"a JSON {type(value).__name__}" if value is not None else "null"
 
 
 def replay(bundle: Bundle, backend: str = "reference", **options: Any) -> dict[str, np.ndarray]:

@@ -43,8 +43,15 @@ def resolve_inside(root: str | os.PathLike, rel: str, error: type[AnekitError], 
     return Path(real)
 
 
-def read_inside(root: str | os.PathLike, rel: str, error: type[AnekitError], what: str = "file") -> bytes:
-    """The bytes of the regular file `root/rel`, which must resolve inside `root` (see module doc)."""
+def read_inside(
+    root: str | os.PathLike,
+    rel: str,
+    error: type[AnekitError],
+    what: str = "file",
+    max_bytes: int | None = None,
+) -> bytes:
+    """The bytes of the regular file `root/rel`, which must resolve inside `root` (see module doc),
+    and (if given) hold at most `max_bytes` bytes."""
     real = resolve_inside(root, rel, error, what)
     shown = Path(root) / rel
     try:
@@ -61,6 +68,9 @@ def read_inside(root: str | os.PathLike, rel: str, error: type[AnekitError], wha
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a fifo, socket or device)"
             raise error(f"{what} {shown} is {kind}; it must be a regular file")
+        size = os.fstat(fd).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise error(f"{what} {shown} is {size} bytes, more than the {max_bytes} bytes such a file can be")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -159,6 +169,11 @@ class StagedDirectory:
         assert self.stage is not None
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
+            if isinstance(exc, OSError):  # disk full, permissions, ...: say so, nothing was changed
+                raise self.error(
+                    f"cannot write {self.what} {self.target}: {exc.strerror or exc}; nothing was changed "
+                    f"there (the partial copy was removed)"
+                ) from exc
             return False
         try:
             self._place()

@@ -264,7 +264,7 @@ def test_a_failed_save_leaves_the_old_directory_intact_and_no_debris(model_dir, 
 
     real_write = model_module.write_new_file
     monkeypatch.setattr(model_module, "write_new_file", failing_write)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WeightPathError, match="cannot write model directory .*: No space left on device"):
         conv_model().save(model_dir, overwrite=True)
     assert calls == ["weights/w.bin", "model.mil"]
     after = {p.relative_to(model_dir): p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}

@@ -110,26 +110,33 @@ class MilModel:
         with it, the old directory is replaced once the new one is complete (only if it holds
         nothing but a model: `model.mil` and weight files).
         """
-        rels = {path: weight_relpath(path) for path in self.weights}
-        tops = {rel.split("/", 1)[0] for rel in rels.values()}
-        if TEXT_FILE in tops:
-            raise WeightPathError(f"a weight file cannot be named {TEXT_FILE}: it is the MIL text's file")
         with StagedDirectory(
             directory,
             overwrite=overwrite,
             error=WeightPathError,
-            produces={TEXT_FILE, WEIGHTS_DIR, *tops},
+            produces=self.entries(),
             what="model directory",
         ) as stage:
-            written: set[str] = set()
-            for path, data in self.weights.items():
-                rel = rels[path]
-                if rel in written:  # two spellings of one file (`weights/./w.bin`): one file
-                    continue
-                write_new_file(stage, rel, data)
-                written.add(rel)
-            write_new_file(stage, TEXT_FILE, self.text.encode("utf-8"))
+            self.write_files(stage)
         return Path(directory)
+
+    def entries(self) -> set[str]:
+        """The names `write_files` creates at the top of a directory (`model.mil`, `weights`, ...)."""
+        return {TEXT_FILE, WEIGHTS_DIR, *(weight_relpath(p).split("/", 1)[0] for p in self.weights)}
+
+    def write_files(self, root: Path) -> None:
+        """Write `model.mil` and the weight files into `root`, a new empty directory (see `save`)."""
+        rels = {path: weight_relpath(path) for path in self.weights}
+        if any(rel.split("/", 1)[0] == TEXT_FILE for rel in rels.values()):
+            raise WeightPathError(f"a weight file cannot be named {TEXT_FILE}: it is the MIL text's file")
+        written: set[str] = set()
+        for path, data in self.weights.items():
+            rel = rels[path]
+            if rel in written:  # two spellings of one file (`weights/./w.bin`): one file
+                continue
+            write_new_file(root, rel, data)
+            written.add(rel)
+        write_new_file(root, TEXT_FILE, self.text.encode("utf-8"))
 
     def program(self, **options):
         """Parse back into a coremltools Program (see `anekit.mil.loads`)."""
