@@ -102,6 +102,24 @@ def test_only_the_weight_files_the_text_references_are_read(model_dir, tmp_path)
     assert model.weights["@model_path/weights/w.bin"] == (weights / "w.bin").read_bytes()
 
 
+def test_compile_of_a_directory_reads_only_what_the_text_references(model_dir, monkeypatch):
+    import anekit.safe_dir
+
+    opened = []
+    real_read = anekit.safe_dir.read_inside
+
+    def spy(root, rel, *args, **kwargs):
+        opened.append(rel)
+        return real_read(root, rel, *args, **kwargs)
+
+    monkeypatch.setattr("anekit.mil.model.read_inside", spy)
+    (model_dir / "weights" / "big_unrelated.bin").write_bytes(bytes(1 << 20))
+    (model_dir / "notes.txt").write_text("x")
+    kernel = anekit.compile(model_dir, backend="reference")
+    assert sorted(opened) == ["model.mil", "weights/w.bin"]
+    assert kernel(x=np.zeros((1, 32, 1, 4), np.float16))["y"].shape == (1, 32, 1, 4)
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "dangling", "loop"])
 def test_a_referenced_weight_that_is_not_a_regular_file_is_a_clear_error(model_dir, kind):
     weight = model_dir / "weights" / "w.bin"
