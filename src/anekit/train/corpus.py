@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .tokenizers import BPE_SPECIAL_TOKENS
+
 DEFAULT_SEED = 20240501
 DEFAULT_STORIES = 3600
 VOCAB_SIZE = 512
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: llama2.c's unk/BOS/EOS (§5.1)
+SPECIAL_TOKENS = BPE_SPECIAL_TOKENS  # ids 0, 1, 2: llama2.c's unk/BOS/EOS (§5.1)
 BOS_ID, EOS_ID = 1, 2
 STORY_SEPARATOR = "\n\n"
 
@@ -530,23 +532,15 @@ def corpus_text(n: int = DEFAULT_STORIES, seed: int = DEFAULT_SEED) -> str:
 
 
 def train_tokenizer(text: str, vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE with exactly `vocab_size` ids (specials 0..2, bytes, then merges).
+    """A byte-level BPE with exactly `vocab_size` ids (specials 0..2, bytes, then merges), configured
+    as every BPE anekit trains (`anekit.train.tokenizers.new_bpe`), learned story by story.
 
     Returns a `tokenizers.Tokenizer`. Training is single-threaded-deterministic: the same text gives
     the same merges (pinned by the reproduction test).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from .tokenizers import new_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=2,
-        show_progress=False,
-    )
+    tok, trainer = new_bpe(vocab_size)
     tok.train_from_iterator(text.split(STORY_SEPARATOR), trainer=trainer)
     if tok.get_vocab_size() != vocab_size:
         raise RuntimeError(

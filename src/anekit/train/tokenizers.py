@@ -6,6 +6,9 @@ BOS/EOS ids; which file the vocabulary came from should not leak past `load_toke
 
 Conventions shared by all three (mirroring llama2.c, ane-private-api.md §5.1): a document is encoded
 with BOS in front (``bos=True``) and, by default, no EOS; ``decode`` drops BOS/EOS.
+
+`train_bpe` trains a byte-level BPE of a chosen size on the user's own text, with the conventions of
+the bundled tokenizer (`anekit.train.corpus`), so `load_tokenizer` reads it like the bundled one.
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 import re
+import stat
 import struct
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from ..errors import AnekitError
+
+
+class TokenizerError(AnekitError, ValueError):
+    """A tokenizer file that cannot be read, or a tokenizer that cannot be trained as asked."""
 
 
 @runtime_checkable
@@ -92,9 +104,9 @@ class HFTokenizer:
             data = self.path.read_bytes()
             self._tok = _HFTok.from_str(data.decode("utf-8"))
         except OSError as e:
-            raise ValueError(f"{self.path}: cannot read tokenizer file: {e}") from e
+            raise TokenizerError(f"{self.path}: cannot read tokenizer file: {e}") from e
         except Exception as e:  # tokenizers raises its own Exception subclass on bad JSON
-            raise ValueError(f"{self.path}: not a valid Hugging Face tokenizer.json: {e}") from e
+            raise TokenizerError(f"{self.path}: not a valid Hugging Face tokenizer.json: {e}") from e
         self._identity = f"{kind}:sha256={_sha256_bytes(data)}"
         self._bos = self._find(bos_token or _special_from_config(self.path, "bos_token"), _BOS_NAMES, "BOS")
         self._eos = self._find(eos_token or _special_from_config(self.path, "eos_token"), _EOS_NAMES, "EOS")
@@ -106,7 +118,7 @@ class HFTokenizer:
             tid = self._tok.token_to_id(cand)
             if tid is not None:
                 return tid
-        raise ValueError(
+        raise TokenizerError(
             f"{self.path}: no {what} token found (tried {', '.join(map(repr, tried))}); "
             f"name it explicitly (HFTokenizer(path, bos_token=..., eos_token=...))"
         )
@@ -181,13 +193,13 @@ class Llama2cTokenizer:
         try:
             data = self.path.read_bytes()
         except OSError as e:
-            raise ValueError(f"{self.path}: cannot read tokenizer file: {e}") from e
+            raise TokenizerError(f"{self.path}: cannot read tokenizer file: {e}") from e
         self.max_token_length, self.pieces, self.scores = parse_llama2c_tokenizer(data, str(self.path))
         self._identity = f"llama2c:sha256={_sha256_bytes(data)}"
         self._bos, self._eos = bos_id, eos_id
         for what, tid in (("BOS", bos_id), ("EOS", eos_id)):
             if not 0 <= tid < len(self.pieces):
-                raise ValueError(
+                raise TokenizerError(
                     f"{self.path}: {what} id {tid} is outside the vocabulary of {len(self.pieces)}"
                 )
         self._lookup: dict[bytes, int] = {}
@@ -229,7 +241,7 @@ class Llama2cTokenizer:
             for byte in b:  # byte fallback
                 fid = self._id_of_byte.get(byte)
                 if fid is None:
-                    raise ValueError(
+                    raise TokenizerError(
                         f"{self.path}: cannot encode {ch!r}: it is not a piece and the vocabulary has no "
                         f"byte-fallback piece <0x{byte:02X}>"
                     )
@@ -286,7 +298,7 @@ class Llama2cTokenizer:
             if i == self._eos:
                 continue
             if not 0 <= i < len(self.pieces):
-                raise ValueError(f"token id {i} is outside the vocabulary of {len(self.pieces)}")
+                raise TokenizerError(f"token id {i} is outside the vocabulary of {len(self.pieces)}")
             if i in self._byte_of:
                 out.append(self._byte_of[i])
             else:
@@ -299,22 +311,24 @@ class Llama2cTokenizer:
 def parse_llama2c_tokenizer(data: bytes, name: str = "tokenizer.bin") -> tuple[int, list[bytes], list[float]]:
     """(max_token_length, pieces, scores) from the bytes of a llama2.c tokenizer.bin (§5.1)."""
     if len(data) < 4:
-        raise ValueError(
+        raise TokenizerError(
             f"{name}: {len(data)} bytes is too short for a llama2.c tokenizer.bin (int32 header)"
         )
     (max_len,) = struct.unpack_from("<i", data, 0)
     if max_len <= 0:
-        raise ValueError(f"{name}: max_token_length {max_len} is not positive; not a llama2.c tokenizer.bin")
+        raise TokenizerError(
+            f"{name}: max_token_length {max_len} is not positive; not a llama2.c tokenizer.bin"
+        )
     pieces: list[bytes] = []
     scores: list[float] = []
     off = 4
     while off < len(data):
         if off + 8 > len(data):
-            raise ValueError(f"{name}: truncated entry for id {len(pieces)} at byte {off}")
+            raise TokenizerError(f"{name}: truncated entry for id {len(pieces)} at byte {off}")
         score, n = struct.unpack_from("<fi", data, off)
         off += 8
         if n < 0 or off + n > len(data):
-            raise ValueError(
+            raise TokenizerError(
                 f"{name}: entry for id {len(pieces)} at byte {off - 8} claims {n} bytes, "
                 f"{len(data) - off} remain; not a llama2.c tokenizer.bin or truncated"
             )
@@ -322,7 +336,7 @@ def parse_llama2c_tokenizer(data: bytes, name: str = "tokenizer.bin") -> tuple[i
         scores.append(score)
         off += n
     if not pieces:
-        raise ValueError(f"{name}: no vocabulary entries")
+        raise TokenizerError(f"{name}: no vocabulary entries")
     return max_len, pieces, scores
 
 
@@ -331,7 +345,7 @@ def save_llama2c_tokenizer(path: str | Path, pieces: Iterable[bytes | str], scor
     enc = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in pieces]
     sc = [float(s) for s in scores]
     if len(enc) != len(sc):
-        raise ValueError(f"{len(enc)} pieces but {len(sc)} scores")
+        raise TokenizerError(f"{len(enc)} pieces but {len(sc)} scores")
     parts = [struct.pack("<i", max((len(p) for p in enc), default=1))]
     for p, s in zip(enc, sc):
         parts.append(struct.pack("<fi", s, len(p)) + p)
@@ -361,11 +375,11 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
         for name in ("tokenizer.json", "tokenizer.bin"):
             if (p / name).is_file():
                 return load_tokenizer(p / name)
-        raise ValueError(f"{p}: directory has no tokenizer.json or tokenizer.bin")
+        raise TokenizerError(f"{p}: directory has no tokenizer.json or tokenizer.bin")
     if not p.is_file():
-        raise ValueError(f"{p}: no such tokenizer file")
+        raise TokenizerError(f"{p}: no such tokenizer file")
     if p.suffix == ".model":
-        raise ValueError(
+        raise TokenizerError(
             f"{p}: SentencePiece .model files are not read directly; use the matching tokenizer.json "
             "(Hugging Face) or a llama2.c tokenizer.bin"
         )
@@ -374,3 +388,206 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
     if head.startswith(b"{"):
         return HFTokenizer(p)
     return Llama2cTokenizer(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training a byte-level BPE
+
+#: Ids 0, 1, 2 of every BPE anekit trains, the bundled one included: llama2.c's unk/BOS/EOS (§5.1).
+#: ``<unk>`` is never produced (the 256-byte alphabet covers any text); ids 3..258 are the bytes.
+BPE_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+#: The specials and the 256 bytes: a vocabulary this small learns no merge at all.
+BPE_MIN_VOCAB = len(BPE_SPECIAL_TOKENS) + 256
+#: 2^18 = 262,144, the size of the largest published LLM vocabularies (Gemma 3); larger is a typo.
+BPE_MAX_VOCAB = 1 << 18
+#: A pair must occur this often to be merged (as for the bundled tokenizer).
+BPE_MIN_FREQUENCY = 2
+
+
+def new_bpe(vocab_size: int):
+    """An untrained byte-level BPE and its trainer, configured as the bundled tokenizer's:
+    (`tokenizers.Tokenizer`, `tokenizers.trainers.BpeTrainer`)."""
+    from tokenizers import Tokenizer as _HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = _HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(BPE_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=BPE_MIN_FREQUENCY,
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+class TrainedBpe(NamedTuple):
+    """What `train_bpe` wrote: the file, its vocabulary size, and what it learned from."""
+
+    path: Path
+    vocab_size: int
+    characters: int  #: characters of text read
+    sources: int  #: files (or iterator texts) read
+    seconds: float
+
+
+def _check_vocab_size(vocab_size) -> int:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TokenizerError(f"vocab_size must be an integer, got {vocab_size!r}")
+    if not BPE_MIN_VOCAB <= vocab_size <= BPE_MAX_VOCAB:
+        raise TokenizerError(
+            f"vocab_size {vocab_size} is out of range: a byte-level BPE needs at least {BPE_MIN_VOCAB} ids "
+            f"({len(BPE_SPECIAL_TOKENS)} special tokens + 256 bytes) and at most {BPE_MAX_VOCAB:,}"
+        )
+    return vocab_size
+
+
+def _check_text_file(p: Path) -> Path:
+    try:
+        mode = os.stat(p).st_mode  # follows a symlink: reading through one is fine
+    except FileNotFoundError:
+        raise TokenizerError(f"{p}: no such file") from None
+    except OSError as e:
+        raise TokenizerError(f"{p}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise TokenizerError(f"{p}: not a regular file; give a UTF-8 text file")
+    return p
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise TokenizerError(
+            f"{out}: is a directory; give the tokenizer file to write, e.g. {out / 'tokenizer.json'}"
+        )
+    if os.path.lexists(out) and not overwrite:
+        raise TokenizerError(
+            f"{out}: already exists; choose another path or allow overwriting it (--overwrite)"
+        )
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TokenizerError(f"{out}: cannot be created, {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise TokenizerError(f"{out}: cannot be written, {ancestor} is not writable")
+
+
+class _Counter:
+    def __init__(self):
+        self.characters = 0
+        self.visible = False  # any non-whitespace character seen
+        self.sources = 0
+
+    def see(self, text: str) -> str:
+        self.characters += len(text)
+        if not self.visible and not text.isspace():
+            self.visible = bool(text)
+        return text
+
+
+def _file_texts(files: list[Path], count: _Counter) -> Iterator[str]:
+    for p in files:
+        count.sources += 1
+        lines = 0
+        try:
+            with open(p, encoding="utf-8", newline="") as f:
+                for line in f:
+                    lines += 1
+                    yield count.see(line)
+        except UnicodeDecodeError as e:
+            raise TokenizerError(
+                f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} after line {lines}); "
+                "convert it to UTF-8 first"
+            ) from None
+        except OSError as e:
+            raise TokenizerError(f"{p}: cannot read: {e.strerror or e}") from None
+
+
+def _iterator_texts(texts: Iterable, count: _Counter) -> Iterator[str]:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TokenizerError(f"text {i} of the iterator is {type(text).__name__}, not str")
+        count.sources += 1
+        yield count.see(text)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def train_bpe(
+    source: str | os.PathLike | Sequence[os.PathLike] | Iterable[str],
+    vocab_size: int,
+    out_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> TrainedBpe:
+    """Train a byte-level BPE with exactly `vocab_size` ids and write it as a Hugging Face
+    ``tokenizer.json`` at `out_path`, atomically (a temporary file renamed into place, so a reader
+    never sees half a file and an existing file survives a failure).
+
+    `source`: a text file path (`pathlib.Path`), a list of them, or an iterable of texts (`str`).
+    Files are read as UTF-8, line by line. Conventions are the bundled tokenizer's (`new_bpe`): ids 0,
+    1, 2 = ``<unk>``, ``<s>`` (BOS), ``</s>`` (EOS), then the 256 bytes, then merges, so
+    `load_tokenizer(out_path)` gives BOS 1 and EOS 2.
+
+    Every input is checked before training starts; any problem (missing or non-regular file,
+    vocabulary out of range, no text, text too small for the vocabulary asked, `out_path` existing
+    without `overwrite`) is a `TokenizerError` saying what to do.
+    """
+    vocab_size = _check_vocab_size(vocab_size)
+    out = Path(out_path)
+    _check_out(out, overwrite)
+    count = _Counter()
+    if isinstance(source, str):
+        raise TokenizerError(
+            "source is a str: pass pathlib.Path(...) for a file, or a list of texts for text itself"
+        )
+    if isinstance(source, os.PathLike):
+        texts = _file_texts([_check_text_file(Path(source))], count)
+    elif isinstance(source, (list, tuple)) and source and all(isinstance(x, os.PathLike) for x in source):
+        texts = _file_texts([_check_text_file(Path(x)) for x in source], count)
+    elif isinstance(source, Iterable):
+        texts = _iterator_texts(source, count)
+    else:
+        raise TokenizerError(
+            f"source must be a file path, a list of them or an iterable of texts, not {source!r}"
+        )
+
+    start = time.perf_counter()
+    tok, trainer = new_bpe(vocab_size)
+    tok.train_from_iterator(texts, trainer=trainer)
+    seconds = time.perf_counter() - start
+    if not count.visible:
+        raise TokenizerError("the text is empty (nothing but whitespace); there is nothing to learn from")
+    got = tok.get_vocab_size()
+    if got != vocab_size:
+        raise TokenizerError(
+            f"the text ({count.characters:,} characters) holds enough repeated pairs for only {got} ids, "
+            f"not {vocab_size}: give more text, or a vocab_size of at most {got}"
+        )
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(tmp))
+        _fsync(tmp)
+        check = HFTokenizer(tmp)  # what load_tokenizer will see: the specials where they belong
+        if (check.bos_id, check.eos_id, check.vocab_size) != (1, 2, vocab_size):
+            raise TokenizerError(f"{out}: the trained tokenizer has unexpected special ids (internal error)")
+        os.replace(tmp, out)
+        _fsync(out.parent)
+    except OSError as e:
+        raise TokenizerError(f"{out}: cannot write: {e.strerror or e}; nothing was changed there") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return TrainedBpe(out, vocab_size, count.characters, count.sources, seconds)
