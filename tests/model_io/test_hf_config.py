@@ -10,7 +10,7 @@ import pytest
 
 from anekit.model import ModelConfig
 from anekit.model.config import RopeScaling
-from anekit.model.io import ModelFileError, config_from_hf, load_hf, rope_from_hf, save_hf
+from anekit.model.io import ModelFileError, config_from_hf, load_hf, read_safetensors, rope_from_hf, save_hf
 from anekit.model.reference import init_params
 
 BASE = ModelConfig(
@@ -154,3 +154,65 @@ def test_transformers_reads_the_export(tmp_path):
         "rope_type": "default",
         "rope_theta": 10000.0,
     }
+
+
+# -- damaged files: a ModelFileError naming the file, never a raw exception ---------------------
+
+
+def _safetensors(path, header: dict, data: bytes = b"") -> None:
+    blob = json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+
+
+@pytest.mark.parametrize(
+    "header,message",
+    [
+        ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, "truncated or inconsistent"),
+        ({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 0]}}, "truncated or inconsistent"),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}, "truncated or inconsistent"),
+        ({"t": {"dtype": "F32", "shape": [1]}}, "malformed header entry"),
+        ({"t": {"dtype": "F32", "shape": "ab", "data_offsets": [0, 4]}}, "malformed header entry"),
+        ({"t": [1, 2]}, "malformed header entry"),
+        ({"t": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, "only float tensors"),
+        ([1, 2], "not a safetensors file"),
+    ],
+)
+def test_damaged_safetensors_headers_are_model_file_errors(tmp_path, header, message):
+    _safetensors(tmp_path / "m.safetensors", header, b"\0" * 4)
+    with pytest.raises(ModelFileError, match=message):
+        read_safetensors(tmp_path / "m.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="empty.safetensors"):
+        read_safetensors(tmp_path / "empty.safetensors")
+
+
+def test_shard_index_is_checked_and_stays_inside_the_directory(tmp_path):
+    save_hf(tmp_path / "src", BASE, init_params(BASE))
+    d = tmp_path / "sharded"
+    d.mkdir()
+    (d / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+    outside = tmp_path / "secret.safetensors"
+    (tmp_path / "src" / "model.safetensors").rename(outside)
+    index = d / "model.safetensors.index.json"
+    for weight_map, message in (
+        ({"model.embed_tokens.weight": "../secret.safetensors"}, "outside the model directory"),
+        ({"model.embed_tokens.weight": str(outside)}, "outside the model directory"),
+        ({"model.embed_tokens.weight": 3}, "not a file name"),
+    ):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(ModelFileError, match=message):
+            load_hf(d)
+    (d / "link.safetensors").symlink_to(outside)
+    index.write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": "link.safetensors"}}))
+    with pytest.raises(ModelFileError, match="outside the model directory"):
+        load_hf(d)
+    for text in ("{}", "[]", "not json", '{"weight_map": [1]}'):
+        index.write_text(text)
+        with pytest.raises(ModelFileError, match="not a safetensors index"):
+            load_hf(d)
+
+
+def test_deeply_nested_config_json_is_a_model_file_error(tmp_path):
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match="config.json: cannot read"):
+        load_hf(tmp_path)

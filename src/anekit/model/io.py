@@ -27,6 +27,7 @@ any other type is refused by name, never ignored.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -320,30 +321,44 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     try:
         (n,) = struct.unpack("<Q", bytes(raw[:8]))
         header = json.loads(bytes(raw[8 : 8 + n]))
-    except (struct.error, ValueError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (struct.error, ValueError, RecursionError) as e:
         raise ModelFileError(f"{p}: not a safetensors file ({e})") from e
-    base = 8 + n
     out = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
+        if name != "__metadata__":
+            out[name] = _safetensors_tensor(p, raw, 8 + n, name, info)
+    return out
+
+
+def _safetensors_tensor(p: Path, raw: np.ndarray, base: int, name: str, info) -> np.ndarray:
+    try:
         dt = _SAFETENSORS_DTYPES.get(info.get("dtype"))
         if dt is None:
             raise ModelFileError(
                 f"{p}: tensor {name} has dtype {info.get('dtype')}; only float tensors are read"
             )
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        if base + end > len(raw) or end - begin != count * np.dtype(dt).itemsize:
+        begin, end = (int(x) for x in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
+        count = math.prod(shape)
+        if (
+            min(shape, default=0) < 0
+            or not 0 <= begin <= end
+            or base + end > len(raw)
+            or end - begin != count * np.dtype(dt).itemsize
+        ):
             raise ModelFileError(
                 f"{p}: tensor {name} data is truncated or inconsistent with its shape {shape}"
             )
         arr = np.frombuffer(raw, dtype=dt, count=count, offset=base + begin)
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr.astype(np.float32).reshape(shape)
-    return out
+    except ModelFileError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{p}: tensor {name}: malformed header entry {info!r:.120} ({e})") from None
+    if info["dtype"] == "BF16":
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32).reshape(shape)
 
 
 def _read_hf_tensors(d: Path) -> dict[str, np.ndarray]:
@@ -351,14 +366,28 @@ def _read_hf_tensors(d: Path) -> dict[str, np.ndarray]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFileError(f"{index}: not a safetensors index with a weight_map ({e!r:.120})") from None
         out: dict[str, np.ndarray] = {}
-        for shard in sorted(set(weight_map.values())):
-            out |= read_safetensors(d / shard)
+        for shard in shards:
+            out |= read_safetensors(_inside(d, shard, index))
         return out
     if (d / "pytorch_model.bin").is_file():
         raise ModelFileError(f"{d}: has only pytorch_model.bin; convert it to safetensors first")
     raise ModelFileError(f"{d}: no model.safetensors or model.safetensors.index.json")
+
+
+def _inside(d: Path, name, where: Path) -> Path:
+    """`d / name`, refused unless it resolves (after symlinks) to a file inside `d`."""
+    if not isinstance(name, str) or not name:
+        raise ModelFileError(f"{where}: shard name {name!r} is not a file name")
+    p = (d / name).resolve()
+    if not p.is_relative_to(d.resolve()):
+        raise ModelFileError(f"{where}: shard {name!r} lies outside the model directory {d}; refused")
+    return p
 
 
 def config_from_hf(cfg: dict, name: str = "hf") -> ModelConfig:
@@ -515,8 +544,8 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
         cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelFileError(f"{d}: no config.json (not a Hugging Face model directory)") from None
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{d / 'config.json'}: cannot read: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{d / 'config.json'}: cannot read: {e}") from None
     try:
         config = config_from_hf(cfg, name=d.name)
     except ValueError as e:
