@@ -42,7 +42,10 @@ def test_token_file_is_memory_mapped_little_endian_uint16(tmp_path):
     ds = load_dataset(p)
     assert isinstance(ds.tokens, np.memmap)
     assert ds.tokens.tolist() == [1, 0x1234, 0xFFFF]
-    assert ds.identity == {"kind": "uint16", "path": str(p), "bytes": 6, "n_tokens": 3}
+    import hashlib
+
+    sha = hashlib.sha256(p.read_bytes()).hexdigest()  # the fingerprint a resumed run is checked against
+    assert ds.identity == {"kind": "uint16", "path": str(p), "bytes": 6, "n_tokens": 3, "sha256": sha}
 
 
 def test_token_file_errors_say_what_is_wrong(tmp_path):

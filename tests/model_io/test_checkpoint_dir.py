@@ -53,7 +53,7 @@ def _state(step=3):
         step=step,
         loss_scaler=scaler.state_dict(),
         sampler=sampler.state_dict(),
-        data={"kind": "bundled", "n_tokens": 500},
+        data={"kind": "bundled", "path": "anekit/data/stories.txt", "sha256": "ab" * 32, "n_tokens": 500},
         tokenizer="bundled:sha256=abc",
         extra={"best_loss": 1.5},
     )
@@ -139,14 +139,26 @@ def test_load_errors_name_the_problem(tmp_path):
 
     from safetensors.numpy import load_file, save_file
 
+    def tamper(tensors):
+        """Rewrite the weights and (unlike damage) record their new checksum, to reach the deeper checks."""
+        save_file(tensors, str(path / MODEL_FILE))
+        state = json.loads((path / STATE_FILE).read_text())
+        state["files"][MODEL_FILE] = ckpt_mod._file_entry(path / MODEL_FILE)
+        (path / STATE_FILE).write_text(json.dumps(state))
+
     tensors = load_file(str(path / MODEL_FILE))
-    save_file({k: v for k, v in tensors.items() if k != "final_norm"}, str(path / MODEL_FILE))
+    tamper({k: v for k, v in tensors.items() if k != "final_norm"})
     with pytest.raises(CheckpointError, match="missing tensor.*final_norm"):
         load_checkpoint(path)
-    save_file(tensors | {"final_norm": np.zeros(3, np.float32)}, str(path / MODEL_FILE))
+    tamper(tensors | {"final_norm": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointError, match=r"final_norm has shape \[3\]"):
         load_checkpoint(path)
     (path / MODEL_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
+        load_checkpoint(path)
+    state = json.loads((path / STATE_FILE).read_text())
+    state["files"][MODEL_FILE] = ckpt_mod._file_entry(path / MODEL_FILE)
+    (path / STATE_FILE).write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="cannot read safetensors"):
         load_checkpoint(path)
 
@@ -224,8 +236,8 @@ def test_hard_crash_mid_write_keeps_the_previous_checkpoint_and_next_save_cleans
     assert ts.step == 100 and np.array_equal(params["embed"], _params(seed=0)["embed"])
 
     save_checkpoint(path, CFG, _params(seed=1), None, TrainState(step=300))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
-    assert load_checkpoint(path)[3].step == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "ck.prev"]  # the one before is kept
+    assert load_checkpoint(path)[3].step == 300 and load_checkpoint(tmp_path / "ck.prev")[3].step == 100
 
 
 def test_crash_between_the_two_renames_falls_back_to_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -247,15 +259,15 @@ def test_crash_between_the_two_renames_falls_back_to_the_previous_checkpoint(tmp
         save_checkpoint(path, CFG, _params(seed=1), None, TrainState(step=200))
     monkeypatch.setattr(ckpt_mod.os, "replace", real_replace)
 
-    assert not path.exists() and (tmp_path / ".ck.prev" / STATE_FILE).is_file()
+    assert not path.exists() and (tmp_path / "ck.prev" / STATE_FILE).is_file()
     assert is_checkpoint(path)
     with pytest.warns(UserWarning, match="a save was interrupted"):
         _, params, _, ts = load_checkpoint(path)
     assert ts.step == 100 and np.array_equal(params["embed"], _params(seed=0)["embed"])
 
     save_checkpoint(path, CFG, _params(seed=2), None, TrainState(step=300))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
-    assert load_checkpoint(path)[3].step == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "ck.prev"]
+    assert load_checkpoint(path)[3].step == 300 and load_checkpoint(tmp_path / "ck.prev")[3].step == 100
 
 
 def test_optimizer_state_namedtuple_unpacks_like_adamw_state_dict():

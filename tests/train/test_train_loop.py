@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from anekit.cli import app
-from anekit.train.loop import Trainer, TrainOptions, read_log
+from anekit.train.loop import RunInterrupted, Trainer, TrainOptions, read_log
 
 # A model small enough for CI: the bundled tokenizer's 512 ids, 2 layers, grouped-query heads.
 MICRO = {
@@ -61,7 +61,18 @@ def test_resume_continues_exactly(tmp_path, micro_config):
     uninterrupted = [e.loss for e in read_log(tmp_path / "a" / "run" / "log.jsonl")]
     assert len(uninterrupted) == 6
 
-    run(options(tmp_path / "b", micro_config, steps=3))
+    # Interrupted after step 4 (the checkpoint is at step 3), then resumed with the same options. (A
+    # resume that raises --steps keeps the first run's LR schedule; see tests/train/test_run_safety.py.)
+    def stop_at_4(entry):
+        if entry.step == 4:
+            raise KeyboardInterrupt
+
+    interrupted = Trainer(options(tmp_path / "b", micro_config, steps=6))
+    try:
+        with pytest.raises(RunInterrupted, match="after step 4 of 6.*checkpoint.*step 3"):
+            interrupted.run(stop_at_4)
+    finally:
+        interrupted.close()
     trainer, resumed = run(options(tmp_path / "b", micro_config, steps=6, resume=True))
     assert trainer.start_step == 3 and resumed.steps_done == 3
     both = [e.loss for e in read_log(tmp_path / "b" / "run" / "log.jsonl")]

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
-from .common import fail, stdout_console
+from ..errors import AnekitError
+from ..train.loop import TrainOptions
+from .common import err, fail, stdout_console
+
+D = TrainOptions  # every default is written once, in TrainOptions, and read here
+EMULATED = "reference backend: CPU emulation"
+PRINT_EVERY = 10
 
 
 def train(
     preset: str = typer.Option(
-        "tiny", help="Model preset: tiny, stories15m, stories42m, stories110m, qwen3-0.6b."
+        None,
+        help="Model preset: tiny (the default), stories15m, stories42m, stories110m, qwen3-0.6b. "
+        "On --resume the checkpoint's model is used unless one is given.",
     ),
     config: Path = typer.Option(
         None, help="A JSON/TOML model config instead of a preset (may name a base preset)."
@@ -29,39 +42,76 @@ def train(
         None, help="Training data: llama2.c uint16 .bin tokens or a text file (default: bundled stories)."
     ),
     tokenizer: Path = typer.Option(
-        None, help="tokenizer.json (Hugging Face) or llama2.c tokenizer.bin (default: bundled)."
+        None,
+        help="tokenizer.json (Hugging Face) or llama2.c tokenizer.bin (default: bundled; on --resume the "
+        "checkpoint's). Its vocabulary must match the model's: see `anekit train-tokenizer`.",
     ),
-    steps: int = typer.Option(400, help="Optimizer steps to train to (in total, when resuming)."),
-    batch: int = typer.Option(8, help="Sequences per micro-batch."),
-    accum: int = typer.Option(1, help="Micro-batches accumulated per optimizer step."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate (cosine decay to 0.1x after warm-up)."),
-    warmup: int = typer.Option(20, help="Linear warm-up steps."),
-    clip: float = typer.Option(1.0, help="Global gradient-norm clip (0: off)."),
-    backend: str = typer.Option("auto", help="auto (ANE where reachable, else reference), ane or reference."),
+    steps: int = typer.Option(D.steps, help="Optimizer steps to train to (in total, when resuming)."),
+    batch: int = typer.Option(D.batch, help="Sequences per micro-batch."),
+    accum: int = typer.Option(D.accum, help="Micro-batches accumulated per optimizer step."),
+    lr: float = typer.Option(D.lr, help="Peak learning rate (cosine decay to 0.1x after warm-up), (0, 1]."),
+    warmup: int = typer.Option(D.warmup, help="Linear warm-up steps."),
+    clip: float = typer.Option(D.clip, help="Global gradient-norm clip (0: off)."),
+    backend: str = typer.Option(
+        D.backend, help="auto (ANE where reachable, else reference), ane or reference."
+    ),
     numerics: str = typer.Option(
-        "ane", help="Reference backend numerics: ane (fp16 as on the engine) or exact."
+        D.numerics, help="Reference backend numerics: ane (fp16 as on the engine) or exact."
     ),
-    out: Path = typer.Option(Path("runs/tiny"), help="Run directory: checkpoint/, log.jsonl, loss.png."),
+    out: Path = typer.Option(
+        None,
+        help="Run directory: checkpoint/, checkpoint.prev/, log.jsonl, loss.png (default: runs/<model>).",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from OUT/checkpoint exactly where it stopped."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if OUT holds a checkpoint."),
-    seed: int = typer.Option(0, help="Seed for initialisation and data sampling."),
-    save_every: int = typer.Option(100, help="Checkpoint every N steps (and at the end)."),
-    sample_tokens: int = typer.Option(80, help="Tokens to generate as a sample at the end (0: none)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the run in OUT with a new one (the old one stays until the new one first saves).",
+    ),
+    reschedule: bool = typer.Option(
+        False,
+        "--reschedule",
+        help="With --resume: decay the learning rate over the new --steps/--lr/--warmup instead of the "
+        "schedule the run started with.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Start even when the estimated memory exceeds this machine's."
+    ),
+    seed: int = typer.Option(D.seed, help="Seed for initialisation and data sampling."),
+    loss_scale: float = typer.Option(
+        D.loss_scale, help="Initial dynamic loss scale (>= 1; halves on each overflow)."
+    ),
+    save_every: int = typer.Option(D.save_every, help="Checkpoint every N steps (and at the end)."),
+    eval_every: int = typer.Option(
+        D.eval_every,
+        help="Validation loss on the held-out 5% of the data every N steps and at the end (0: off).",
+    ),
+    eval_batches: int = typer.Option(D.eval_batches, help="Batches of held-out data per validation."),
+    max_skipped: int = typer.Option(
+        D.max_skipped, help="Stop when this many steps in a row are skipped (non-finite)."
+    ),
+    sample_tokens: int = typer.Option(
+        D.sample_tokens, help="Tokens to generate as a sample at the end (0: none)."
+    ),
+    print_every: int = typer.Option(
+        PRINT_EVERY, help="When output is not a terminal: a progress line every N steps (and at the end)."
+    ),
 ) -> None:
     """Train a transformer with forward and input-gradient kernels on the engine, the rest on the CPU.
 
     With no arguments: the `tiny` model on the bundled story corpus, on the ANE where available and on
-    the NumPy reference backend elsewhere. Writes OUT/checkpoint (safetensors + JSON), OUT/log.jsonl
-    (one line per step), OUT/loss.png, and prints a generated sample.
+    the NumPy reference backend elsewhere, into runs/tiny. Writes OUT/checkpoint (safetensors, the
+    tokenizer, JSON state; the one before in OUT/checkpoint.prev), OUT/log.jsonl (one line per step,
+    with the validation loss where measured), OUT/loss.png, and prints a generated sample.
+    Ctrl-C stops the run and prints the command that resumes it (exit status 130).
     """
-    from ..backends import BackendUnavailable
-    from ..train.checkpoint import CheckpointError
-    from ..train.data import DataError
     from ..train.generate import generate_text
-    from ..train.loop import LOG_FILE, PLOT_FILE, Trainer, TrainOptions, plot_losses
+    from ..train.loop import LOG_FILE, PLOT_FILE, RunInterrupted, Trainer, plot_losses
 
+    if print_every < 1:
+        raise fail(f"--print-every must be at least 1, got {print_every}")
     opts = TrainOptions(
         preset=preset,
         config_file=config,
@@ -78,66 +128,237 @@ def train(
         out=out,
         resume=resume,
         overwrite=overwrite,
+        reschedule=reschedule,
+        force=force,
         seed=seed,
+        loss_scale=loss_scale,
         save_every=save_every,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        max_skipped=max_skipped,
         sample_tokens=sample_tokens,
     )
     console = stdout_console()
     try:
         trainer = Trainer(opts)
-    except (ValueError, DataError, CheckpointError, FileNotFoundError, BackendUnavailable) as e:
+    except KeyboardInterrupt:
+        err.print("interrupted before training started; nothing was written")
+        raise typer.Exit(130) from None
+    except (AnekitError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     cfg = trainer.config
-    console.print(
-        f"[bold]anekit train[/] {cfg.name}: {cfg.n_params() / 1e6:.2f} M parameters, {cfg.n_layers} layers, "
-        f"dim {cfg.dim}, heads {cfg.n_heads}/{cfg.n_kv_heads}, seq {cfg.seq_len}, vocab {cfg.vocab_size}"
-    )
-    console.print(
-        f"data: {trainer.data.source} ({len(trainer.data):,} tokens); backend: [bold]{trainer.backend}[/]"
-        + (f" (numerics {numerics}, CPU emulation of the engine)" if trainer.backend == "reference" else "")
-        + (f"; resuming at step {trainer.start_step}" if resume else "")
-    )
-    progress = Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TextColumn("{task.fields[ms]} ms/step (engine {task.fields[eng]} + cpu {task.fields[cpu]})"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    with progress, _closing(trainer):
-        task = progress.add_task(
-            "train", total=steps, completed=trainer.start_step, loss="-", tps="-", ms="-", eng="-", cpu="-"
-        )
+    run_dir = trainer.out
+    emulated = trainer.backend == "reference"
+    for line in header_lines(trainer):
+        console.print(line, highlight=False, markup=False)
 
-        def on_step(e):
-            progress.update(
-                task,
-                completed=e.step,
-                loss=f"{e.loss:.3f}" + (" (skipped)" if e.skipped else ""),
-                tps=f"{e.tokens_per_s:,.0f}",
-                ms=f"{e.ms_per_step:.0f}",
-                eng=f"{e.engine_ms:.0f}",
-                cpu=f"{e.cpu_ms:.0f}",
-            )
-
-        result = trainer.run(on_step)
-        png = plot_losses(out / LOG_FILE, out / PLOT_FILE, title=f"{cfg.name} on {trainer.backend}")
-        sample = ""
-        if sample_tokens > 0:
-            sample = generate_text(trainer.params, cfg, trainer.tokenizer, "", sample_tokens, seed=seed)
+    reporter = ProgressReporter(
+        console, total=steps, start=trainer.start_step, emulated=emulated, every=print_every
+    )
+    try:
+        with reporter, _closing(trainer):
+            result = trainer.run(reporter.on_step)
+    except RunInterrupted as e:
+        err.print(f"[yellow]interrupted:[/] {_escape(str(e))}")
+        raise typer.Exit(130) from None
+    except AnekitError as e:
+        raise fail(str(e)) from None
+    try:
+        png = plot_losses(run_dir / LOG_FILE, run_dir / PLOT_FILE, title=f"{cfg.name} on {trainer.backend}")
+    except OSError as e:
+        err.print(f"warning: cannot write the loss plot: {_escape(str(e))}")
+        png = None
+    sample = ""
+    if sample_tokens > 0:
+        sample = generate_text(trainer.params, cfg, trainer.tokenizer, "", sample_tokens, seed=seed)
     if result.first_loss is not None and result.final_loss is not None:
+        val = f", validation {result.val_loss:.3f}" if result.val_loss is not None else ""
         console.print(
-            f"loss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of the last 10 steps) "
-            f"in {result.seconds:.0f} s"
+            f"loss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of the last 10 steps){val} "
+            f"in {result.seconds:.0f} s",
+            highlight=False,
         )
-    console.print(f"checkpoint: {out / 'checkpoint'}   log: {out / LOG_FILE}   plot: {png}")
+    console.print(
+        f"checkpoint: {trainer.ckpt_path}   log: {run_dir / LOG_FILE}" + (f"   plot: {png}" if png else ""),
+        highlight=False,
+        markup=False,
+    )
     if sample:
         console.print("[bold]sample:[/]")
         console.print(sample, highlight=False, markup=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def header_lines(trainer) -> list[str]:
+    """What a run will do and cost, printed before it starts."""
+    cfg, opts = trainer.config, trainer.opts
+    lines = [
+        f"anekit train {cfg.name}: {cfg.n_params() / 1e6:.2f} M parameters, {cfg.n_layers} layers, "
+        f"dim {cfg.dim}, heads {cfg.n_heads}/{cfg.n_kv_heads}, seq {cfg.seq_len}, vocab {cfg.vocab_size}"
+    ]
+    held = (
+        f"{len(trainer.train_data):,} for training, the last {len(trainer.val_data):,} held out "
+        "for validation"
+        if trainer.val_data is not None
+        else "all for training"
+    )
+    lines.append(
+        f"data: {trainer.data.source} ({len(trainer.data):,} tokens: {held}); tokenizer: "
+        f"{trainer.tokenizer.identity.split(':')[0]} ({trainer.tokenizer.vocab_size:,} ids)"
+    )
+    if trainer.backend == "reference":
+        lines.append(
+            f"backend: reference, numerics {opts.numerics} ({EMULATED}; timings are not the engine's)"
+        )
+    else:
+        lines.append(f"backend: {trainer.backend}")
+    lines.append(f"memory: {trainer.memory.describe()}")
+    lines.append("time per step: " + _time_estimate(trainer))
+    where = f"resuming at step {trainer.start_step} of {opts.steps}" if opts.resume else f"{opts.steps} steps"
+    lines.append(f"run: {trainer.out} ({where}; checkpoint every {opts.save_every} steps)")
+    lines += [f"note: {n}" for n in trainer.notes]
+    return lines
+
+
+def _time_estimate(trainer) -> str:
+    opts = trainer.opts
+    if trainer.backend != "ane":
+        return f"measured on the first step ({EMULATED}; the cost model predicts the engine, not this)"
+    try:
+        from ..bench.environment import chip_name
+        from ..perf import chip_id
+        from ..train.budget import predict_engine_step_ms
+
+        chip = chip_id(chip_name())
+        ms = predict_engine_step_ms(trainer.config, opts.batch, opts.accum, chip)
+    except (AnekitError, ValueError, KeyError) as e:
+        return f"no prediction ({e}); measured on the first step"
+    return (
+        f"{ms:.0f} ms for the kernels on the {chip} engine (a cost-model prediction; the CPU work adds to "
+        "it); measured on the first step"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(entry, total: int, eta_s: float, emulated: bool) -> str:
+    """One plain progress line (output that is not a terminal): the step count and ETA first."""
+    parts = [f"step {entry.step}/{total}", f"ETA {_duration(eta_s)}", f"loss {entry.loss:.3f}"]
+    if entry.val_loss is not None:
+        parts.append(f"val {entry.val_loss:.3f}")
+    if entry.skipped:
+        parts.append(f"(skipped: {entry.skip_reason})")
+    parts.append(f"{entry.tokens_per_s:,.0f} tok/s")
+    parts.append(f"{entry.ms_per_step:.0f} ms/step")
+    if emulated:
+        parts.append(f"({EMULATED})")
+    return "  ".join(parts)
+
+
+class _Details(ProgressColumn):
+    """The step's figures: the one column a narrow terminal shortens (with an ellipsis), never wraps."""
+
+    def __init__(self, template: str):
+        # no_wrap=False on the table column marks it as the one rich may narrow (Table collapses
+        # wrappable columns first); the Text itself stays on one line
+        super().__init__(table_column=Column(no_wrap=False, overflow="ellipsis"))
+        self.template = template
+
+    def render(self, task) -> Text:
+        return Text(self.template.format(task=task), no_wrap=True, overflow="ellipsis")
+
+
+def make_progress(console: Console, emulated: bool) -> Progress:
+    """The live progress display on a terminal; step count and ETA come first and are never shortened,
+    so a narrow terminal (80 columns) cuts the details, not them."""
+    fixed = Column(no_wrap=True)
+    timing = "{task.fields[tps]} tok/s  {task.fields[ms]} ms/step"
+    details = (
+        "loss {task.fields[loss]}  {task.fields[val]}  " + ("CPU emulation: " if emulated else "") + timing
+    )
+    return Progress(
+        MofNCompleteColumn(table_column=fixed),
+        TextColumn("ETA", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=12),
+        _Details(details),
+        console=console,
+    )
+
+
+class ProgressReporter:
+    """Reports each step: a live display on a terminal, plain lines every `every` steps otherwise.
+    The first step's time is reported as the measured time per step, with the run's projection."""
+
+    def __init__(self, console: Console, total: int, start: int, emulated: bool, every: int = PRINT_EVERY):
+        self.console, self.total, self.start, self.emulated, self.every = (
+            console,
+            total,
+            start,
+            emulated,
+            every,
+        )
+        self.live = console.is_terminal
+        self.progress = make_progress(console, emulated) if self.live else None
+        self.task = None
+        self.t0 = time.perf_counter()
+        self.val = ""
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=self.total, completed=self.start, loss="-", val="", tps="-", ms="-"
+            )
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def eta(self, step: int) -> float:
+        done = step - self.start
+        if done <= 0:
+            return float("nan")
+        return (time.perf_counter() - self.t0) / done * (self.total - step)
+
+    def on_step(self, entry) -> None:
+        if entry.step == self.start + 1:
+            first = entry.ms_per_step / 1e3
+            label = f" ({EMULATED})" if self.emulated else ""
+            self.console.print(
+                f"first step: {first:.2f} s{label}; {self.total - self.start} steps ≈ "
+                f"{_duration(first * (self.total - self.start))}",
+                highlight=False,
+                markup=False,
+            )
+        if entry.val_loss is not None:
+            self.val = f"val {entry.val_loss:.3f}"
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                completed=entry.step,
+                loss=f"{entry.loss:.3f}" + (" (skipped)" if entry.skipped else ""),
+                val=self.val,
+                tps=f"{entry.tokens_per_s:,.0f}",
+                ms=f"{entry.ms_per_step:.0f}",
+            )
+        elif entry.step % self.every == 0 or entry.step == self.total or entry.val_loss is not None:
+            line = progress_line(entry, self.total, self.eta(entry.step), self.emulated)
+            self.console.print(line, highlight=False, markup=False)
 
 
 class _closing:
@@ -151,64 +372,150 @@ class _closing:
         self.trainer.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# eval and generate
+
+
 def _load(checkpoint: Path):
-    from ..train.checkpoint import CheckpointError, load_checkpoint
+    from ..train.checkpoint import load_checkpoint
 
     try:
         return load_checkpoint(checkpoint, load_optimizer=False)
-    except CheckpointError as e:
+    except AnekitError as e:
         raise fail(str(e)) from None
+
+
+def _tokenizer_for(checkpoint: Path, given: Path | None, train_state):
+    """The run's own tokenizer (stored in the checkpoint). An explicit --tokenizer that differs
+    overrides it with a warning: scoring or sampling with another vocabulary is allowed, on purpose."""
+    from ..train.checkpoint import load_checkpoint_tokenizer
+    from ..train.tokenizers import load_tokenizer
+
+    try:
+        stored = load_checkpoint_tokenizer(checkpoint)
+        explicit = load_tokenizer(given) if given is not None else None
+        if stored is None:  # saved without one: the bundled tokenizer unless told otherwise
+            stored = explicit or load_tokenizer(None)
+            if train_state.tokenizer is not None and stored.identity != train_state.tokenizer:
+                err.print(
+                    f"warning: the run was trained with tokenizer {train_state.tokenizer}, this is "
+                    f"{stored.identity}; pass the run's tokenizer with --tokenizer"
+                )
+            return stored
+    except (AnekitError, ValueError) as e:
+        raise fail(str(e)) from None
+    if explicit is not None and explicit.identity != stored.identity:
+        err.print(
+            f"warning: --tokenizer {given} is not the tokenizer this checkpoint was trained with "
+            f"({stored.identity}); using --tokenizer as asked"
+        )
+        return explicit
+    return stored
+
+
+def _int_at_least(name: str, value: int, lo: int) -> None:
+    if value < lo:
+        raise fail(f"{name} must be at least {lo}, got {value}")
 
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. runs/tiny/checkpoint)."),
-    data: Path = typer.Option(None, help="Data to score: .bin tokens or text (default: bundled stories)."),
-    tokenizer: Path = typer.Option(None, help="Tokenizer for text data (default: bundled)."),
+    data: Path = typer.Option(
+        None,
+        help="Data to score, the whole file: .bin tokens or text (default: the held-out 5% of the data the "
+        "run trained on, the slice its validation loss was measured on).",
+    ),
+    tokenizer: Path = typer.Option(
+        None,
+        help="Tokenizer for text data (default: the checkpoint's own; another one is used with a warning).",
+    ),
     batch: int = typer.Option(8, help="Sequences per batch."),
-    max_batches: int = typer.Option(20, help="Batches to score (0: the whole file)."),
+    max_batches: int = typer.Option(20, help="Batches to score (0: all)."),
     backend: str = typer.Option("auto", help="auto, ane or reference."),
     numerics: str = typer.Option("ane", help="Reference backend numerics: ane or exact."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object (loss, perplexity, tokens, data, ...) and nothing else."
+    ),
 ) -> None:
-    """Mean cross-entropy (and perplexity) of a checkpoint on a data file, in file order."""
-    from ..backends import BackendUnavailable, resolve
-    from ..train.data import DataError, load_dataset, sequential_batches
+    """Mean cross-entropy (and perplexity) of a checkpoint, in file order."""
+    from ..backends import resolve
+    from ..train.data import DataError, check_data_path, load_dataset, train_val_split
+    from ..train.loop import dataset_loss
     from ..train.step import ModelRunner
-    from ..train.tokenizers import load_tokenizer
 
-    config, params, _, _ = _load(checkpoint)
+    _int_at_least("--batch", batch, 1)
+    _int_at_least("--max-batches", max_batches, 0)
+    if numerics not in ("ane", "exact"):
+        raise fail(f"--numerics must be ane or exact, got {numerics!r}")
+    config, params, _, state = _load(checkpoint)
+    tok = _tokenizer_for(checkpoint, tokenizer, state)
     try:
-        tok = load_tokenizer(tokenizer)
-        ds = load_dataset(data, tok, vocab_size=config.vocab_size)
-    except (ValueError, DataError) as e:
-        raise fail(str(e)) from None
-    try:
+        if data is not None:
+            check_data_path(data, "--data")
+            ds = load_dataset(data, tok, vocab_size=config.vocab_size)
+            split = "all"
+        else:
+            ds = _run_data(checkpoint, state, tok, config)
+            _, ds = train_val_split(ds, config.seq_len)
+            if ds is None:
+                raise DataError(
+                    "the run's data is too short to have held out a validation slice; pass --data to "
+                    "score a file"
+                )
+            split = "validation"
+        ds.check_length(config.seq_len)
         name = resolve(backend)
         options = {"numerics": numerics} if name == "reference" else {}
         runner = ModelRunner(config, batch, backend=name, **options)
-    except (ValueError, BackendUnavailable) as e:
+    except (AnekitError, ValueError, OSError) as e:
         raise fail(str(e)) from None
-    total, count = 0.0, 0
     with runner:
         runner.set_params(params)
-        for tokens, targets in sequential_batches(ds, batch, config.seq_len, max_batches or None):
-            if len(tokens) < batch:  # the kernels are compiled for one batch shape: pad the last
-                pad = batch - len(tokens)
-                tokens = _pad(tokens, pad)
-                targets = _pad(targets, pad, fill=-1)
-            n = int((targets >= 0).sum())
-            total += runner.loss(tokens, targets) * n
-            count += n
-    mean = total / max(count, 1)
+        mean, count = dataset_loss(runner, ds, batch, config.seq_len, max_batches or None)
+    ppl = math.exp(mean) if mean < 700 else float("inf")
+    if as_json:
+        record = {
+            "checkpoint": str(checkpoint),
+            "step": state.step,
+            "loss": mean,
+            "perplexity": ppl if math.isfinite(ppl) else None,
+            "tokens": count,
+            "data": ds.source,
+            "split": split,
+            "backend": name,
+            "numerics": numerics if name == "reference" else None,
+        }
+        typer.echo(json.dumps(record))
+        return
     stdout_console().print(
-        f"{checkpoint}: mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.2f}) "
-        f"over {count:,} tokens of {ds.source} on {name}"
+        f"{checkpoint}: mean loss {mean:.4f} nats/token (perplexity {ppl:.2f}) over {count:,} tokens of "
+        f"{ds.source} on {name}" + (f" ({EMULATED})" if name == "reference" else ""),
+        highlight=False,
+        markup=False,
     )
 
 
-def _pad(a, n: int, fill: int = 0):
-    import numpy as np
+def _run_data(checkpoint: Path, state, tok, config):
+    """The data the run was trained on, as recorded in the checkpoint, checked by fingerprint."""
+    from ..train.data import DataError, data_differences, load_bundled, load_dataset
 
-    return np.concatenate([a, np.full((n, a.shape[1]), fill, dtype=a.dtype)])
+    recorded = state.data
+    if not recorded:
+        raise DataError(f"{checkpoint}: records no training data; pass --data")
+    if recorded["kind"] == "bundled":
+        ds = load_bundled(tok)
+    else:
+        path = Path(recorded["path"])
+        if not path.is_file():
+            raise DataError(f"{checkpoint}: the run's data {path} is gone; pass --data to score a file")
+        ds = load_dataset(path, tok, vocab_size=config.vocab_size)
+    diff = data_differences(recorded, ds.identity)
+    if diff:
+        raise DataError(
+            f"{checkpoint}: the run's data {ds.source} is not what it trained on ({'; '.join(diff)}); the "
+            "held-out slice is unknown, pass --data to score a file"
+        )
+    return ds
 
 
 def generate(
@@ -219,19 +526,24 @@ def generate(
     ),
     temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
     top_k: int = typer.Option(40, help="Sample among the k most likely tokens (0: all)."),
-    tokenizer: Path = typer.Option(None, help="Tokenizer (default: bundled)."),
+    tokenizer: Path = typer.Option(
+        None, help="Tokenizer (default: the checkpoint's own; another one is used with a warning)."
+    ),
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
     """Generate text from a checkpoint with KV-cache decoding on the CPU."""
-    from ..train.generate import generate_text
-    from ..train.tokenizers import load_tokenizer
+    from ..train.generate import check_sampling, generate_text
 
-    config, params, _, _ = _load(checkpoint)
     try:
-        tok = load_tokenizer(tokenizer)
+        check_sampling(max_tokens, temperature, top_k, seed)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    config, params, _, state = _load(checkpoint)
+    tok = _tokenizer_for(checkpoint, tokenizer, state)
+    try:
         text = generate_text(
             params, config, tok, prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed
         )
-    except ValueError as e:
+    except (AnekitError, ValueError) as e:
         raise fail(str(e)) from None
     stdout_console().print(text, highlight=False, markup=False)

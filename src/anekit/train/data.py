@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ def load_text_file(
     tokens, text_hash = _cached_tokenize(text, tok, use_cache)
     if len(tokens) == 0:
         raise DataError(f"{p}: contains no text to train on")
-    ident = {"kind": "text", "path": str(p), "text_sha256": text_hash, "tokenizer": tok.identity}
+    ident = {"kind": "text", "path": str(p), "sha256": text_hash, "tokenizer": tok.identity}
     return TokenDataset(tokens, str(p), ident | {"n_tokens": int(len(tokens))})
 
 
@@ -192,8 +193,47 @@ def load_token_file(path: str | Path) -> TokenDataset:
         tokens = np.memmap(p, dtype="<u2", mode="r")
     except OSError as e:
         raise DataError(f"{p}: cannot memory-map token file: {e}") from None
-    ident = {"kind": "uint16", "path": str(p), "bytes": size, "n_tokens": size // 2}
+    ident = {"kind": "uint16", "path": str(p), "bytes": size, "n_tokens": size // 2, "sha256": _sha256(p)}
     return TokenDataset(tokens, str(p), ident)
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256 (the data fingerprint a resumed run is checked against; ~1 s per GB)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read token file: {e}") from None
+    return h.hexdigest()
+
+
+def check_data_path(path: str | Path, what: str = "--data") -> Path:
+    """`path` if it names a regular file (or a symlink to one); else `DataError` saying what it is.
+
+    A directory, a FIFO or a device such as /dev/zero would block, loop forever or read garbage."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} {p}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{what} {p}: cannot read: {e}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise DataError(f"{what} {p}: is {kind}; give a regular file (.bin llama2.c tokens or UTF-8 text)")
+    return p
 
 
 def load_dataset(
@@ -210,12 +250,45 @@ def load_dataset(
         ds = load_bundled(tokenizer, use_cache)
     else:
         p = Path(path)
-        if p.is_dir():
-            raise DataError(f"{p}: is a directory; give a .bin token file or a text file")
+        if p.exists():
+            check_data_path(p, "data file")
         ds = load_token_file(p) if p.suffix == ".bin" else load_text_file(p, tokenizer, use_cache)
     if vocab_size is not None:
         ds.check_vocab(vocab_size)
     return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# The held-out slice and the data fingerprint
+
+#: The share of the tokens, at the end of the data, that training never samples: the validation slice
+#: the training loop reports a loss on and `anekit eval` scores by default.
+VAL_FRACTION = 0.05
+
+
+def train_val_split(ds: TokenDataset, seq_len: int) -> tuple[TokenDataset, TokenDataset | None]:
+    """(training part, validation part or None): the last `VAL_FRACTION` of the tokens is held out.
+
+    The one place training and evaluation agree on which tokens are held out. When that tail is too
+    short for one window of ``seq_len + 1`` tokens, or the rest would be, there is no validation
+    slice and all of the data is for training (None)."""
+    train, val = ds.split(VAL_FRACTION) if len(ds) >= 2 else (ds, None)
+    if val is None or len(val) < seq_len + 1 or len(train) < seq_len + 1:
+        return ds, None
+    return train, val
+
+
+def data_differences(recorded: dict | None, current: dict) -> list[str]:
+    """How the data a checkpoint recorded differs from `current` (both `TokenDataset.identity`):
+    the content (sha256), its kind, token count and tokenizer; a moved file with the same content
+    is the same data."""
+    if not recorded:
+        return []
+    out = []
+    for key in ("kind", "sha256", "n_tokens", "tokenizer"):
+        if recorded.get(key) != current.get(key):
+            out.append(f"{key}: {recorded.get(key)!r} then, {current.get(key)!r} now")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

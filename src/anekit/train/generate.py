@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 
+from ..errors import AnekitError
 from ..model.config import ModelConfig
 from ..model.reference import decode_step, new_cache
+
+
+class GenerateError(AnekitError, ValueError):
+    """Sampling options or a prompt that cannot be used; the message names the option."""
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, seed: int = 0) -> None:
+    """Raise `GenerateError` naming the first sampling option out of range."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GenerateError(f"--max-tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise GenerateError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise GenerateError(f"--top-k must be an integer >= 0 (0: all tokens), got {top_k!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise GenerateError(f"--seed must be an integer >= 0, got {seed!r}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
@@ -38,10 +56,13 @@ def generate_ids(
     """Yield new token ids after `prompt` (which must be non-empty, e.g. [BOS]), one at a time;
     each step costs one position of attention against the cache, not a full forward."""
     if not prompt:
-        raise ValueError("the prompt must hold at least one token (e.g. BOS)")
+        raise GenerateError("the prompt must hold at least one token (e.g. BOS)")
+    check_sampling(max_new_tokens, temperature, top_k, seed)
     limit = config.seq_len
     if len(prompt) >= limit:
-        raise ValueError(f"the prompt has {len(prompt)} tokens; the model's context is {limit}")
+        raise GenerateError(
+            f"the prompt has {len(prompt)} tokens; the model's context is {limit}: give a shorter --prompt"
+        )
     rng = np.random.default_rng(seed)
     cache = new_cache(config, batch=1, max_len=limit)
     logits = None

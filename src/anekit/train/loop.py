@@ -3,38 +3,84 @@
 One optimizer step = `accum` micro-batches, each a forward + input-gradient pass on the kernels
 with weight gradients on the CPU, summed; then a global-norm clip, a cosine learning rate and an
 AdamW update, after which the new weights are staged into the kernels' inputs (the dynamic-weight
-design of ane-private-api.md §5.4: nothing is recompiled). A step whose gradients are not finite is
-skipped and the loss scale backs off, so no weight is ever corrupted (§6).
+design of ane-private-api.md §5.4: nothing is recompiled).
+
+A run is never lost or poisoned:
+
+- every option is checked before anything is read or written (`TrainOptions.validate`), and the
+  model, tokenizer, memory estimate and output directory before the data is loaded;
+- a step whose gradients are not finite is skipped and the loss scale backs off (§6); an update that
+  would make a weight non-finite is not applied (`AdamW.step`); `max_skipped` skipped steps in a row
+  stop the run (`TrainingStalled`), naming the last good checkpoint;
+- checkpoints are atomic and the one before is kept (`anekit.train.checkpoint`); a fresh run never
+  starts over an existing one without `overwrite`, and even then the old run is replaced only when
+  the new one first saves (its log is written to a side file until then);
+- a resumed run is checked against the data (sha256), model, tokenizer and LR schedule it was
+  started with; Ctrl-C ends with `RunInterrupted`, which says how to resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import AnekitError
 from ..model.config import ModelConfig, preset
-from .checkpoint import TrainState, is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    TrainState,
+    config_differences,
+    is_checkpoint,
+    load_checkpoint,
+    load_checkpoint_tokenizer,
+    previous_path,
+    read_state,
+    save_checkpoint,
+)
 from .optim import AdamW, LossScaler, clip_by_global_norm, cosine_lr
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "log.jsonl"
+PENDING_LOG_FILE = ".log.jsonl.new"  #: a run replacing another logs here until its first save
 PLOT_FILE = "loss.png"
+RUN_FILES = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".prev", LOG_FILE, PLOT_FILE)
+DEFAULT_PRESET = "tiny"
+
+
+class OptionError(AnekitError, ValueError):
+    """A training option out of range or inconsistent; the message names the option."""
+
+
+class TrainingStalled(AnekitError, RuntimeError):
+    """Too many consecutive steps were skipped; the message names the last good checkpoint."""
+
+
+class RunInterrupted(AnekitError):
+    """Ctrl-C: the message says where the run stopped and the command that resumes it."""
+
+    exit_code = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
 
 
 @dataclass
 class TrainOptions:
-    """Everything `anekit train` takes; the defaults train `tiny` on the bundled corpus."""
+    """Everything `anekit train` takes; the defaults train `tiny` on the bundled corpus.
 
-    preset: str = "tiny"
+    `anekit.cli.train` reads its defaults from here (one place for each default)."""
+
+    preset: str | None = None  #: None: `tiny`, or on resume the checkpoint's model
     config_file: Path | None = None
     data: Path | None = None  #: None: the bundled stories; .bin: llama2.c tokens; else text
-    tokenizer: Path | None = None  #: None: the bundled tokenizer
+    tokenizer: Path | None = None  #: None: the bundled one, or on resume the checkpoint's
     steps: int = 400
     batch: int = 8
     accum: int = 1
@@ -45,21 +91,125 @@ class TrainOptions:
     weight_decay: float = 0.1
     backend: str = "auto"
     numerics: str = "ane"  #: reference backend only
-    out: Path = Path("runs/tiny")
+    out: Path | None = None  #: None: runs/<preset or config name>
     resume: bool = False
-    overwrite: bool = False  #: start afresh even though OUT holds a checkpoint
+    overwrite: bool = False  #: start afresh even though OUT holds a run
+    reschedule: bool = False  #: on resume, decay the LR over the new --steps
+    force: bool = False  #: start even if the memory estimate exceeds the machine's
     seed: int = 0
     loss_scale: float = 256.0  #: initial dynamic loss scale (ane-private-api.md §5.4 uses 256)
     save_every: int = 100
+    eval_every: int = 100  #: validation loss every N steps and at the end (0: never)
+    eval_batches: int = 4  #: batches of the held-out slice per validation
+    max_skipped: int = 20  #: consecutive skipped steps that stop the run
     sample_tokens: int = 80
     init: str = "dynamic"
 
+    # -- checks that need no file ----------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise `OptionError` naming the first option out of range (before any file is touched)."""
+        _int_option("--steps", self.steps, 1, 10**9)
+        _int_option("--batch", self.batch, 1, 1 << 16)
+        _int_option("--accum", self.accum, 1, 1 << 16)
+        _float_option("--lr", self.lr, 0.0, 1.0, lo_open=True)
+        _int_option("--warmup", self.warmup, 0, 10**9)
+        _float_option("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _float_option("--clip", self.clip, 0.0, 1e9)
+        _float_option("weight_decay", self.weight_decay, 0.0, 1.0)
+        _int_option("--seed", self.seed, 0, 2**63 - 1)
+        _float_option("--loss-scale", self.loss_scale, 1.0, 2.0**64)  # a big one just backs off
+        _int_option("--save-every", self.save_every, 1, 10**9)
+        _int_option("--eval-every", self.eval_every, 0, 10**9)
+        _int_option("--eval-batches", self.eval_batches, 1, 1 << 20)
+        _int_option("--max-skipped", self.max_skipped, 1, 10**9)
+        _int_option("--sample-tokens", self.sample_tokens, 0, 1 << 20)
+        if self.numerics not in ("ane", "exact"):
+            raise OptionError(f"--numerics must be ane or exact, got {self.numerics!r}")
+        from ..model.reference import INIT_SCHEMES
+
+        if self.init not in INIT_SCHEMES:
+            raise OptionError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        if self.resume and self.overwrite:
+            raise OptionError("--resume and --overwrite exclude each other: continue the run, or replace it")
+        if self.reschedule and not self.resume:
+            raise OptionError("--reschedule only applies with --resume")
+        if self.preset is not None and self.config_file is not None:
+            raise OptionError("give --preset or --config, not both (a config file may name a base preset)")
+
     def model_config(self) -> ModelConfig:
-        return ModelConfig.from_file(self.config_file) if self.config_file else preset(self.preset)
+        if self.config_file:
+            return ModelConfig.from_file(self.config_file)
+        return preset(self.preset or DEFAULT_PRESET)
+
+    def run_dir(self, config: ModelConfig | None = None) -> Path:
+        """--out, else runs/<the preset's or config's name>."""
+        if self.out is not None:
+            return Path(self.out)
+        name = self.preset or (config.name if config is not None else DEFAULT_PRESET)
+        return Path("runs") / name
+
+    def schedule(self) -> dict:
+        return {
+            "lr": self.lr,
+            "warmup": self.warmup,
+            "min_lr_ratio": self.min_lr_ratio,
+            "total_steps": self.steps,
+        }
+
+
+def _int_option(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise OptionError(f"{name} must be an integer from {lo} to {hi:,}, got {value!r}")
+
+
+def _float_option(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+        raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
+
+
+#: CLI flags of the options a resume command repeats (the rest come from the checkpoint).
+_RESUME_FLAGS = {
+    "preset": "--preset",
+    "config_file": "--config",
+    "data": "--data",
+    "steps": "--steps",
+    "batch": "--batch",
+    "accum": "--accum",
+    "backend": "--backend",
+    "numerics": "--numerics",
+    "save_every": "--save-every",
+    "eval_every": "--eval-every",
+    "eval_batches": "--eval-batches",
+    "max_skipped": "--max-skipped",
+    "sample_tokens": "--sample-tokens",
+}
+
+
+def resume_command(opts: TrainOptions, out: Path) -> str:
+    """The `anekit train --resume ...` command that continues the run `opts` describe: the output
+    directory and every option that differs from its default and matters after the checkpoint
+    (model, data, shapes, schedule horizon, intervals); the LR schedule and the tokenizer are in
+    the checkpoint."""
+    defaults = TrainOptions()
+    parts = ["anekit", "train", "--resume", "--out", str(out)]
+    for name, flag in _RESUME_FLAGS.items():
+        value = getattr(opts, name)
+        if value is not None and value != getattr(defaults, name):
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
 
 
 @dataclass
 class StepLog:
+    """One line of log.jsonl (strict JSON: non-finite numbers are written as null)."""
+
     step: int
     loss: float
     lr: float
@@ -70,9 +220,59 @@ class StepLog:
     ms_per_step: float
     engine_ms: float
     cpu_ms: float
+    val_loss: float | None = None  #: loss on the held-out slice, on the steps it is measured
+    skip_reason: str = ""  #: "non-finite gradients" or "non-finite update" when skipped
+    run: str = ""  #: the run's id: lines of a replaced run are never mixed in on resume
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        d = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
+        return json.dumps(d, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepLog:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in (
+            "loss",
+            "lr",
+            "grad_norm",
+            "loss_scale",
+            "tokens_per_s",
+            "ms_per_step",
+            "engine_ms",
+            "cpu_ms",
+        ):
+            if kw.get(k) is None:
+                kw[k] = float("nan")
+        return cls(**kw)
+
+
+def read_log(path: Path) -> list[StepLog]:
+    """The entries of a log.jsonl; a damaged line (e.g. half-written when a machine died) is skipped."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(StepLog.from_dict(json.loads(line)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def _write_log(path: Path, entries: Iterable[StepLog]) -> None:
+    """Replace `path` atomically with `entries` (a crash leaves the old or the new log, whole)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(e.to_json() + "\n" for e in entries), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
 
 
 @dataclass
@@ -83,67 +283,222 @@ class TrainResult:
     seconds: float
     out: Path
     backend: str
+    val_loss: float | None = None
     sample: str = ""
     history: list[StepLog] = field(default_factory=list)
 
 
+def dataset_loss(runner, data, batch: int, seq_len: int, max_batches: int | None) -> tuple[float, int]:
+    """(mean cross-entropy, tokens scored) of `data` in file order (`sequential_batches`), the last
+    batch padded with ignored targets to the runner's compiled batch shape. Used for the validation
+    loss during training and by `anekit eval`."""
+    from .cpu_ops import IGNORE
+    from .data import sequential_batches
+
+    total, count = 0.0, 0
+    for tokens, targets in sequential_batches(data, batch, seq_len, max_batches):
+        if len(tokens) < batch:  # the kernels are compiled for one batch shape: pad the last
+            pad = batch - len(tokens)
+            tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), tokens.dtype)])
+            targets = np.concatenate([targets, np.full((pad, targets.shape[1]), IGNORE, targets.dtype)])
+        n = int((targets != IGNORE).sum())
+        total += runner.loss(tokens, targets) * n
+        count += n
+    return total / max(count, 1), count
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
 class Trainer:
-    """Sets up a run (fresh or resumed) and trains it; `run(on_step)` reports each step."""
+    """Sets up a run (fresh or resumed) and trains it; `run(on_step)` reports each step.
+
+    Construction does every check that can fail before any file is written (see module docstring);
+    `notes` collects what the caller should tell the user (schedule kept or changed, ...)."""
 
     def __init__(self, opts: TrainOptions):
         from ..backends import resolve
-        from .data import Batches, load_dataset
-        from .tokenizers import load_tokenizer
+        from .budget import estimate_memory
+        from .data import Batches, check_data_path, data_differences, load_dataset, train_val_split
 
+        opts.validate()
         self.opts = opts
-        if opts.steps < 1 or opts.batch < 1 or opts.accum < 1:
-            raise ValueError("steps, batch and accum must be at least 1")
-        self.out = Path(opts.out)
+        self.notes: list[str] = []
+        if opts.data is not None:
+            check_data_path(opts.data, "--data")
+        if opts.config_file is not None:
+            check_data_path(opts.config_file, "--config")
+        config = opts.model_config() if (opts.preset or opts.config_file or not opts.resume) else None
+        self.out = opts.run_dir(config)
+        _check_out_dir(self.out)
         self.ckpt_path = self.out / CHECKPOINT_DIR
-        self.tokenizer = load_tokenizer(opts.tokenizer)
-        config = opts.model_config()
-        if self.tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {self.tokenizer.vocab_size} ids but model {config.name!r} only "
-                f"{config.vocab_size}; pick a matching --preset/--config or --tokenizer"
-            )
-        self.data = load_dataset(opts.data, self.tokenizer, vocab_size=config.vocab_size)
-        self.batches = Batches(self.data, opts.batch, config.seq_len, seed=opts.seed)
-        self.optimizer = AdamW(lr=opts.lr, weight_decay=opts.weight_decay)
-        self.scaler = LossScaler(scale=opts.loss_scale)
-        self.start_step = 0
-        if not opts.resume and not opts.overwrite and is_checkpoint(self.ckpt_path):
-            raise ValueError(
-                f"{self.ckpt_path} already holds a checkpoint; pass --resume to continue it, --overwrite to "
-                "start afresh, or --out for another run directory"
-            )
+        self.backend = resolve(opts.backend)
+
+        info = None
+        self.replacing = False
         if opts.resume:
-            if not is_checkpoint(self.ckpt_path):
-                raise ValueError(f"--resume: no checkpoint at {self.ckpt_path}")
-            config, self.params, opt_state, state = load_checkpoint(self.ckpt_path, config)
+            if not is_checkpoint(self.ckpt_path) and not self.ckpt_path.exists():
+                raise CheckpointError(
+                    f"--resume: no checkpoint at {self.ckpt_path}; start a new run without --resume"
+                )
+            info = read_state(self.ckpt_path)
+            if config is not None:
+                diff = config_differences(info.config, config)
+                if diff:
+                    raise OptionError(
+                        f"the model does not match the checkpoint at {self.ckpt_path} (checkpoint vs given): "
+                        + "; ".join(diff)
+                        + "; resume without --preset/--config to use the checkpoint's model"
+                    )
+            config = info.config
+        else:
+            self.replacing = self._check_fresh_target()
+        self.config = config
+        self.start_step = info.train_state.step if info else 0
+        self.run_id = (info.train_state.extra.get("run_id") if info else None) or uuid.uuid4().hex[:12]
+        self.schedule = self._pick_schedule(info)
+        if opts.steps <= self.start_step:
+            raise OptionError(
+                f"--steps {opts.steps}: the checkpoint at {self.ckpt_path} is already at step "
+                f"{self.start_step}; give a larger --steps to train further"
+            )
+
+        self.tokenizer = self._pick_tokenizer(info)
+        _check_vocab(config, self.tokenizer, opts)
+        exact = opts.numerics == "exact" and self.backend == "reference"
+        self.memory = estimate_memory(config, opts.batch, opts.accum, exact=exact)
+        if not self.memory.fits and not opts.force:
+            raise OptionError(
+                f"not enough memory for {config.name} at --batch {opts.batch}: {self.memory.describe()}. "
+                "Lower --batch (and raise --accum to keep the tokens per step), pick a smaller model, or "
+                "pass --force to start anyway"
+            )
+
+        # -- the work starts here: data, weights, kernels -----------------------------------------
+        self.data = load_dataset(opts.data, self.tokenizer, vocab_size=config.vocab_size)
+        if info is not None:
+            diff = data_differences(info.train_state.data, self.data.identity)
+            if diff:
+                recorded = (info.train_state.data or {}).get("path", "?")
+                raise CheckpointError(
+                    f"--resume: the data is not what {self.ckpt_path} was trained on ("
+                    + "; ".join(diff)
+                    + f"). Resume with the same data (it was {recorded}), or start a new run"
+                )
+        self.train_data, self.val_data = train_val_split(self.data, config.seq_len)
+        if self.val_data is None:
+            self.notes.append(
+                f"no validation loss: the data ({len(self.data):,} tokens) is too short to hold out a slice "
+                f"of {config.seq_len + 1} tokens"
+            )
+        self.batches = Batches(self.train_data, opts.batch, config.seq_len, seed=opts.seed)
+        self.optimizer = AdamW(lr=self.schedule["lr"], weight_decay=opts.weight_decay)
+        self.scaler = LossScaler(scale=opts.loss_scale)
+        if info is not None:
+            _, self.params, opt_state, state = load_checkpoint(self.ckpt_path, config)
             if opt_state is not None:
                 self.optimizer.load_state_dict(*opt_state)
             if state.loss_scaler:
                 self.scaler.load_state_dict(state.loss_scaler)
             if state.sampler:
                 self.batches.load_state_dict(state.sampler)
-            self.start_step = state.step
+            self.last_saved_step: int | None = state.step
         else:
             from ..model.reference import init_params
 
             self.params = init_params(config, rng=opts.seed, scheme=opts.init)
-        self.config = config
-        self.backend = resolve(opts.backend)
+            self.last_saved_step = None
         options = {"numerics": opts.numerics} if self.backend == "reference" else {}
         from .step import ModelRunner
 
         self.runner = ModelRunner(config, opts.batch, backend=self.backend, **options)
         self.runner.set_params(self.params)
+        self.step = self.start_step  #: optimizer steps done so far
+        self.val_loss: float | None = None
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _check_fresh_target(self) -> bool:
+        """Refuse to start over an existing run without --overwrite; returns whether one is replaced."""
+        present = [n for n in RUN_FILES if (self.out / n).exists() or (self.out / n).is_symlink()]
+        if not present:
+            return False
+        if not self.opts.overwrite:
+            raise OptionError(
+                f"{self.out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                "--overwrite to replace it with a new run (the old one stays until the new one first "
+                "saves), or --out for another directory"
+            )
+        for path in (self.ckpt_path, previous_path(self.ckpt_path)):
+            if (path.exists() or path.is_symlink()) and not is_checkpoint(path):
+                if path.is_symlink() or not path.is_dir() or any(path.iterdir()):
+                    raise OptionError(
+                        f"--overwrite: {path} is not an anekit checkpoint; refusing to replace it (move it "
+                        "away or pick another --out)"
+                    )
+        return True
+
+    def _pick_schedule(self, info) -> dict:
+        opts = self.opts
+        recorded = info.train_state.schedule if info else None
+        if recorded is None or opts.reschedule:
+            if opts.warmup >= opts.steps:
+                self.notes.append(
+                    f"the learning rate warms up for the whole run (--warmup {opts.warmup} >= --steps "
+                    f"{opts.steps}) and never decays"
+                )
+            if recorded is not None:
+                self.notes.append(
+                    f"--reschedule: the learning rate now follows peak {opts.lr:g}, warm-up {opts.warmup}, "
+                    f"cosine to step {opts.steps} (was peak {recorded['lr']:g}, cosine to step "
+                    f"{recorded['total_steps']})"
+                )
+            return opts.schedule()
+        differs = [
+            f"{flag} {getattr(opts, key if key != 'total_steps' else 'steps')}"
+            for key, flag in (("total_steps", "--steps"), ("lr", "--lr"), ("warmup", "--warmup"))
+            if recorded[key] != getattr(opts, key if key != "total_steps" else "steps")
+        ]
+        if differs:
+            self.notes.append(
+                f"learning-rate schedule kept from the checkpoint (peak {recorded['lr']:g}, warm-up "
+                f"{recorded['warmup']}, cosine to step {recorded['total_steps']}) although "
+                f"{', '.join(differs)} was given; pass --reschedule to follow the new options"
+            )
+        return dict(recorded)
+
+    def _pick_tokenizer(self, info):
+        """The checkpoint's tokenizer on resume (an explicit different --tokenizer is an error); else
+        --tokenizer or the bundled one."""
+        from .tokenizers import load_tokenizer
+
+        given = load_tokenizer(self.opts.tokenizer) if self.opts.tokenizer is not None else None
+        if info is None:
+            return given or load_tokenizer(None)
+        stored = load_checkpoint_tokenizer(self.ckpt_path)
+        recorded = info.train_state.tokenizer
+        if stored is None:  # a checkpoint saved without a tokenizer file: check the identity only
+            stored = given or load_tokenizer(None)
+        if recorded is not None and stored.identity != recorded:
+            raise CheckpointError(
+                f"--resume: the run was trained with tokenizer {recorded}, not {stored.identity}; give the "
+                "tokenizer it was trained with (--tokenizer)"
+            )
+        if given is not None and given.identity != stored.identity:
+            raise OptionError(
+                f"--tokenizer {self.opts.tokenizer} is not the tokenizer this run was trained with (the "
+                f"checkpoint holds {stored.identity}); resume without --tokenizer"
+            )
+        return stored
 
     def close(self) -> None:
         self.runner.close()
 
     # -- one optimizer step ----------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        s = self.schedule
+        return cosine_lr(step, s["lr"], s["total_steps"], s["warmup"], s["min_lr_ratio"])
+
     def train_step(self, step: int) -> StepLog:
         t0 = time.perf_counter()
         opts = self.opts
@@ -165,14 +520,21 @@ class Trainer:
         if opts.accum > 1:
             for g in grads.values():
                 g /= opts.accum
-        lr = cosine_lr(step, opts.lr, opts.steps, opts.warmup, opts.min_lr_ratio)
+        lr = self.lr_at(step)
         norm = clip_by_global_norm(grads, opts.clip) if finite else float("nan")
         finite &= math.isfinite(norm)
-        applied = self.scaler.update(finite)
-        if applied:
+        reason = ""
+        if not finite:
+            self.scaler.update(False)  # fp16 overflow: back off the loss scale (§6)
+            reason = "non-finite gradients"
+        else:
             t = time.perf_counter()
-            self.optimizer.step(self.params, grads, lr=lr)
-            self.runner.set_params(self.params)  # restage the weights; nothing recompiles
+            rejected = self.optimizer.step(self.params, grads, lr=lr)
+            if rejected:
+                reason = "non-finite update"  # the weights and moments are untouched
+            else:
+                self.scaler.update(True)
+                self.runner.set_params(self.params)  # restage the weights; nothing recompiles
             cpu += time.perf_counter() - t
         dt = time.perf_counter() - t0
         n_tokens = opts.accum * opts.batch * self.config.seq_len
@@ -182,46 +544,109 @@ class Trainer:
             lr=lr,
             grad_norm=norm,
             loss_scale=self.scaler.scale,
-            skipped=not applied,
+            skipped=bool(reason),
             tokens_per_s=n_tokens / dt,
             ms_per_step=dt * 1e3,
             engine_ms=engine * 1e3,
             cpu_ms=cpu * 1e3,
+            skip_reason=reason,
+            run=self.run_id,
         )
+
+    def validation_loss(self) -> float | None:
+        if self.val_data is None:
+            return None
+        loss, _ = dataset_loss(
+            self.runner, self.val_data, self.opts.batch, self.config.seq_len, self.opts.eval_batches
+        )
+        return loss
 
     def save(self, step: int) -> Path:
         state = TrainState(
             step=step,
             loss_scaler=self.scaler.state_dict(),
             sampler=self.batches.state_dict(),
-            data=getattr(self.data, "identity", None),
-            tokenizer=self.tokenizer.identity,
-            extra={"options": {k: str(v) for k, v in asdict(self.opts).items()}},
+            data=self.data.identity,
+            schedule=self.schedule,
+            extra={
+                "run_id": self.run_id,
+                "options": {k: str(v) for k, v in asdict(self.opts).items()},
+            },
         )
-        return save_checkpoint(self.ckpt_path, self.config, self.params, self.optimizer.state_dict(), state)
+        path = save_checkpoint(
+            self.ckpt_path,
+            self.config,
+            self.params,
+            self.optimizer.state_dict(),
+            state,
+            tokenizer=self.tokenizer,
+            keep_previous=not self.replacing,
+        )
+        self.last_saved_step = step
+        return path
 
     # -- the run ---------------------------------------------------------------------------------
-    def run(self, on_step: Callable[[StepLog], None] | None = None) -> TrainResult:
+    def where(self) -> str:
+        """The last checkpoint, for messages."""
+        if self.last_saved_step is None:
+            return "no checkpoint was saved"
+        return f"the last checkpoint is {self.ckpt_path} (step {self.last_saved_step})"
+
+    def resume_hint(self) -> str:
+        if self.last_saved_step is None:
+            return "start again with --overwrite (nothing was saved to resume from)"
+        return f"resume with: {resume_command(self.opts, self.out)}"
+
+    def _open_log(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / LOG_FILE
-        if not self.opts.resume:
-            log_path.write_text("")
-        else:
-            _truncate_log(log_path, self.start_step)
+        pending = self.out / PENDING_LOG_FILE
+        if self.opts.resume:
+            if pending.is_file():  # a replacing run died between its first save and promoting its log
+                first = read_log(pending)[:1]
+                if first and first[0].run == self.run_id:
+                    os.replace(pending, log_path)
+                else:
+                    pending.unlink()
+            kept = [e for e in read_log(log_path) if e.step <= self.start_step and e.run in ("", self.run_id)]
+            _write_log(log_path, kept)
+            return log_path
+        if self.replacing:
+            _write_log(pending, [])
+            return pending
+        _write_log(log_path, [])
+        return log_path
+
+    def _promote(self, log_path: Path) -> Path:
+        """First save of a run replacing another: its log becomes log.jsonl, the old plot goes."""
+        final = self.out / LOG_FILE
+        os.replace(log_path, final)
+        (self.out / PLOT_FILE).unlink(missing_ok=True)
+        self.replacing = False
+        return final
+
+    def run(self, on_step: Callable[[StepLog], None] | None = None) -> TrainResult:
+        log_path = self._open_log()
         history: list[StepLog] = []
         t0 = time.perf_counter()
-        step = self.start_step
-        with open(log_path, "a", encoding="utf-8") as log:
-            for step in range(self.start_step, self.opts.steps):
-                entry = self.train_step(step)
-                history.append(entry)
-                log.write(entry.to_json() + "\n")
-                log.flush()
-                if on_step:
-                    on_step(entry)
-                done = step + 1
-                if done % self.opts.save_every == 0 or done == self.opts.steps:
-                    self.save(done)
+        try:
+            with open(log_path, "a", encoding="utf-8") as log:
+                for step in range(self.start_step, self.opts.steps):
+                    entry = self._step_logged(step, log)
+                    history.append(entry)
+                    if on_step:
+                        on_step(entry)
+                    self._check_stalled(history)
+                    if self.step % self.opts.save_every == 0 or self.step == self.opts.steps:
+                        log_path = self._save_during_run(log_path)
+        except KeyboardInterrupt:
+            raise RunInterrupted(
+                f"interrupted after step {self.step} of {self.opts.steps}; {self.where()}; "
+                f"{self.resume_hint()}"
+            ) from None
+        finally:
+            if self.replacing:  # the new run never saved: the old run stays as it was
+                (self.out / PENDING_LOG_FILE).unlink(missing_ok=True)
         seconds = time.perf_counter() - t0
         all_logs = read_log(log_path)
         return TrainResult(
@@ -231,8 +656,78 @@ class Trainer:
             seconds=seconds,
             out=self.out,
             backend=self.backend,
+            val_loss=self.val_loss,
             history=history,
         )
+
+    def _step_logged(self, step: int, log) -> StepLog:
+        """Train step `step`, measure the validation loss when due, append the entry to the log."""
+        entry = self.train_step(step)
+        self.step = done = step + 1
+        if self.opts.eval_every and (done % self.opts.eval_every == 0 or done == self.opts.steps):
+            entry.val_loss = self.val_loss = self.validation_loss()
+        log.write(entry.to_json() + "\n")
+        log.flush()
+        return entry
+
+    def _check_stalled(self, history: list[StepLog]) -> None:
+        tail = history[-self.opts.max_skipped :]
+        if len(tail) < self.opts.max_skipped or not all(e.skipped for e in tail):
+            return
+        last = tail[-1]
+        raise TrainingStalled(
+            f"{len(tail)} steps in a row were skipped (the last for {last.skip_reason} at step {last.step}, "
+            f"loss scale {last.loss_scale:g}); the run stopped. The weights have not changed since; "
+            f"{self.where()}. Lower --lr, check the data, or raise --max-skipped"
+        )
+
+    def _save_during_run(self, log_path: Path) -> Path:
+        """Save at the current step; the first save of a replacing run also promotes its log."""
+        replacing = self.replacing
+        try:
+            self.save(self.step)
+        except CheckpointWriteError as e:
+            raise CheckpointWriteError(
+                f"{e} The run stopped at step {self.step}; {self.resume_hint()}"
+            ) from e
+        return self._promote(log_path) if replacing else log_path
+
+
+def _check_out_dir(out: Path) -> None:
+    """--out must be a directory or creatable and writable: checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        if probe.is_symlink():
+            raise OptionError(f"--out {out}: {probe} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OptionError(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OptionError(f"--out {out}: no permission to write in {probe}")
+
+
+def _check_vocab(config: ModelConfig, tokenizer, opts: TrainOptions) -> None:
+    """The tokenizer's ids must fit the model, and nearly fill it: a model whose vocabulary is far
+    larger than the tokenizer's trains embedding rows no token ever reaches."""
+    have, want = tokenizer.vocab_size, config.vocab_size
+    unused = want - have
+    if have <= want and (unused <= 64 or unused <= 0.01 * want):
+        return
+    which = f"--config {opts.config_file}" if opts.config_file else f"preset {config.name!r}"
+    tok = str(opts.tokenizer) if opts.tokenizer else "the bundled tokenizer"
+    what = (
+        f"its ids up to {have - 1} do not fit the model's embedding"
+        if have > want
+        else f"{unused:,} of the model's {want:,} embedding rows would never be trained"
+    )
+    raise OptionError(
+        f"{which} has vocab_size {want:,} but {tok} has {have:,} ids: {what}. Train a matching tokenizer on "
+        f"your text with `anekit train-tokenizer TEXT --vocab-size {want} --out tokenizer.json` and pass "
+        f"--tokenizer tokenizer.json, pass the tokenizer the model was made for (--tokenizer), or use a "
+        f"model with vocab_size {have} (e.g. --preset tiny with the bundled tokenizer)"
+    )
 
 
 def _tail_mean(logs: list[StepLog], n: int = 10) -> float | None:
@@ -241,24 +736,9 @@ def _tail_mean(logs: list[StepLog], n: int = 10) -> float | None:
     return float(np.mean(tail)) if tail else None
 
 
-def read_log(path: Path) -> list[StepLog]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(StepLog(**json.loads(line)))
-    return out
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint's step (they will be trained again)."""
-    kept = [e for e in read_log(path) if e.step <= step]
-    path.write_text("".join(e.to_json() + "\n" for e in kept))
-
-
 def plot_losses(log_path: Path, png_path: Path, title: str = "") -> Path:
-    """The loss curve (and a 10-step running mean) as a PNG."""
+    """The loss curve (a 10-step running mean, the validation loss where measured) as a PNG, written
+    beside and renamed into place."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,12 +753,20 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "") -> Path:
         k = 10
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, lw=1.8, label="10-step mean")
+    val = [(e.step, e.val_loss) for e in logs if e.val_loss is not None]
+    if val:
+        ax.plot(*zip(*val), "o-", lw=1.2, ms=3, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
-    plt.close(fig)
+    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, png_path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return png_path

@@ -29,22 +29,41 @@ class AdamW:
 
     def step(
         self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None
-    ) -> None:
+    ) -> list[str]:
+        """Apply one update in place, unless it would leave a parameter or moment non-finite.
+
+        Returns [] when the update was applied; otherwise the names of the parameters whose new
+        value (or moments) would hold a NaN or an infinity, and nothing has changed (not even `t`).
+        Two passes (check everything, then apply) keep the extra memory to one parameter's worth;
+        the update is elementwise, so the second pass recomputes exactly what the first checked.
+        """
         lr = self.lr if lr is None else lr
+        t = self.t + 1
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected, then refused
+            bad = [name for name, w in params.items() if not _finite(*self._updated(name, w, grads, lr, t))]
+            if bad:
+                return bad
+            self.t = t
+            for name, w in params.items():
+                w_new, m_new, v_new = self._updated(name, w, grads, lr, t)
+                w[...] = w_new
+                self.m[name], self.v[name] = m_new, v_new
+        return []
+
+    def _updated(self, name: str, w: np.ndarray, grads, lr: float, t: int):
+        """(new weight, new m, new v) for parameter `name` at step `t`, without touching the state."""
         b1, b2 = self.betas
-        self.t += 1
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for name, w in params.items():
-            g = grads[name]
-            m = self.m.setdefault(name, np.zeros_like(w))
-            v = self.v.setdefault(name, np.zeros_like(w))
-            if self.weight_decay and w.ndim >= 2:
-                w *= 1 - lr * self.weight_decay
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * np.square(g)
-            w -= lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+        g = grads[name]
+        m = self.m.get(name)
+        v = self.v.get(name)
+        m_new = (1 - b1) * g if m is None else m * b1 + (1 - b1) * g
+        v_new = (1 - b2) * np.square(g) if v is None else v * b2 + (1 - b2) * np.square(g)
+        m_new = np.asarray(m_new, dtype=w.dtype)
+        v_new = np.asarray(v_new, dtype=w.dtype)
+        c1, c2 = 1 - b1**t, 1 - b2**t
+        w_new = w * (1 - lr * self.weight_decay) if self.weight_decay and w.ndim >= 2 else w.copy()
+        w_new -= lr * (m_new / c1) / (np.sqrt(v_new / c2) + self.eps)
+        return w_new, m_new, v_new
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """Tensors (`m.<name>`, `v.<name>`) and scalars, for checkpoints."""
@@ -64,6 +83,10 @@ class AdamW:
         self.betas = tuple(scalars["betas"])
         self.m = {k[2:]: np.array(a, dtype=np.float32) for k, a in tensors.items() if k.startswith("m.")}
         self.v = {k[2:]: np.array(a, dtype=np.float32) for k, a in tensors.items() if k.startswith("v.")}
+
+
+def _finite(*arrays: np.ndarray) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def cosine_lr(step: int, max_lr: float, total_steps: int, warmup: int, min_ratio: float = 0.1) -> float:
