@@ -179,7 +179,7 @@ def test_command_trains_and_refuses_bad_input(tmp_path):
     text = tmp_path / "my.txt"
     text.write_text("\n".join(SMALL_TEXT), encoding="utf-8")
     out = tmp_path / "tok.json"
-    args = ["train-tokenizer", "--data", str(text), "--vocab-size", "270", "--out", str(out)]
+    args = ["train-tokenizer", str(text), "--vocab-size", "270", "--out", str(out)]
     ok = runner.invoke(_app(), args)
     assert ok.exit_code == 0, ok.output
     assert "270 ids" in ok.output and "--tokenizer" in ok.output
@@ -187,11 +187,11 @@ def test_command_trains_and_refuses_bad_input(tmp_path):
 
     for bad_args, message in (
         (args, "already exists"),
-        (["train-tokenizer", "--data", str(tmp_path / "nope.txt"), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
+        (["train-tokenizer", str(tmp_path / "nope.txt"), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
          "no such file"),
-        (["train-tokenizer", "--data", str(tmp_path), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
+        (["train-tokenizer", str(tmp_path), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
          "not a regular file"),
-        (["train-tokenizer", "--data", str(text), "--vocab-size", "100", "--out", str(tmp_path / "x.json")],
+        (["train-tokenizer", str(text), "--vocab-size", "100", "--out", str(tmp_path / "x.json")],
          "out of range"),
     ):  # fmt: skip
         res = runner.invoke(_app(), bad_args)

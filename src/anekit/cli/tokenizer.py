@@ -10,8 +10,10 @@ from .common import fail, stdout_console
 
 
 def train_tokenizer(
-    data: Path = typer.Option(
-        None, help="UTF-8 text file to learn the vocabulary from (default: the bundled stories)."
+    data: Path = typer.Argument(
+        None,
+        metavar="DATA",
+        help="UTF-8 text file to learn the vocabulary from (default: the bundled stories).",
     ),
     vocab_size: int = typer.Option(
         ..., "--vocab-size", help="Ids in the vocabulary (259-262144); the model's vocab_size must equal it."
@@ -19,7 +21,7 @@ def train_tokenizer(
     out: Path = typer.Option(Path("tokenizer.json"), help="The tokenizer.json to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """Train a byte-level BPE tokenizer (Hugging Face tokenizers) with exactly VOCAB_SIZE ids.
+    """Train a byte-level BPE tokenizer (Hugging Face tokenizers) with exactly VOCAB_SIZE ids on DATA.
 
     It follows the bundled tokenizer's conventions (ids 0, 1, 2 = <unk>, <s> BOS, </s> EOS, then the
     256 bytes, then merges), so `anekit train --tokenizer OUT` reads it like the bundled one. OUT is
