@@ -18,7 +18,7 @@ from ane_programs import conv_program, dynamic_program
 import anekit
 from anekit.backends.ane import ANEError
 from anekit.backends.ane.doctor import smoke_test
-from anekit.backends.ane.runtime import COMPILES, AneKernel, default_budget
+from anekit.backends.ane.runtime import CACHE, COMPILES, AneKernel, default_loaded_program_budget
 from anekit.backends.reference import compile as reference_compile
 from anekit.mil import ct, dumps, mb, types
 from anekit.record import compare
@@ -43,7 +43,7 @@ def test_many_requests_on_one_compiled_kernel():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # two equal-size inputs: the §1.12 advice
         kernel = ane(prog, cache=False)
-    # in this process unless earlier tests spent its compile budget (then in a worker)
+    # in this process unless every program loaded here is in use (then in a worker, §10.1)
     here = isinstance(kernel, AneKernel)
     assert COMPILES.used == before + (1 if here else 0)
     rng = np.random.default_rng(0)
@@ -64,21 +64,57 @@ def test_many_requests_on_one_compiled_kernel():
     kernel.close()
 
 
-def test_150_compiles_in_one_run_without_failure():
-    """§1.11: ~119 compiles per process is the limit; past the budget (100) anekit compiles in
-    worker processes, so 150 distinct programs all compile, run and match."""
+def test_300_compiles_in_one_process_when_each_is_unloaded_after_use():
+    """§10.1: the cap is on loaded programs, not compiles: 300 distinct programs, each unloaded
+    when its kernel closes (cache=False), all compile, run and match in this process."""
     x = np.random.default_rng(1).uniform(-1, 1, (1, 32, 1, 32)).astype(np.float16)
-    kinds = collections.Counter()
-    room = max(0, default_budget() - COMPILES.used)  # compiles this process may still do
-    for i in range(150):
-        prog = conv_program(1000 + i, scale=6.0)  # distinct weights: distinct programs, no cache hits
+    before = COMPILES.used
+    for i in range(300):
+        prog = conv_program(1000 + i, scale=6.0)  # distinct weights: distinct programs
         with ane(prog, cache=False) as kernel:
-            kinds[type(kernel).__name__] += 1
+            assert isinstance(kernel, AneKernel), f"compile {i} went to a worker"
             got = kernel(x=x)
         assert not compare(reference_compile(prog)(x=x), got, rtol=1e-2, atol=1e-2), f"compile {i}"
-    assert sum(kinds.values()) == 150
-    assert COMPILES.used <= default_budget()  # this process never went past its budget
-    assert kinds["WorkerKernel"] == 150 - min(room, 150)
+    assert COMPILES.used == before + 300
+
+
+def test_idle_programs_are_unloaded_least_recently_used_and_reloaded_on_use():
+    """§10.1 + §1.10: more cached programs than the budget, each idle after use: the oldest are
+    unloaded (never more than the budget loaded), and using the first again reloads it without
+    compiling."""
+    budget = default_loaded_program_budget()
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 32, 1, 32)).astype(np.float16)
+    progs = [conv_program(5000 + i, scale=6.0) for i in range(budget + 10)]
+    for prog in progs:
+        with ane(prog) as kernel:
+            kernel(x=x)
+        assert CACHE.loaded <= budget
+    compiles, reloads = COMPILES.used, CACHE.reloads
+    with ane(progs[0]) as kernel:  # unloaded long ago: reloaded, not compiled
+        got = kernel(x=x)
+    assert COMPILES.used == compiles and CACHE.reloads == reloads + 1
+    assert not compare(reference_compile(progs[0])(x=x), got, rtol=1e-2, atol=1e-2)
+
+
+def test_more_programs_live_at_once_than_the_budget_go_to_workers():
+    """§10.1: worker processes only when more programs must be loaded at once than the budget."""
+    budget = default_loaded_program_budget()
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 32, 1, 32)).astype(np.float16)
+    room = budget - CACHE.in_use
+    kernels, kinds = [], collections.Counter()
+    try:
+        for i in range(room + 5):
+            prog = conv_program(9000 + i, scale=6.0)
+            kernel = ane(prog, cache=False)
+            kernels.append((prog, kernel))
+            kinds[type(kernel).__name__] += 1
+        for prog, kernel in kernels:
+            assert not compare(reference_compile(prog)(x=x), kernel(x=x), rtol=1e-2, atol=1e-2)
+    finally:
+        for _, kernel in kernels:
+            kernel.close()
+    assert kinds["AneKernel"] == room and kinds["WorkerKernel"] == 5
+    assert CACHE.loaded <= budget
 
 
 def test_fp32_io_program():

@@ -242,12 +242,14 @@ def test_parse_model_attributes_entry_without_plane_stride():
     assert ins == [None, None]
 
 
-def test_match_strides_by_name_position_or_not_at_all():
+def test_match_strides_by_name_position_or_refuse():
     a, b = Strides(plane=64, name="b"), Strides(plane=128, name="a")
     assert match_strides(["a", "b"], [a, b]) == [b, a]  # by name
     p, q = Strides(plane=64), Strides(plane=128)
-    assert match_strides(["a", "b"], [p, q]) == [p, q]  # by position
-    assert match_strides(["a", "b"], [p]) == [None, None]  # counts differ: trust nothing
+    with pytest.warns(UserWarning, match="by position, which is unverified"):
+        assert match_strides(["a", "b"], [p, q]) == [p, q]  # unnamed: by position, with a warning
+    with pytest.raises(LayoutError, match="1 unnamed inputs, the program declares 2"):
+        match_strides(["a", "b"], [p])  # counts differ: refuse rather than guess
     assert match_strides(["a"], []) == [None]
 
 

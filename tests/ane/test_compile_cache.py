@@ -1,4 +1,4 @@
-"""The ane runtime off a Mac: compile cache, compile budget, layouts honoured, bindings, cleanup.
+"""The ane runtime off a Mac: compile cache, loaded-program budget, layouts honoured, bindings, cleanup.
 
 The Objective-C bridge is replaced by `ane_fake_bridge.FakeBridge`, which computes with the
 reference backend: these tests pin the runtime's bookkeeping, not the engine's arithmetic.
@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from ane_fake_bridge import FakeBridge
+from ane_fake_bridge import FakeBridge, program_dirs
 from ane_programs import conv_program, dynamic_program, rand
 
 from anekit.backends import KernelInputError
@@ -32,7 +32,7 @@ HERE = os.path.dirname(__file__)
 def fake(tmp_path, monkeypatch):
     bridge = FakeBridge(tmp_path)
     monkeypatch.setattr(runtime, "_bridge", lambda: bridge)
-    monkeypatch.setattr(runtime, "CACHE", ModelCache(keep_idle=2))
+    monkeypatch.setattr(runtime, "CACHE", ModelCache())
     monkeypatch.setattr(runtime, "COMPILES", CompileCounter())
     yield bridge
     runtime.CACHE.clear()
@@ -65,41 +65,45 @@ class Closeable:
     def __init__(self, log, name):
         self.log, self.name = log, name
 
+    def unload(self):
+        self.log.append(("unload", self.name))
+
+    def reload(self):
+        self.log.append(("reload", self.name))
+
     def close(self):
-        self.log.append(self.name)
+        self.log.append(("close", self.name))
 
 
-def test_model_cache_refcounts_and_keeps_idle_entries():
-    closed, made = [], []
+def test_model_cache_refcounts_and_keeps_idle_entries_loaded():
+    log, made = [], []
 
     def factory(name):
         def make():
             made.append(name)
-            return Closeable(closed, name)
+            return Closeable(log, name)
 
         return make
 
-    cache = ModelCache(keep_idle=1)
+    cache = ModelCache()
     a1 = cache.acquire("a", factory("a"))
     a2 = cache.acquire("a", factory("a"))
     assert a1 is a2 and made == ["a"] and (cache.hits, cache.misses) == (1, 1)
     cache.release("a")
     cache.release("a")  # idle now, still loaded
-    assert closed == [] and "a" in cache
+    assert log == [] and "a" in cache and cache.is_loaded("a") and cache.in_use == 0
     assert cache.acquire("a", factory("a")) is a1 and made == ["a"]  # idle hit: no new compile
     cache.release("a")
-    cache.acquire("b", factory("b"))
-    cache.release("b")  # two idle entries, window of one: the older one ("a") is closed
-    assert closed == ["a"] and "a" not in cache and "b" in cache
     cache.acquire("c", factory("c"), keep=False)
     cache.release("c")
-    assert closed == ["a", "c"]  # keep=False: closed as soon as idle
+    assert log == [("close", "c")]  # keep=False: closed as soon as idle
     with pytest.raises(ZeroDivisionError):
         cache.acquire("d", lambda: 1 / 0)
     assert "d" not in cache
     cache.acquire("e", factory("e"))
     cache.clear()  # in use or idle: everything is closed
-    assert sorted(closed) == ["a", "b", "c", "e"] and len(cache) == 0
+    assert sorted(e for e in log if e[0] == "close") == [("close", "a"), ("close", "c"), ("close", "e")]
+    assert len(cache) == 0
     cache.release("e")  # releasing after clear (interpreter exit order) is harmless
 
 
@@ -124,8 +128,8 @@ def test_identical_program_compiles_once_per_process(fake):
     assert compiles(fake) == 3 and fake.calls[-1][0] == "request"
     for k in (k4, k5, k1, k2, k3):
         k.close()
-    # three idle programs, a window of two (fixture): the first to go idle (conv 1) is unloaded
-    assert fake.models[1].closed and not fake.models[0].closed and not fake.models[2].closed
+    # idle programs stay loaded until room is needed (§10.1)
+    assert not any(m.closed for m in fake.models) and fake.unloads == 0
     k6 = compile_model(prog)  # still loaded: no recompile
     assert compiles(fake) == 3
     k6.close()
@@ -136,11 +140,12 @@ def test_uncached_compiles_every_time_and_unloads_on_close(fake):
     k1 = compile_model(prog, cache=False)
     k2 = compile_model(prog, cache=False)
     assert compiles(fake) == 2
+    assert fake.models[0].directory == fake.models[1].directory  # one program text: one hex id (§1.4)
     k1.close()
-    assert ("unload", 21) in fake.calls and fake.models[0].closed and not fake.models[0].directory.exists()
-    assert not fake.models[1].closed
+    assert ("unload", 21) in fake.calls and fake.models[0].closed
+    assert not fake.models[1].closed and fake.models[1].directory.exists()  # k2 still holds it
     k2.close()
-    assert fake.models[1].closed
+    assert fake.models[1].closed and not fake.models[1].directory.exists()
 
 
 def test_close_releases_surfaces_and_cache_clear_unloads(fake):
@@ -258,17 +263,19 @@ def test_compile_failure_is_counted_and_cached_nowhere(tmp_path, monkeypatch):
         with pytest.raises(ANEError, match="ANE compile failed"):
             compile_model(conv_program(0))
     assert runtime.COMPILES.used == 2 and len(runtime.CACHE) == 0
-    assert list(tmp_path.iterdir()) == []  # the temp dirs are gone
+    assert program_dirs(tmp_path) == []  # the temp dirs are gone
 
 
 def test_surface_failure_releases_what_was_made(tmp_path, monkeypatch):
     bridge = FakeBridge(tmp_path, fail_surface_after=1)
     monkeypatch.setattr(runtime, "_bridge", lambda: bridge)
-    monkeypatch.setattr(runtime, "CACHE", ModelCache(keep_idle=0))
+    monkeypatch.setattr(runtime, "CACHE", ModelCache())
     with pytest.raises(ANEError, match="ANE surface failed"):
         compile_model(conv_program(0))
     assert len(bridge.surfaces) == 1 and bridge.live_surfaces == []
-    assert bridge.models[0].closed  # keep_idle=0: the hold was released and the model unloaded
+    assert runtime.CACHE.in_use == 0 and runtime.CACHE.loaded == 1  # the hold was released: idle
+    runtime.CACHE.clear()
+    assert bridge.models[0].closed
 
 
 def test_qos_is_used_for_every_step(fake):
@@ -281,16 +288,16 @@ def test_qos_is_used_for_every_step(fake):
         compile_model(conv_program(0), qos=-1)
 
 
-def test_past_the_budget_compiles_move_to_a_worker(fake):
+def test_past_the_loaded_program_budget_new_kernels_move_to_a_worker(fake):
     x = rand((1, 32, 1, 32), 5)
     prog = conv_program(0)
-    here = compile_model(prog, compile_budget=1)
+    here = compile_model(prog, loaded_program_budget=1)
     assert here.backend == "ane" and runtime.COMPILES.used == 1
-    again = compile_model(prog, compile_budget=1)  # cached: no compile, stays here
+    again = compile_model(prog, loaded_program_budget=1)  # cached and loaded: stays here
     assert type(again).__name__ == "AneKernel" and runtime.COMPILES.used == 1
     other = conv_program(1)
-    moved = compile_model(
-        other, compile_budget=1, worker_backend="reference", start_method="forkserver", timeout=60
+    moved = compile_model(  # the one loaded program is in use: §10.1, a worker holds this one
+        other, loaded_program_budget=1, worker_backend="reference", start_method="forkserver", timeout=60
     )
     try:
         assert type(moved).__name__ == "WorkerKernel" and moved.pid not in (None, os.getpid())
@@ -300,16 +307,23 @@ def test_past_the_budget_compiles_move_to_a_worker(fake):
         moved.close()
         here.close()
         again.close()
+    third = compile_model(other, loaded_program_budget=1)  # the idle one is unloaded: room here
+    assert type(third).__name__ == "AneKernel" and fake.unloads == 1 and fake.max_loaded == 1
+    third.close()
 
 
 def test_budget_from_environment(monkeypatch):
+    monkeypatch.delenv("ANEKIT_COMPILE_BUDGET", raising=False)
     monkeypatch.setenv(runtime.BUDGET_ENV, "7")
-    assert runtime.default_budget() == 7
+    assert runtime.default_loaded_program_budget() == 7
     monkeypatch.setenv(runtime.BUDGET_ENV, "many")
-    with pytest.raises(ValueError, match="must be an integer"):
-        runtime.default_budget()
+    with pytest.raises(runtime.AneOptionError, match="must be an integer"):
+        runtime.default_loaded_program_budget()
+    monkeypatch.setenv(runtime.BUDGET_ENV, "129")
+    with pytest.raises(runtime.AneOptionError, match="at most 128 loaded programs"):
+        runtime.default_loaded_program_budget()
     monkeypatch.delenv(runtime.BUDGET_ENV)
-    assert runtime.default_budget() == 100
+    assert runtime.default_loaded_program_budget() == 120
 
 
 def test_interpreter_exit_unloads_and_removes_temp_dirs(tmp_path):
@@ -317,7 +331,7 @@ def test_interpreter_exit_unloads_and_removes_temp_dirs(tmp_path):
         f"""
         import sys
         sys.path.insert(0, {HERE!r})
-        from ane_fake_bridge import FakeBridge
+        from ane_fake_bridge import FakeBridge, program_dirs
         from anekit.backends.ane import runtime
         from anekit.mil import ct, mb, types
         import numpy as np
@@ -332,10 +346,10 @@ def test_interpreter_exit_unloads_and_removes_temp_dirs(tmp_path):
         kernel = runtime.compile_model(prog)          # never closed
         kernel(x=np.ones((1, 32, 1, 32), np.float16))
         import atexit
-        atexit.register(lambda: print("dirs-before-exit", len(list(bridge.tmp.iterdir()))))
+        atexit.register(lambda: print("dirs-before-exit", len(program_dirs(bridge.tmp))))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "dirs-before-exit 1" in result.stdout  # it existed while the program ran
-    assert list(tmp_path.iterdir()) == []  # and atexit cleanup removed it
+    assert program_dirs(tmp_path) == []  # and atexit cleanup removed it

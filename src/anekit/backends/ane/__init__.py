@@ -5,8 +5,9 @@
     outputs = kernel(x=array)
     layer = kernel.new_binding(); layer.write(w=weights); layer.run(x=activations)
 
-Modules: `bridge` (the only Objective-C code, macOS only), `runtime` (kernels, cache, compile
-budget), `layout` (surface sizes, strides, packing), `weights` (weights dictionary, temp dir),
+Modules: `bridge` (the only Objective-C code, macOS only), `runtime` (kernels, cache,
+loaded-program budget), `layout` (surface sizes, strides, packing, the engine's I/O entries),
+`weights` (weights dictionary, shared temp dirs),
 `errors` (ANEError), `selectors` (what is called), `doctor` (`anekit doctor` on a Mac). Everything
 but `bridge` imports on any machine. See docs/ane-backend.md.
 """

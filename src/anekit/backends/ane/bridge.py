@@ -11,22 +11,28 @@ Interface used by `runtime` (a test double with the same shape exercises the run
     compile_and_load(mil_text, weights, qos)    -> EngineModel   (§1.2 steps 1-6)
     EngineModel.attributes()                    -> dict | None   (§1.7 modelAttributes)
     EngineModel.evaluate(request, qos)          -> None          (§1.2 step 8)
+    EngineModel.unload(qos) / .load(qos)        -> None          (§1.2 steps 9 / 6: frees / retakes
+                                                                  one of the 128 slots, §10.1)
     EngineModel.close(qos)                      -> None          (§1.2 step 9, §1.4 "on free")
     create_surface(nbytes)                      -> Surface       (§1.5, wrapped per §1.6)
     Surface.lock(read_only) -> memoryview context; Surface.release()
-    make_request(inputs, outputs)               -> request       (§1.6)
+    make_request(inputs, outputs, input_indices, output_indices) -> request   (§1.6, §10.3)
     hw_execution_time(request)                  -> int | None    (§1.10)
+
+Every one of these runs inside its own `objc.autorelease_pool()` (the `autoreleased` decorator,
+§10.2), on whatever thread calls it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import objc  # PyObjC (pyobjc-core)
 from Foundation import (  # pyobjc-framework-Cocoa
@@ -42,7 +48,7 @@ from ..base import BackendUnavailable
 from .errors import ANEError, call, check_bool, check_object
 from .layout import surface_properties
 from .selectors import FRAMEWORK, OPTIONAL, REQUIRED, Probe
-from .weights import model_dir, populate_model_dir, remove_model_dir, weights_entries
+from .weights import acquire_model_dir, model_dir, release_model_dir, weights_entries
 
 _IOSURFACE = "/System/Library/Frameworks/IOSurface.framework/IOSurface"
 _COREFOUNDATION = "/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation"
@@ -53,6 +59,27 @@ _LOAD_RETRY_DELAY_S = 0.1
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- §10.2: one autorelease pool per entry point ---------------------------------------------------
+def autoreleased(fn: F) -> F:
+    """Run `fn` inside `objc.autorelease_pool()`, drained when it returns or raises.
+
+    §10.2: PyObjC makes one pool at import and never drains it per call, and threads other than
+    the importing one have none, so everything the framework autoreleases (the descriptor and
+    model, NSData copies of the MIL text and weights, `_ANEIOSurfaceObject` wrappers, requests,
+    NSErrors, option dictionaries) would live until exit. maderix wraps compile, eval and free in
+    `@autoreleasepool` (bridge/ane_bridge.m, training_dynamic/io.h). What a function returns
+    survives the drain: a PyObjC proxy holds its own reference to the object it wraps.
+    """
+
+    @functools.wraps(fn)
+    def pooled(*args: Any, **kwargs: Any) -> Any:
+        with objc.autorelease_pool():
+            return fn(*args, **kwargs)
+
+    return pooled  # type: ignore[return-value]
 
 
 # -- §1.1: framework, classes, selector metadata --------------------------------------------------
@@ -93,6 +120,7 @@ def _load_c_functions() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return ios, cf
 
 
+@autoreleased
 def _ensure_loaded() -> dict[str, Any]:
     """Load the framework once (§1.1 step 1), resolve the classes (§1.1 step 2), register metadata."""
     with _lock:
@@ -123,6 +151,7 @@ def _responds(cls: Any, kind: str, sel: str) -> bool:
     return bool(cls.instancesRespondToSelector_(sel))
 
 
+@autoreleased
 def probe() -> Probe:
     """Which classes and selectors exist here (feature detection, ane-private-api.md §6)."""
     try:
@@ -137,6 +166,7 @@ def probe() -> Probe:
     return result
 
 
+@autoreleased
 def require() -> None:
     """Raise `BackendUnavailable` naming every missing class/selector."""
     missing = probe().missing
@@ -196,15 +226,37 @@ def to_python(value: Any) -> Any:
 
 
 # -- §1.2 steps 1-6: compile and load ------------------------------------------------------------
+def _load(model: Any, qos: int) -> None:
+    """§1.2 step 6 `loadWithQoS:options:error:`, retried once after 100 ms as the maderix bridge
+    does ("ANE slot reclamation"); a second failure names both."""
+    what = "loadWithQoS:options:error:"
+    try:
+        check_bool(
+            "load", what, call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
+        )
+    except ANEError as first:
+        time.sleep(_LOAD_RETRY_DELAY_S)
+        try:
+            result = call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
+            check_bool("load", what, result)
+        except ANEError as second:
+            raise ANEError(
+                "load", f"{second.message} (also failed 100 ms earlier: {first.message})",
+                domain=second.domain, code=second.code, name=second.name, details=second.details,
+            ) from second  # fmt: skip
+
+
 class EngineModel:
-    """A compiled and loaded `_ANEInMemoryModel` plus its temp directory (§1.4)."""
+    """A compiled `_ANEInMemoryModel`, loaded or not, plus its hold on its temp directory (§1.4)."""
 
     def __init__(self, model: Any, hex_id: str, directory: Path):
         self.model = model
         self.hex_id = hex_id
         self.directory = directory
         self.loaded = False
+        self._holds_directory = True
 
+    @autoreleased
     def attributes(self) -> dict | None:
         """§1.7: `modelAttributes` (NetworkStatusList/LiveInputList/PlaneStride...), if offered."""
         if not _has("_ANEInMemoryModel", "instance", "modelAttributes"):
@@ -212,31 +264,55 @@ class EngineModel:
         raw = call("load", "modelAttributes", self.model.modelAttributes)
         return None if raw is None else to_python(raw)
 
+    @autoreleased
     def evaluate(self, request: Any, qos: int) -> None:
         """§1.2 step 8: synchronous `evaluateWithQoS:options:request:error:`; checks the BOOL."""
         what = "evaluateWithQoS:options:request:error:"
         evaluate = self.model.evaluateWithQoS_options_request_error_
         check_bool("eval", what, call("eval", what, evaluate, qos, _empty_options(), request, None))
 
-    def close(self, qos: int) -> None:
-        """§1.2 step 9 `unloadWithQoS:error:`, then §1.4 "on free": remove the temp directory.
+    @autoreleased
+    def unload(self, qos: int) -> None:
+        """§1.2 step 9 `unloadWithQoS:error:` only: frees one of the process's 128 program slots
+        (§10.1) and keeps the compiled model and its directory for `load`. Idempotent."""
+        if self.loaded:
+            self.loaded = False
+            what = "unloadWithQoS:error:"
+            check_bool("unload", what, call("unload", what, self.model.unloadWithQoS_error_, qos, None))
 
-        Idempotent. The directory is removed even when unload fails; the unload error is raised.
+    @autoreleased
+    def load(self, qos: int) -> None:
+        """Load an unloaded model again without compiling (§1.10 test_weight_reload: unload then
+        load, no recompile, 3.8 ms on M5). Raises ANEError("load") if the engine refuses; the
+        caller then compiles it afresh."""
+        if self.model is None:
+            raise ANEError("load", "this engine model was closed")
+        if not self.loaded:
+            _load(self.model, qos)
+            self.loaded = True
+
+    @autoreleased
+    def close(self, qos: int) -> None:
+        """§1.2 step 9 `unloadWithQoS:error:` (if loaded), then §1.4 "on free": let go of the
+        temp directory, which is deleted only when no other model here or elsewhere holds it.
+
+        Idempotent. The directory is released even when unload fails; the unload error is raised.
         """
         try:
-            if self.loaded:
-                self.loaded = False
-                what = "unloadWithQoS:error:"
-                check_bool("unload", what, call("unload", what, self.model.unloadWithQoS_error_, qos, None))
+            self.unload(qos)
         finally:
-            remove_model_dir(self.directory)
+            if self._holds_directory:
+                self._holds_directory = False
+                release_model_dir(self.directory)
             self.model = None
 
 
+@autoreleased
 def compile_and_load(
     mil_text: bytes, weights: Mapping[str, bytes], qos: int, perf_stats_mask: int | None = None
 ) -> EngineModel:
-    """§1.2 steps 1-6. On any failure the temp directory is removed before the error propagates."""
+    """§1.2 steps 1-6. On any failure the hold on the temp directory is given back before the
+    error propagates."""
     _ensure_loaded()
     descriptor_cls, model_cls = _cls("_ANEInMemoryModelDescriptor"), _cls("_ANEInMemoryModel")
     # Step 1: descriptor from the MIL text as NSData (an NSString does not work), the weights
@@ -254,11 +330,12 @@ def compile_and_load(
     # Step 3: its identifier names the temp directory.
     hex_id = call("model", "hexStringIdentifier", model.hexStringIdentifier)
     check_object("model", "hexStringIdentifier", hex_id)
-    # Step 4 (§1.4): NSTemporaryDirectory()/<hex>/ with model.mil and weights/<file>.bin.
+    # Step 4 (§1.4): NSTemporaryDirectory()/<hex>/ with model.mil and weights/<file>.bin, held
+    # (reference counted): an identical program compiled by another model shares it.
     directory = model_dir(str(NSTemporaryDirectory()), str(hex_id))
+    acquire_model_dir(directory, mil_text, weights)
     engine = EngineModel(model, str(hex_id), directory)
     try:
-        populate_model_dir(directory, mil_text, weights)
         if perf_stats_mask is not None and _has("_ANEInMemoryModel", "instance", "setPerfStatsMask:"):
             # §1.10: the untested hypothesis that setting the mask makes the driver fill perfStats.
             call("model", "setPerfStatsMask:", model.setPerfStatsMask_, int(perf_stats_mask))
@@ -266,25 +343,12 @@ def compile_and_load(
         what = "compileWithQoS:options:error:"
         result = call("compile", what, model.compileWithQoS_options_error_, qos, _empty_options(), None)
         check_bool("compile", what, result)
-        # Step 6: load; the maderix bridge retries once after 100 ms (§1.2, "ANE slot reclamation").
-        what = "loadWithQoS:options:error:"
-        try:
-            result = call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
-            check_bool("load", what, result)
-        except ANEError as first:
-            time.sleep(_LOAD_RETRY_DELAY_S)
-            try:
-                result = call("load", what, model.loadWithQoS_options_error_, qos, _empty_options(), None)
-                check_bool("load", what, result)
-            except ANEError as second:
-                raise ANEError(
-                    "load", f"{second.message} (also failed 100 ms earlier: {first.message})",
-                    domain=second.domain, code=second.code, name=second.name, details=second.details,
-                ) from second  # fmt: skip
+        # Step 6: load (retried once after 100 ms, §1.2).
+        _load(model, qos)
         engine.loaded = True
         return engine
     except BaseException:
-        engine.close(qos)  # nothing loaded: only removes the directory
+        engine.close(qos)  # nothing loaded: only gives the directory back
         raise
 
 
@@ -292,6 +356,7 @@ def compile_and_load(
 class Surface:
     """One IOSurface (§1.5) and its `_ANEIOSurfaceObject` wrapper (§1.6)."""
 
+    @autoreleased
     def __init__(self, nbytes: int):
         state = _ensure_loaded()
         self._ios, self._cf = state["iosurface"], state["cf"]
@@ -338,6 +403,7 @@ class Surface:
         finally:
             self._ios.IOSurfaceUnlock(self.ref, options, None)
 
+    @autoreleased
     def release(self) -> None:
         """§1.2 step 10: drop the wrapper and CFRelease the surface (once)."""
         self.wrapped = None
@@ -346,27 +412,44 @@ class Surface:
             self._cf.CFRelease(ref)
 
 
+@autoreleased
 def create_surface(nbytes: int) -> Surface:
     return Surface(nbytes)
 
 
-def make_request(inputs: Sequence[Surface], outputs: Sequence[Surface]) -> Any:
-    """§1.6: requestWithInputs:@[...] inputIndices:@[@0...] outputs:@[...] outputIndices:@[@0...]
-    weightsBuffer:nil perfStats:nil procedureIndex:@0. Built once per binding and reused."""
+@autoreleased
+def make_request(
+    inputs: Sequence[Surface],
+    outputs: Sequence[Surface],
+    input_indices: Sequence[int] | None = None,
+    output_indices: Sequence[int] | None = None,
+) -> Any:
+    """§1.6: requestWithInputs:@[...] inputIndices:@[...] outputs:@[...] outputIndices:@[...]
+    weightsBuffer:nil perfStats:nil procedureIndex:@0. Built once per binding and reused.
+
+    Index i says which of the model's own inputs (outputs) surface i is: its position in the
+    model's lists as `modelAttributes` gives them, not the MIL declaration order (§10.3); the
+    runtime passes the surfaces in that order, so the indices are @0...@(n-1) as maderix's.
+    """
+    input_indices = list(range(len(inputs))) if input_indices is None else list(input_indices)
+    output_indices = list(range(len(outputs))) if output_indices is None else list(output_indices)
+    if len(input_indices) != len(inputs) or len(output_indices) != len(outputs):
+        raise ANEError("request", "one index per surface is needed")
     what = "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:"
     request_cls = _cls("_ANERequest")
     request = call(
         "request", what,
         request_cls.requestWithInputs_inputIndices_outputs_outputIndices_weightsBuffer_perfStats_procedureIndex_,
         NSArray.arrayWithArray_([s.wrapped for s in inputs]),
-        NSArray.arrayWithArray_([NSNumber.numberWithInt_(i) for i in range(len(inputs))]),
+        NSArray.arrayWithArray_([NSNumber.numberWithInt_(int(i)) for i in input_indices]),
         NSArray.arrayWithArray_([s.wrapped for s in outputs]),
-        NSArray.arrayWithArray_([NSNumber.numberWithInt_(i) for i in range(len(outputs))]),
+        NSArray.arrayWithArray_([NSNumber.numberWithInt_(int(i)) for i in output_indices]),
         None, None, NSNumber.numberWithInt_(0),
     )  # fmt: skip
     return check_object("request", what, request)
 
 
+@autoreleased
 def hw_execution_time(request: Any) -> int | None:
     """§1.10: `request.perfStats.hwExecutionTime` in ns when the driver filled it, else None.
 
@@ -384,6 +467,7 @@ def hw_execution_time(request: Any) -> int | None:
     return value if value > 0 else None
 
 
+@autoreleased
 def device_info() -> dict[str, str]:
     """`_ANEDeviceInfo` class methods that answer here (doctor), as strings."""
     cls = _cls("_ANEDeviceInfo")

@@ -10,6 +10,14 @@ Facts (ane-private-api.md):
   write channel c at `c·PlaneStride`. Rule adopted: honour `PlaneStride` when the engine reports
   it, else require the dense layout and refuse shapes that break the 64-byte rule.
 - §1.8: fp16 I/O (2 bytes per element) by default; fp32 I/O (4 bytes) allowed.
+- §10.3: the entries of those lists name themselves: `Symbol` is the MIL name, `Name` is the MIL
+  name with a suffix (`"<var>@output"` for outputs), so a tensor is matched by its `Symbol` or its
+  `Name` with the `@...` suffix stripped, never by position when names are there; the model's own
+  order of its inputs and outputs is the order of the lists (request index i is entry i), which
+  need not be the MIL declaration order. Each entry gives the tensor in the engine's NCHW
+  (`Batches`, `Channels`, `Height`, `Width`), also for MIL ranks below 4, so a lower-rank tensor is
+  laid out from those four numbers (its element count checked against the MIL shape), not by
+  prepending 1s to the MIL shape.
 
 Nothing here touches Objective-C: a surface is any writable buffer (a memoryview over the locked
 IOSurface base address on a Mac, a bytearray in tests).
@@ -17,6 +25,7 @@ IOSurface base address on a Mac, a bytearray in tests).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +61,25 @@ class Strides:
     channels: int | None = None
     type: str | None = None
     name: str | None = None
+
+
+@dataclass(frozen=True)
+class Port:
+    """One entry of the engine's `LiveInputList` / `LiveOutputList` (§1.7, §10.3).
+
+    names: what the entry calls its tensor: its `Symbol`, and its `Name` with any `@...` suffix
+    stripped (empty when it gives neither). nchw: `(Batches, Channels, Height, Width)` when all
+    four are reported. strides: the byte strides, when a positive `PlaneStride` is reported.
+    """
+
+    names: tuple[str, ...] = ()
+    nchw: tuple[int, int, int, int] | None = None
+    strides: Strides | None = None
+    type: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.names[0] if self.names else "(unnamed)"
 
 
 @dataclass(frozen=True)
@@ -108,19 +136,50 @@ def io_dtype(spec: TensorSpec) -> np.dtype:
         ) from None
 
 
-def surface_layout(spec: TensorSpec, strides: Strides | None = None) -> SurfaceLayout:
-    """The layout of `spec` in its surface: strided when the engine reported `strides`, else dense.
+def engine_dims(spec: TensorSpec, nchw: Sequence[int] | None) -> tuple[int, ...]:
+    """The dimensions the surface holds `spec` in: the engine's reported NCHW when there is one
+    (§10.3; for ranks below 4 that is how the engine lays the tensor out), else the MIL shape.
+
+    Raises `LayoutError` when the reported NCHW does not hold exactly the MIL shape's elements,
+    or differs from a rank-4 MIL shape (then nothing says where the data goes)."""
+    shape = _static_shape(spec)
+    if nchw is None:
+        return shape
+    dims = tuple(int(d) for d in nchw)
+    if len(dims) != 4 or any(d <= 0 for d in dims):
+        raise LayoutError(f"{_describe(spec)}: the engine reports NCHW {list(dims)}, not four positive sizes")
+    count, reported = int(np.prod(shape)), int(np.prod(dims))
+    if count != reported:
+        raise LayoutError(
+            f"{_describe(spec)}: the engine reports it as NCHW {list(dims)} ({reported} elements), the "
+            f"program declares {count} elements; refusing to guess the layout (ane-private-api.md §10.3)"
+        )
+    if len(shape) == 4 and dims != shape:
+        raise LayoutError(
+            f"{_describe(spec)}: the engine reports NCHW {list(dims)} for this rank-4 tensor; refusing "
+            "to guess which axes moved (ane-private-api.md §10.3)"
+        )
+    return dims
+
+
+def surface_layout(
+    spec: TensorSpec, strides: Strides | None = None, nchw: Sequence[int] | None = None
+) -> SurfaceLayout:
+    """The layout of `spec` in its surface: strided when the engine reported `strides`, else dense;
+    over the engine's reported `nchw` when given (`engine_dims`), else over the MIL shape.
 
     Raises `LayoutError` for a dense layout whose innermost dimension breaks the 64-byte rule,
-    and for strides that cannot hold the tensor (they would make us write past a plane).
+    for strides that cannot hold the tensor (they would make us write past a plane), and for an
+    NCHW that does not match the MIL shape.
     """
     shape = _static_shape(spec)
+    dims = engine_dims(spec, nchw)
     dt = io_dtype(spec)
     item = dt.itemsize
     if strides is None:
         if not shape:
             raise LayoutError(f"{_describe(spec)}: a scalar cannot be a surface; use shape [1, 1, 1, 32]")
-        inner = shape[-1] * item
+        inner = dims[-1] * item
         if inner % ROW_ALIGN_BYTES:
             raise LayoutError(
                 f"{_describe(spec)}: its innermost dimension is {shape[-1]} elements ({inner} bytes). "
@@ -131,21 +190,22 @@ def surface_layout(spec: TensorSpec, strides: Strides | None = None) -> SurfaceL
                 f"of {ROW_ALIGN_BYTES // item}."
             )
         dense = [item]
-        for d in reversed(shape[1:]):
+        for d in reversed(dims[1:]):
             dense.insert(0, dense[0] * d)
         return SurfaceLayout(
-            spec.name, shape, dt, shape, tuple(dense), int(np.prod(shape)) * item, strided=False
+            spec.name, shape, dt, dims, tuple(dense), int(np.prod(shape)) * item, strided=False
         )
 
-    if len(shape) > 4:
+    if len(dims) > 4:
         raise LayoutError(
             f"{_describe(spec)}: the engine reported strides for a rank-{len(shape)} tensor; only ranks "
             "up to 4 ([N, C, H, W]) have a known strided layout (ane-private-api.md §1.7)"
         )
-    n, c, h, w = (1,) * (4 - len(shape)) + shape
+    # Without a reported NCHW, a lower rank gets leading 1s (the only reading left, §1.7).
+    n, c, h, w = (1,) * (4 - len(dims)) + dims
     if strides.channels is not None and strides.channels != c:
         raise LayoutError(
-            f"{_describe(spec)}: the engine reports Channels={strides.channels}, the program has {c} "
+            f"{_describe(spec)}: the engine reports Channels={strides.channels}, the layout has {c} "
             "channels; refusing to guess where the data goes"
         )
     if strides.type is not None and strides.type.lower() not in _TYPE_NAMES[spec.dtype]:
@@ -221,29 +281,53 @@ def _int(value: Any) -> int | None:
 
 
 def _entry_strides(entry: Any) -> Strides | None:
-    if not isinstance(entry, Mapping) and not hasattr(entry, "get"):
-        return None
     plane = _int(entry.get("PlaneStride"))
     if plane is None or plane <= 0:
         return None
-    name = entry.get("Name") if entry.get("Name") is not None else entry.get("Symbol")
     kind = entry.get("Type")
+    names = _entry_names(entry)
     return Strides(
         plane=plane,
         batch=_int(entry.get("BatchStride")) or None,
         row=_int(entry.get("RowStride")) or None,
         channels=_int(entry.get("Channels")),
         type=None if kind is None else str(kind),
-        name=None if name is None else str(name),
+        name=names[0] if names else None,
     )
 
 
-def parse_model_attributes(attributes: Any) -> tuple[list[Strides | None], list[Strides | None]]:
-    """The `(inputs, outputs)` strides in `modelAttributes` (§1.7), empty lists when absent.
+def _entry_names(entry: Any) -> tuple[str, ...]:
+    """§10.3: `Symbol`, and `Name` with its `@...` suffix stripped ("y@output" -> "y")."""
+    names = []
+    for key in ("Symbol", "Name"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        name = str(value).split("@", 1)[0]
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
 
-    Reads `NetworkStatusList[0]["LiveInputList"]` and `["LiveOutputList"]`; an entry without a
-    positive `PlaneStride` gives None. Accepts plain dicts or the Foundation containers (anything
-    with `get` and indexing).
+
+def _entry_port(entry: Any) -> Port:
+    if not isinstance(entry, Mapping) and not hasattr(entry, "get"):
+        return Port()
+    dims = tuple(_int(entry.get(k)) for k in ("Batches", "Channels", "Height", "Width"))
+    kind = entry.get("Type")
+    return Port(
+        names=_entry_names(entry),
+        nchw=dims if all(d is not None for d in dims) else None,  # type: ignore[arg-type]
+        strides=_entry_strides(entry),
+        type=None if kind is None else str(kind),
+    )
+
+
+def parse_ports(attributes: Any) -> tuple[list[Port], list[Port]]:
+    """The `(inputs, outputs)` entries of `modelAttributes` (§1.7, §10.3), in the model's own
+    order, empty lists when absent.
+
+    Reads `NetworkStatusList[0]["LiveInputList"]` and `["LiveOutputList"]`. Accepts plain dicts or
+    the Foundation containers (anything with `get` and indexing).
     """
     if attributes is None:
         return [], []
@@ -254,27 +338,90 @@ def parse_model_attributes(attributes: Any) -> tuple[list[Strides | None], list[
         return [], []
     if first is None:
         return [], []
-    out: list[list[Strides | None]] = []
+    out: list[list[Port]] = []
     for key in ("LiveInputList", "LiveOutputList"):
         try:
             entries = first.get(key)
         except AttributeError:
             entries = None
-        out.append([_entry_strides(e) for e in entries] if entries is not None else [])
+        out.append([_entry_port(e) for e in entries] if entries is not None else [])
     return out[0], out[1]
 
 
+def parse_model_attributes(attributes: Any) -> tuple[list[Strides | None], list[Strides | None]]:
+    """The `(inputs, outputs)` strides of `parse_ports` (None for an entry without PlaneStride)."""
+    ins, outs = parse_ports(attributes)
+    return [p.strides for p in ins], [p.strides for p in outs]
+
+
+def match_ports(
+    names: Sequence[str], ports: Sequence[Port], role: str = "input"
+) -> tuple[list[Port | None], list[int]]:
+    """Which reported entry is which tensor, and the model's own order.
+
+    Returns `(port of each tensor in `names` order, order)` where `order[i]` is the index in
+    `names` of the tensor the model lists i-th: request index i carries that tensor (§10.3).
+
+    - No entries: nothing reported; tensors keep their declared order.
+    - Every entry named: matched by `Symbol` or by `Name` without its `@...` suffix (§10.3); a
+      tensor the engine does not list, or an entry naming no tensor, is a `LayoutError`.
+    - No entry named: by position, only when the counts agree (a warning when there are several,
+      the pairing being unverified); otherwise a `LayoutError`.
+    """
+    names = list(names)
+    if not ports:
+        return [None] * len(names), list(range(len(names)))
+    named = [p for p in ports if p.names]
+    if len(named) == len(ports):
+        index = {n: i for i, n in enumerate(names)}
+        order: list[int] = []
+        for p in ports:
+            hits = [index[n] for n in p.names if n in index]
+            if not hits:
+                raise LayoutError(
+                    f"the engine lists {role} {'/'.join(p.names)!r}, which the program does not declare "
+                    f"(its {role}s: {', '.join(names)}); refusing to guess (ane-private-api.md §10.3)"
+                )
+            if hits[0] in order:
+                raise LayoutError(
+                    f"the engine lists {role} {names[hits[0]]!r} twice (ane-private-api.md §10.3)"
+                )
+            order.append(hits[0])
+        missing = [names[i] for i in range(len(names)) if i not in order]
+        if missing:
+            raise LayoutError(
+                f"the engine does not list the program's {role}(s) {', '.join(missing)}; refusing to "
+                "guess where they go (ane-private-api.md §10.3)"
+            )
+        by_tensor: list[Port | None] = [None] * len(names)
+        for p, i in zip(ports, order):
+            by_tensor[i] = p
+        return by_tensor, order
+    if named:
+        raise LayoutError(
+            f"the engine names some of its {role}s and not others ({', '.join(p.label for p in ports)}); "
+            "refusing to guess which is which (ane-private-api.md §10.3)"
+        )
+    if len(ports) != len(names):
+        raise LayoutError(
+            f"the engine lists {len(ports)} unnamed {role}s, the program declares {len(names)}; refusing "
+            "to guess which is which (ane-private-api.md §10.3)"
+        )
+    if len(names) > 1:
+        warnings.warn(
+            f"the engine's {role} entries carry no Name or Symbol; they are paired with the program's "
+            f"{role}s by position, which is unverified (ane-private-api.md §10.3)",
+            stacklevel=3,
+        )
+    return list(ports), list(range(len(names)))
+
+
 def match_strides(names: Sequence[str], reported: Sequence[Strides | None]) -> list[Strides | None]:
-    """Assign reported strides to tensors: by name when every entry carries a known name, else by
-    position when the counts agree; otherwise nothing is trusted (None for every tensor)."""
-    if not reported:
-        return [None] * len(names)
-    named = {s.name: s for s in reported if s is not None and s.name}
-    if len(named) == len(reported) and set(named) == set(names):
-        return [named[n] for n in names]
-    if len(reported) == len(names):
-        return list(reported)
-    return [None] * len(names)
+    """Strides per tensor, from bare `Strides` (tests and old callers): `match_ports` over ports
+    holding them (a Strides' `name` is its entry's name)."""
+    ports = [Port(names=(s.name,) if s is not None and s.name else (), strides=s) for s in reported]
+    matched, _ = match_ports(names, ports)
+    return [None if p is None else p.strides for p in matched]
 
 
 def slot_order_warnings(input_sizes: Sequence[int], output_sizes: Sequence[int]) -> list[str]:

@@ -8,7 +8,13 @@ when the program has no weights, since nil gives silent compile failures (§1.3,
 §1.4: before `compileWithQoS:` the program's files must exist in
 `NSTemporaryDirectory()/<hexStringIdentifier>/`: `model.mil` (the MIL text bytes) and, for each
 weights key, the data at the key with `@model_path/` stripped (`weights/<file>.bin`). The directory
-is removed after unload.
+is removed after unload, but only by its last user: the identifier is a hash of the text and
+weights, so identical programs (two kernels of one program at two QoS values, an uncached
+recompile, the same kernel in a worker process or another run) share one directory (§1.4 notes,
+§6 "identical programs share one temp dir/hex id"), and the engine may need it again to reload an
+unloaded program (§1.10 test_weight_reload). `acquire_model_dir` / `release_model_dir` count the
+users in this process and mark this process as a user on disk, so neither another model here nor
+another process deletes a directory a live model was compiled from (issue 8 §4).
 
 The bridge turns the result of `weights_entries` into Foundation objects; everything else here is
 tested off macOS.
@@ -18,8 +24,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX (macOS, Linux): serialises directory bookkeeping between processes
+except ImportError:  # pragma: no cover - the engine needs macOS; elsewhere one process is enough
+    fcntl = None
 
 
 def weight_relpath(path: str) -> str:
@@ -89,6 +102,144 @@ def remove_model_dir(directory: str | os.PathLike) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+#: In the temp root: serialises acquire/release between processes (one small file, kept).
+LOCK_FILE = ".anekit-model-dirs.lock"
+#: Beside `<hex>/`: `<hex>.users/<pid>` says process <pid> holds a model compiled from `<hex>/`.
+USERS_SUFFIX = ".users"
+
+
+def _users_dir(directory: Path) -> Path:
+    return directory.with_name(directory.name + USERS_SUFFIX)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def other_users(directory: str | os.PathLike) -> list[int]:
+    """Live processes other than this one that hold a model compiled from `directory`; markers
+    left by processes that died are removed on the way."""
+    users = _users_dir(Path(directory))
+    pids = []
+    try:
+        markers = list(users.iterdir())
+    except FileNotFoundError:
+        return []
+    for marker in markers:
+        try:
+            pid = int(marker.name)
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            pids.append(pid)
+        else:
+            marker.unlink(missing_ok=True)
+    return sorted(pids)
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(root / LOCK_FILE, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """A reader (the compiler of another user of the directory) never sees a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ModelDirectories:
+    """Users of each model directory (§1.4), counted in this process and marked on disk per
+    process, so a directory is deleted only when its last user anywhere lets go."""
+
+    def __init__(self) -> None:
+        self._count: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def users(self, directory: str | os.PathLike) -> int:
+        """Models in this process holding `directory`."""
+        with self._lock:
+            return self._count.get(Path(directory), 0)
+
+    def acquire(self, directory: str | os.PathLike, mil_text: bytes, weights: Mapping[str, bytes]) -> Path:
+        """Hold `directory` for one model and make sure it holds the program's files.
+
+        When nobody else holds it, every file is (re)written; otherwise only missing files are
+        added, atomically, so a compile from it in progress elsewhere reads whole files.
+        """
+        root = Path(directory)
+        with self._lock, _locked(root.parent):
+            alone = self._count.get(root, 0) == 0 and not other_users(root)
+            files = {MODEL_FILE: bytes(mil_text)}
+            for path, (_offset, data) in weights_entries(weights).items():
+                files[weight_relpath(path)] = data
+            (root / "weights").mkdir(parents=True, exist_ok=True)
+            for rel, data in files.items():
+                target = root / rel
+                if alone or not target.exists():
+                    _write_atomically(target, data)
+            users = _users_dir(root)
+            users.mkdir(exist_ok=True)
+            (users / str(os.getpid())).touch()
+            self._count[root] = self._count.get(root, 0) + 1
+        return root
+
+    def release(self, directory: str | os.PathLike) -> bool:
+        """One model lets go of `directory`; returns whether the directory was deleted (it is,
+        when no model here and no live process elsewhere holds it any more)."""
+        root = Path(directory)
+        with self._lock, _locked(root.parent):
+            count = self._count.get(root, 0)
+            if count > 1:
+                self._count[root] = count - 1
+                return False
+            self._count.pop(root, None)
+            (_users_dir(root) / str(os.getpid())).unlink(missing_ok=True)
+            if other_users(root):
+                return False
+            remove_model_dir(root)
+            shutil.rmtree(_users_dir(root), ignore_errors=True)
+            return True
+
+
+#: This process's model directories.
+MODEL_DIRS = ModelDirectories()
+
+
+def acquire_model_dir(directory: str | os.PathLike, mil_text: bytes, weights: Mapping[str, bytes]) -> Path:
+    """`MODEL_DIRS.acquire`: what the bridge calls before compiling (§1.4)."""
+    return MODEL_DIRS.acquire(directory, mil_text, weights)
+
+
+def release_model_dir(directory: str | os.PathLike) -> bool:
+    """`MODEL_DIRS.release`: what the bridge calls when a model is closed (§1.4 "on free")."""
+    return MODEL_DIRS.release(directory)
+
+
 __all__ = [
     "ENTRY_OFFSET",
     "MODEL_FILE",
@@ -97,4 +248,9 @@ __all__ = [
     "model_dir",
     "populate_model_dir",
     "remove_model_dir",
+    "ModelDirectories",
+    "MODEL_DIRS",
+    "acquire_model_dir",
+    "release_model_dir",
+    "other_users",
 ]
