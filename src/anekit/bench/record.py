@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .core import Context, Result
@@ -30,7 +33,7 @@ def _jsonable(obj):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+    if isinstance(obj, float) and not math.isfinite(obj):  # NaN and inf have no JSON spelling
         return None
     if hasattr(obj, "item"):  # numpy scalars
         return obj.item()
@@ -70,10 +73,24 @@ def run_file(records: list[dict]) -> dict:
     return {"kind": RUN_KIND, "schema_version": SCHEMA_VERSION, "records": records}
 
 
+def document(records: list[dict]) -> dict:
+    """What a bench invocation writes (and `anekit bench --json` prints): one experiment's record, or
+    a run file holding several."""
+    return records[0] if len(records) == 1 else run_file(records)
+
+
 def write(path: Path, records: list[dict]) -> Path:
-    """One experiment: its record; several: a run file holding them all."""
+    """Write `document(records)` at `path`, atomically: a temporary file beside it renamed over it, so
+    an interrupted write never leaves half a record (and a symlink at `path` is replaced, not followed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = records[0] if len(records) == 1 else run_file(records)
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(document(records), indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

@@ -10,7 +10,7 @@ from rich.table import Table
 def banner(console: Console, backend: str, chip: str) -> None:
     """Say plainly, before any number, whether the numbers are engine measurements."""
     if backend in ("ane", "coreml"):
-        console.print(Panel(f"Engine measurements: backend [bold]{backend}[/].", style="green"))
+        console.print(Panel(f"Engine measurements: backend [bold]{backend}[/].", style="green", expand=False))
         return
     console.print(
         Panel(
@@ -21,6 +21,7 @@ def banner(console: Console, backend: str, chip: str) -> None:
             "not measurements.",
             title="not an ANE measurement",
             style="yellow",
+            expand=False,  # a console writing to a file is laid out wide; the box fits its text
         )
     )
 

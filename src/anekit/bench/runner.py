@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -34,10 +35,31 @@ def _coerce(default, text: str, where: str):
             return text.lower() in ("true", "1", "yes")
         if isinstance(default, tuple):
             kind = type(default[0]) if default else float
-            return tuple(kind(x) for x in text.split(",") if x.strip())
-        return type(default)(text)
-    except ValueError:
+            values = tuple(kind(x) for x in text.split(",") if x.strip())
+            if not values:
+                raise ValueError(f"{where}: give at least one value (e.g. {where.split('.')[-1]}=1,2,4)")
+            for v in values:
+                _check_number(v, where, minimum=1)
+            return values
+        value = type(default)(text)
+    except ValueError as e:
+        if str(e).startswith(where):
+            raise
         raise ValueError(f"{where}: cannot read {text!r} as {type(default).__name__}") from None
+    # Every count, size and duration of a config is positive; `warmup` (untimed runs) may be 0.
+    _check_number(value, where, minimum=0 if where.endswith(".warmup") else 1)
+    return value
+
+
+def _check_number(value, where: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, int) and value < minimum:
+        raise ValueError(f"{where}: must be at least {minimum}, got {value}")
+    if isinstance(value, float) and value <= 0:
+        raise ValueError(f"{where}: must be greater than 0, got {value}")
 
 
 def split_overrides(names: list[str], sets: list[str]) -> dict[str, dict[str, str]]:
@@ -81,7 +103,8 @@ def run(
     from .plots import plot_record
     from .report import banner, experiment_table, published_table
 
-    console = console or Console()
+    # soft_wrap: a line (a path, a command to run) is never broken when the output is a file.
+    console = console or Console(soft_wrap=True)
     chip = chip_id(chip)
     name = resolve(backend)
     configs = {n: config_for(n, quick, (overrides or {}).get(n)) for n in names}

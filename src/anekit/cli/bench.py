@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail
+from .common import check_output_dir, check_output_file, fail, output_console, print_json
 
 NAMES = ("peak", "chain", "conv-vs-matmul", "sram", "int8", "dispatch", "coreml", "power")
 
@@ -25,10 +25,16 @@ def bench(
         "--set",
         help="Override a config field: NAME=VALUE, or EXPERIMENT.NAME=VALUE with 'all' (tuples as 1,2,4).",
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the record (what the JSON file holds) on stdout; banner, progress, tables to stderr.",
+    ),
 ) -> None:
     """Run a benchmark experiment: verify each program's output, time it, write a JSON record, print a
-    table beside the published figures and, off the engine, the cost model's predicted engine times."""
-    from ..backends import BackendUnavailable
+    table beside the published figures and, off the engine, the cost model's predicted engine times.
+    Off the engine every time is CPU emulation, and the record says so ("measurement": "cpu-emulation")."""
+    from ..backends import BackendUnavailable, resolve
     from ..perf import chip_id
 
     if experiment == "all":
@@ -39,17 +45,42 @@ def bench(
         raise fail(f"unknown experiment {experiment!r}; choose one of {', '.join(NAMES)} or all")
     try:
         chip_id(chip)
+        resolve(backend)
     except ValueError as e:
         raise fail(str(e)) from None
-    from ..bench.runner import run, split_overrides
+    from ..bench.record import document
+    from ..bench.runner import config_for, default_out, run, split_overrides
 
+    target = out or default_out(names)
+    check_output_file(target, "--out")
+    if plot is not None:
+        check_output_dir(plot, "--plot")
     try:
         overrides = split_overrides(names, set_)
+        for n in names:  # every --set value is checked before the first program runs
+            config_for(n, quick, overrides.get(n))
+    except ValueError as e:
+        raise fail(str(e)) from None
+    console = output_console(as_json)
+    try:
         records, _path = run(
-            names, backend=backend, quick=quick, chip=chip, out=out, plot_dir=plot, overrides=overrides
+            names,
+            backend=backend,
+            quick=quick,
+            chip=chip,
+            out=target,
+            plot_dir=plot,
+            overrides=overrides,
+            console=console,
         )
     except (BackendUnavailable, ValueError) as e:
         raise fail(str(e)) from None
+    except MemoryError:
+        raise fail("ran out of memory; use --quick or smaller sizes with --set") from None
+    except OSError as e:
+        raise fail(f"cannot write the results: {e}") from None
+    if as_json:
+        print_json(document(records))
     failed = [r["experiment"] for r in records if r["status"] == "failed"]
     if failed:
         raise fail(f"output check failed in: {', '.join(failed)} (see the record's note)")

@@ -31,11 +31,14 @@ class _Console(Console):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(soft_wrap=True, **kwargs)
+        self._asked_width = kwargs.get("width")
 
     @property
     def size(self) -> ConsoleDimensions:
         dims = super().size
-        if self._width is None and not self.is_terminal:
+        # rich also takes its width from a COLUMNS variable in the environment; off a terminal that
+        # would bring the 80-column wrapping back, so only an explicit width= is honoured there.
+        if self._asked_width is None and not self.is_terminal:
             return ConsoleDimensions(FILE_WIDTH, dims.height)
         return dims
 
@@ -106,20 +109,21 @@ def load_program(path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _creatable_dir(directory: Path, option: str) -> None:
+def check_creatable_dir(directory: Path, option: str, target: Path | None = None) -> None:
     """`directory` exists as a directory we may write into, or could be created (its nearest
-    existing ancestor is a writable directory)."""
+    existing ancestor is a writable directory). `target` is what the option named, for the message."""
+    named = f"{option} {target if target is not None else directory}"
     probe = directory
     while not probe.exists():
         if probe.is_symlink():
-            raise fail(f"{option}: {probe} is a dangling symbolic link; remove it or choose another path")
+            raise fail(f"{named}: {probe} is a dangling symbolic link; remove it or choose another path")
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise fail(f"{option}: {probe} is not a directory, so {directory} cannot be created")
+        raise fail(f"{named}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise fail(f"{option}: cannot write into {probe} (permission denied)")
+        raise fail(f"{named}: cannot write into {probe} (permission denied)")
 
 
 def check_output_file(path: Path, option: str) -> None:
@@ -129,14 +133,14 @@ def check_output_file(path: Path, option: str) -> None:
         raise fail(f"{option} {path} is a directory; give the path of a file to write")
     if path.exists() and not path.is_file():
         raise fail(f"{option} {path} exists and is not a regular file")
-    _creatable_dir(path.parent, option)
+    check_creatable_dir(path.parent, option, path)
 
 
 def check_output_dir(path: Path, option: str) -> None:
     """Refuse before any work an output directory that exists as something else or cannot be created."""
     if path.exists() and not path.is_dir():
         raise fail(f"{option} {path} exists and is not a directory")
-    _creatable_dir(path, option)
+    check_creatable_dir(path, option)
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import platform
 import sys
 from importlib import metadata
+from typing import Any
 
+import typer
 from rich.table import Table
 
-from .common import stdout_console
+from .common import output_console, print_json
+
+PACKAGES = ("coremltools", "numpy", "pyobjc-core")
 
 
 def _version(dist: str) -> str:
@@ -18,33 +22,61 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor() -> None:
-    """Show the platform, package versions and which backends are available (and why not)."""
+def facts() -> dict[str, Any]:
+    """Everything doctor reports off the engine, as plain data (the --json document)."""
     from .. import __version__
     from ..backends import BACKENDS, availability
 
-    console = stdout_console()
-    info = Table(title="anekit doctor", show_header=False)
-    info.add_row("anekit", __version__)
-    info.add_row("python", sys.version.split()[0])
-    info.add_row("platform", f"{platform.system()} {platform.release()} ({platform.machine()})")
-    if sys.platform == "darwin":
-        info.add_row("macOS", platform.mac_ver()[0] or "?")
-    for dist in ("coremltools", "numpy", "pyobjc-core"):
-        info.add_row(dist, _version(dist))
-    console.print(info)
-
-    table = Table(title="backends")
-    table.add_column("backend")
-    table.add_column("available")
-    table.add_column("detail")
+    backends = {}
     for name in BACKENDS:
         ok, why = availability(name)
-        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", why)
-    console.print(table)
-    ok, _ = availability("ane")
-    console.print(f"backend 'auto' runs on: [bold]{'ane' if ok else 'reference'}[/]")
-    if ok:
-        from ..backends.ane import doctor_report
+        backends[name] = {"available": ok, "detail": why}
+    info: dict[str, Any] = {
+        "anekit": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.release()} ({platform.machine()})",
+    }
+    if sys.platform == "darwin":
+        info["macos"] = platform.mac_ver()[0] or "?"
+    info["packages"] = {dist: _version(dist) for dist in PACKAGES}
+    info["backends"] = backends
+    info["auto"] = "ane" if backends["ane"]["available"] else "reference"
+    info["engine"] = None
+    return info
 
-        doctor_report(console)
+
+def doctor(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the report as JSON on stdout (the engine's tables go to stderr)."
+    ),
+) -> None:
+    """Show the platform, package versions and which backends are available (and why not)."""
+    data = facts()
+    console = output_console(as_json)
+    if not as_json:
+        info = Table(title="anekit doctor", show_header=False)
+        for key in ("anekit", "python", "platform", "macos"):
+            if key in data:
+                info.add_row(key, data[key])
+        for dist, version in data["packages"].items():
+            info.add_row(dist, version)
+        console.print(info)
+        table = Table(title="backends")
+        for col in ("backend", "available", "detail"):
+            table.add_column(col)
+        for name, b in data["backends"].items():
+            table.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", b["detail"])
+        console.print(table)
+        console.print(f"backend 'auto' runs on: [bold]{data['auto']}[/]")
+    if data["auto"] == "ane":
+        from ..backends.ane import doctor_report
+        from ..backends.ane.doctor import machine_info
+
+        # The engine section (backends/ane/doctor.py) prints its tables; with --json they go to stderr
+        # and the document carries the machine facts, plus whatever structured result it returns.
+        report = doctor_report(console)
+        data["engine"] = {"machine": machine_info()}
+        if isinstance(report, dict):
+            data["engine"].update(report)
+    if as_json:
+        print_json(data)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .common import fail, load_program, stdout_console
+from .common import fail, load_program, print_json, stdout_console
 
 
 def _mb(b: float) -> str:
@@ -20,7 +20,7 @@ def estimate(
     chip: str = typer.Option(
         "m4", "--chip", help="Chip id: m1, m1-pro, ..., m4, m4-pro, m4-max, m5, m5-max."
     ),
-    top: int = typer.Option(8, "--top", help="Show this many most expensive ops."),
+    top: int = typer.Option(8, "--top", min=0, help="Show this many most expensive ops."),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
 ) -> None:
     """Predict one evaluation's time on the engine from the program's FLOPs, bytes and working set
@@ -37,11 +37,11 @@ def estimate(
     except UncalibratedChip as e:
         raise fail(str(e)) from None
     if as_json:
-        typer.echo(json.dumps(est.to_json(), indent=1))
+        print_json(est.to_json())
         return
     console = stdout_console()
     head = Table(
-        title=f"{model}: predicted on {get_chip(cid).name} (cost model, not a measurement)",
+        title=escape(f"{model}: predicted on {get_chip(cid).name} (cost model, not a measurement)"),
         show_header=False,
         title_justify="left",
     )
@@ -67,8 +67,13 @@ def estimate(
             ops.add_column(col)
         for o in sorted(est.ops, key=lambda o: -o.time_ms)[:top]:
             ops.add_row(
-                o.name, o.op_type, o.kind, f"{o.flops / 1e6:.3g}", f"{o.time_ms:.4f}", _mb(o.working_set)
+                escape(o.name),
+                o.op_type,
+                o.kind,
+                f"{o.flops / 1e6:.3g}",
+                f"{o.time_ms:.4f}",
+                _mb(o.working_set),
             )
         console.print(ops)
     for note in est.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")

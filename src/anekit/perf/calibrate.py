@@ -197,7 +197,11 @@ def _print_table(report: list[CalibrationRow]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Never hard-wrapped when redirected: soft_wrap keeps printed lines whole, and off a terminal the
+    # table is laid out wide (one line per row) instead of folded at rich's default 80 columns.
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 10_000
     table = Table(title="anekit cost model: published vs predicted")
     for col in ("dataset", "chip", "config", "published", "predicted", "error", "fitted"):
         table.add_column(col)
