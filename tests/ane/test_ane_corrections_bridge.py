@@ -131,3 +131,25 @@ def test_two_live_models_of_one_program_share_its_directory_until_the_last_close
     np.testing.assert_array_equal(b(x=x)["y"], reference_compile(prog)(x=x)["y"])
     b.close()
     assert not directory.exists() and program_dirs(fw.tmp) == []
+
+
+def test_doctor_reports_the_loaded_program_budget_as_structured_data(real_bridge):
+    """`anekit doctor` (and `--json`) says what the cap is and what anekit does about it (§10.1)."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from anekit.backends.ane.doctor import doctor_report
+
+    bridge, fw = real_bridge
+    out = io.StringIO()
+    data = doctor_report(Console(file=out, width=200), bridge=bridge)
+    json.dumps(data)  # plain values only
+    assert data["missing"] == [] and data["smoke_test"]["ok"]  # the stand-in computes with NumPy
+    budget = data["loaded_programs"]
+    assert budget["engine_program_cap"] == 128 and budget["loaded_program_budget"] == 120
+    assert budget["compiles"] == 1 and budget["loaded"] == 0  # the smoke test's program was unloaded
+    text = out.getvalue()
+    assert "loaded-program budget: 120 of the engine's 128 programs per process" in text
+    assert "least recently used" in text and "§10.1" in text and "smoke test" in text

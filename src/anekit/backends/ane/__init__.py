@@ -25,7 +25,7 @@ from .selectors import FRAMEWORK as FRAMEWORK_BUNDLE
 #: ane-private-api.md §1.1 step 1.
 FRAMEWORK = FRAMEWORK_BUNDLE + "/AppleNeuralEngine"
 
-__all__ = ["ANEError", "FRAMEWORK", "availability", "compile", "doctor_report"]
+__all__ = ["ANEError", "FRAMEWORK", "availability", "compile", "doctor_report", "loaded_program_report"]
 
 _probe_result: tuple[bool, str] | None = None
 
@@ -66,8 +66,17 @@ def compile(source, **options):
     return compile_model(source, **options)
 
 
-def doctor_report(console) -> None:
-    """`anekit doctor` on a Mac: chip, OS, ANE device info, classes/selectors, smoke test."""
+def doctor_report(console=None) -> dict:
+    """`anekit doctor` on a Mac: chip, OS, ANE device info, classes/selectors, the loaded-program
+    budget (ane-private-api.md §10.1), smoke test. Returns it as plain JSON-ready values (for
+    `--json`) and prints it when a console is given."""
     from .doctor import doctor_report as report
 
-    report(console)
+    return report(console)
+
+
+def loaded_program_report() -> dict:
+    """The loaded-program budget and this process's counts, on any machine (no engine needed)."""
+    from .runtime import loaded_program_report as report
+
+    return report()

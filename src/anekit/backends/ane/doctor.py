@@ -111,20 +111,55 @@ def smoke_test(compile_fn: Callable[[Any], Any], seed: int = 0) -> SmokeResult:
     return SmokeResult(ok, err, compile_s, eval_s, getattr(last, "hw_ns", None), detail)
 
 
-def doctor_report(console: Any) -> None:
-    """Print the Mac-only part of `anekit doctor`."""
+def _smoke_dict(result: SmokeResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "detail": result.detail,
+        "max_abs_err": None if result.max_abs_err != result.max_abs_err else result.max_abs_err,  # NaN
+        "compile_load_ms": round(result.compile_s * 1e3, 3),
+        "first_eval_ms": round(result.eval_s * 1e3, 3),
+        "hw_execution_time_ns": result.hw_ns,
+    }
+
+
+def doctor_data(bridge: Any = None, smoke: bool = True) -> dict[str, Any]:
+    """Everything the Mac-only part of `anekit doctor` reports, as plain JSON-ready values:
+    machine, `_ANEDeviceInfo`, every class/selector probed and what is missing, the
+    loaded-program budget (ane-private-api.md §10.1) with this process's counts, and the smoke
+    test. `bridge` defaults to the real one (tests pass the stand-in)."""
+    from .runtime import compile_model, loaded_program_report
+
+    if bridge is None:
+        from . import bridge
+    found = bridge.probe()
+    data: dict[str, Any] = {
+        "machine": machine_info(),
+        "framework_loaded": found.loaded,
+        "device_info": bridge.device_info() if found.loaded and found.classes.get("_ANEDeviceInfo") else None,
+        "classes": dict(found.classes),
+        "selectors": [
+            {"class": cls, "selector": f"{'+' if kind == 'class' else '-'}{sel}", "found": present}
+            for (cls, kind, sel), present in found.selectors.items()
+        ],
+        "missing": found.missing,
+        "smoke_test": None,
+    }
+    if smoke and not found.missing:
+        data["smoke_test"] = _smoke_dict(smoke_test(lambda p: compile_model(p, cache=False)))
+    data["loaded_programs"] = loaded_program_report()  # after the smoke test: its counts included
+    return data
+
+
+def print_doctor(console: Any, data: dict[str, Any]) -> None:
+    """`doctor_data` as tables on a rich console."""
     from rich.table import Table
 
-    from . import bridge
-    from .runtime import compile_model
-
-    info = machine_info()
+    info = data["machine"]
     table = Table(title="Neural Engine", show_header=False)
     for key in ("chip", "macos", "macos_build"):
         table.add_row(key, info.get(key, "?"))
-    found = bridge.probe()
-    if found.loaded and found.classes.get("_ANEDeviceInfo"):
-        for key, value in bridge.device_info().items():
+    if data["device_info"] is not None:
+        for key, value in data["device_info"].items():
             table.add_row(f"_ANEDeviceInfo.{key}", value)
     else:
         table.add_row("_ANEDeviceInfo", "not present")
@@ -134,22 +169,42 @@ def doctor_report(console: Any) -> None:
     sel.add_column("class")
     sel.add_column("selector")
     sel.add_column("found")
-    for cls, present in found.classes.items():
+    for cls, present in data["classes"].items():
         sel.add_row(cls, "(class)", "[green]yes[/]" if present else "[red]no[/]")
-    for (cls, kind, name), present in found.selectors.items():
-        sel.add_row(
-            cls, f"{'+' if kind == 'class' else '-'}{name}", "[green]yes[/]" if present else "[red]no[/]"
-        )
+    for row in data["selectors"]:
+        sel.add_row(row["class"], row["selector"], "[green]yes[/]" if row["found"] else "[red]no[/]")
     console.print(sel)
-    if found.missing:
-        console.print("[red]missing:[/] " + ", ".join(found.missing))
-        return
 
-    result = smoke_test(lambda p: compile_model(p, cache=False))
-    status = "[green]pass[/]" if result.ok else "[red]FAIL[/]"
-    hw = f"{result.hw_ns} ns" if result.hw_ns is not None else "not reported by this macOS (§1.10)"
+    loaded = data["loaded_programs"]
     console.print(
-        f"smoke test (1x1 conv 32->32, S=32, fp16): {status} — {result.detail}; "
-        f"max |engine - reference| = {result.max_abs_err:.3g}; compile+load {result.compile_s * 1e3:.1f} ms; "
-        f"first eval {result.eval_s * 1e3:.2f} ms; hwExecutionTime {hw}"
+        f"loaded-program budget: {loaded['loaded_program_budget']} of the engine's "
+        f"{loaded['engine_program_cap']} programs per process (${loaded['budget_env']}; "
+        f"{loaded['source']}); now {loaded['loaded']} loaded, {loaded['in_use']} in use, "
+        f"{loaded['compiles']} compiled, {loaded['unloads']} unloaded, {loaded['reloads']} reloaded. "
+        f"Policy: {loaded['policy']}."
     )
+    if data["missing"]:
+        console.print("[red]missing:[/] " + ", ".join(data["missing"]))
+        return
+    smoke = data["smoke_test"]
+    if smoke is None:
+        return
+    status = "[green]pass[/]" if smoke["ok"] else "[red]FAIL[/]"
+    hw = smoke["hw_execution_time_ns"]
+    hw_text = f"{hw} ns" if hw is not None else "not reported by this macOS (§1.10)"
+    err = smoke["max_abs_err"]
+    console.print(
+        f"smoke test (1x1 conv 32->32, S=32, fp16): {status} — {smoke['detail']}; "
+        f"max |engine - reference| = {'n/a' if err is None else f'{err:.3g}'}; "
+        f"compile+load {smoke['compile_load_ms']:.1f} ms; first eval {smoke['first_eval_ms']:.2f} ms; "
+        f"hwExecutionTime {hw_text}"
+    )
+
+
+def doctor_report(console: Any = None, bridge: Any = None, smoke: bool = True) -> dict[str, Any]:
+    """The Mac-only part of `anekit doctor`: returns `doctor_data` (for `--json`) and prints it
+    when a console is given."""
+    data = doctor_data(bridge, smoke)
+    if console is not None:
+        print_doctor(console, data)
+    return data
