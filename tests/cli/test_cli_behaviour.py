@@ -226,6 +226,41 @@ def test_doctor_json_says_which_backend_auto_uses():
         assert "needs macOS" in doc["backends"]["ane"]["detail"] and doc["engine"] is None
 
 
+def test_doctor_states_the_loaded_program_budget():
+    doc = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert doc["loaded_programs"]["engine_program_cap"] == 128
+    if sys.platform != "darwin":
+        text = runner.invoke(app, ["doctor"]).stdout
+        assert f"up to {doc['loaded_programs']['loaded_program_budget']} of the 128" in text
+
+
+def test_doctor_on_the_engine_puts_the_engine_section_in_the_document(monkeypatch):
+    """On a Mac the engine section (backends/ane/doctor.py) returns data; --json carries it and prints
+    no table on stdout (stand-ins for the engine: this machine has none)."""
+    import anekit.backends as backends
+    import anekit.backends.ane as ane
+
+    calls = []
+
+    def engine_report(console=None, **kwargs):
+        calls.append(console)
+        if console is not None:
+            console.print("ENGINE TABLE")
+        return {"machine": {"chip": "Apple M9"}, "smoke_test": {"ok": True}}
+
+    real = backends.availability
+    monkeypatch.setattr(
+        backends, "availability", lambda name: (True, "fake") if name == "ane" else real(name)
+    )
+    monkeypatch.setattr(ane, "doctor_report", engine_report)
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["auto"] == "ane" and doc["engine"]["machine"]["chip"] == "Apple M9" and calls == [None]
+    human = runner.invoke(app, ["doctor"])
+    assert "ENGINE TABLE" in human.stdout and "runs on: ane" in human.stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # Output off a terminal is never hard-wrapped
 # ---------------------------------------------------------------------------------------------

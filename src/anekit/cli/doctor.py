@@ -41,8 +41,18 @@ def facts() -> dict[str, Any]:
     info["packages"] = {dist: _version(dist) for dist in PACKAGES}
     info["backends"] = backends
     info["auto"] = "ane" if backends["ane"]["available"] else "reference"
+    info["loaded_programs"] = _loaded_programs()
     info["engine"] = None
     return info
+
+
+def _loaded_programs() -> dict[str, Any] | None:
+    """The engine backend's loaded-program budget (backends/ane; readable on any machine)."""
+    try:
+        from ..backends.ane import loaded_program_report
+    except ImportError:
+        return None
+    return loaded_program_report()
 
 
 def doctor(
@@ -68,15 +78,18 @@ def doctor(
             table.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", b["detail"])
         console.print(table)
         console.print(f"backend 'auto' runs on: [bold]{data['auto']}[/]")
+        budget = data["loaded_programs"]
+        if budget and data["auto"] != "ane":  # on the engine its own section says this, with counts
+            console.print(
+                f"engine programs loaded at once: up to {budget['loaded_program_budget']} of the "
+                f"{budget['engine_program_cap']} the engine allows per process "
+                f"(${budget['budget_env']}); idle ones are unloaded, least recently used first"
+            )
     if data["auto"] == "ane":
         from ..backends.ane import doctor_report
-        from ..backends.ane.doctor import machine_info
 
-        # The engine section (backends/ane/doctor.py) prints its tables; with --json they go to stderr
-        # and the document carries the machine facts, plus whatever structured result it returns.
-        report = doctor_report(console)
-        data["engine"] = {"machine": machine_info()}
-        if isinstance(report, dict):
-            data["engine"].update(report)
+        # The engine section (backends/ane/doctor.py) returns its findings as data and, given a
+        # console, prints them as tables; with --json only the data is used.
+        data["engine"] = doctor_report(None if as_json else console)
     if as_json:
         print_json(data)
