@@ -68,6 +68,33 @@ CHANNEL = _f16(np.linspace(0.5, 1.5, 8))
 EPS = _f16(1e-3)
 
 
+_MASK = (np.arange(256).reshape(X) % 2).astype(types.np_uint1_dtype)
+
+
+def _lut():
+    idx = np.random.default_rng(6).integers(0, 16, X).astype(types.np_uint4_dtype)
+    return mb.constexpr_lut_to_dense(indices=idx, lut=_f16(np.linspace(-1, 1, 16).reshape(1, 1, 1, 1, 16, 1)))
+
+
+def _sparse():
+    return mb.constexpr_sparse_to_dense(nonzero_data=_f16(np.linspace(-1, 1, 128)), mask=_MASK)
+
+
+def _lut_sparse():
+    idx = np.random.default_rng(7).integers(0, 4, 128).astype(types.np_uint2_dtype)
+    lut = _f16(np.array([-1.0, -0.25, 0.5, 1.0]).reshape(1, 1, 1, 1, 4, 1))
+    mask, data = mb.constexpr_lut_to_sparse(indices_mask=_MASK, indices_nonzero_data=idx, lut=lut)
+    return mb.constexpr_sparse_to_dense(nonzero_data=data, mask=mask)
+
+
+def _shift_sparse():
+    data = np.random.default_rng(8).integers(-8, 8, 128).astype(np.int8)
+    mask, vals = mb.constexpr_sparse_blockwise_shift_scale(
+        data_mask=_MASK, nonzero_data=data, scale=_f16(np.full((1, 8, 1, 1), 0.125))
+    )
+    return mb.constexpr_sparse_to_dense(nonzero_data=vals, mask=mask)
+
+
 def unary(op: str, lo=-2.0, hi=2.0, **kw) -> Case:
     return Case(op, lambda x: getattr(mb, op)(x=x, **kw), _x(lo, hi))
 
@@ -279,9 +306,16 @@ CASES: list[Case] = [
         ),
         _x(),
     ),
+    # palettized / sparse constants (iOS18 forms): 4-bit palette, half the elements kept
+    Case("constexpr_lut_to_dense", lambda x: mb.mul(x=x, y=_lut()), _x()),
+    Case("constexpr_sparse_to_dense", lambda x: mb.add(x=x, y=_sparse()), _x()),
+    Case("constexpr_lut_to_sparse", lambda x: mb.add(x=x, y=_lut_sparse()), _x()),
+    Case("constexpr_sparse_blockwise_shift_scale", lambda x: mb.add(x=x, y=_shift_sparse()), _x()),
 ]
 
 #: Reference ops with no engine comparison, and why.
 NOT_ON_ENGINE = {
     "shape": "returns the (static) shape as int32; folded at compile time, nothing runs",
+    "range_1d": "its length follows input values, a dynamic shape (mil-text.md §5 #15); a constant one folds",
+    "lstm": "LSTM cells fall off the engine to the CPU under Core ML (mil-text.md §5 #15)",
 }

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from .interpreter import ReferenceKernel
-from .registry import NUMERICS, OPS, Numerics, OpContext, UnsupportedOp, op
+from .registry import (
+    MAX_TENSOR_BYTES,
+    NUMERICS,
+    OPS,
+    NoSuchFunction,
+    Numerics,
+    OpContext,
+    ProgramError,
+    TensorTooLarge,
+    UnsupportedOp,
+    op,
+)
 
 __all__ = [
     "ReferenceKernel",
+    "MAX_TENSOR_BYTES",
     "NUMERICS",
     "OPS",
+    "NoSuchFunction",
     "Numerics",
     "OpContext",
+    "ProgramError",
+    "TensorTooLarge",
     "UnsupportedOp",
     "op",
     "compile",
@@ -23,10 +38,13 @@ def availability() -> tuple[bool, str]:
 
 
 def compile(
-    source, function: str = "main", numerics: str = "ane", ignore_sdpa_mask: bool = False
+    source, function: str | None = None, numerics: str = "ane", ignore_sdpa_mask: bool = False
 ) -> ReferenceKernel:
     """Bind a Program (or MilModel) to the reference backend.
 
+    function: which function of a multi-function program to run; None runs the program's default
+        (`main`, or the first function of MIL text that has no `main`). An unknown name is a
+        `NoSuchFunction` error listing the functions.
     numerics: "ane" (fp16 storage, fp32 math, overflow to inf, as on the engine) or "exact" (float64).
     ignore_sdpa_mask: emulate the engine dropping scaled_dot_product_attention's mask (mil-text.md §3.11).
     """

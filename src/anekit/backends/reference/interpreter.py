@@ -3,6 +3,11 @@
 Compiling turns the program into a flat list of steps over numbered slots: constants (and every op
 whose inputs are all constant, e.g. `constexpr_*`) are evaluated once, up front, and kept in the
 compute precision, so a run does no work but the ops themselves.
+
+Nothing a program or its inputs can do escapes as a raw Python error: a failing op becomes a
+`ProgramError` naming the op and its function, or a `KernelInputError` when the op failed on sizes
+the caller chose for flexible (`?`) dims; a tensor over `MAX_TENSOR_BYTES` is refused before it is
+allocated (`TensorTooLarge`).
 """
 
 from __future__ import annotations
@@ -10,23 +15,52 @@ from __future__ import annotations
 import numpy as np
 
 from ..._coreml import types
+from ...errors import AnekitError
 from ...mil.dtypes import of_builtin
-from ..base import Kernel, TensorSpec
+from ..base import Kernel, KernelInputError, TensorSpec
 from . import ops as _ops  # noqa: F401  (fills OPS)
-from .registry import NUMERICS, OPS, VALUE_PRESERVING, OpContext, UnsupportedOp
+from .registry import (
+    MAX_TENSOR_BYTES,
+    NUMERICS,
+    OPS,
+    VALUE_PRESERVING,
+    NoSuchFunction,
+    OpContext,
+    ProgramError,
+    TensorTooLarge,
+    UnsupportedOp,
+)
+
+
+def _dims(shape) -> tuple[int | None, ...]:
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
 
 
 def var_spec(var) -> TensorSpec:
     """Name, shape and dtype of a coremltools Var, shapes with `None` for symbolic dims."""
     t = var.sym_type
     if types.is_tensor(t):
-        shape = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in t.get_shape())
-        return TensorSpec(var.name, shape, of_builtin(t.get_primitive()).name)
+        return TensorSpec(var.name, _dims(t.get_shape()), of_builtin(t.get_primitive()).name)
     if types.is_state(t):
         inner = t.wrapped_type()
-        shape = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in inner.get_shape())
-        return TensorSpec(var.name, shape, of_builtin(inner.get_primitive()).name)
+        return TensorSpec(var.name, _dims(inner.get_shape()), of_builtin(inner.get_primitive()).name)
     return TensorSpec(var.name, (), of_builtin(t).name)
+
+
+def pick_function(program, function: str | None) -> str:
+    """`function` if the program has it; None means the program's default function (`main`, or the
+    one the MIL text's parser made default, mil-text.md §1.7). Otherwise NoSuchFunction, listing them."""
+    names = list(program.functions)
+    if function is None:
+        function = getattr(program, "default_function_name", "main")
+        if function not in program.functions and len(names) == 1:
+            function = names[0]
+    if function not in program.functions:
+        raise NoSuchFunction(
+            f"the program has no function {function!r}; it has {', '.join(map(repr, names)) or 'none'} "
+            f"(choose one with function=<name>)"
+        )
+    return function
 
 
 def _only_moves_values(op) -> bool:
@@ -42,24 +76,39 @@ def _only_moves_values(op) -> bool:
     return all(var_spec(v).dtype in dtypes and len(dtypes) == 1 for v in op.outputs)
 
 
+class EmptyResult(ValueError):
+    """An op produced a tensor with no elements (turned into an anekit error naming the op)."""
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
 class ReferenceKernel(Kernel):
-    """A program compiled for the NumPy reference backend."""
+    """A program compiled for the NumPy reference backend.
+
+    function: the program function to run (None: the program's default, see `pick_function`).
+    """
 
     backend = "reference"
 
     def __init__(
-        self, program, function: str = "main", numerics: str = "ane", ignore_sdpa_mask: bool = False
+        self, program, function: str | None = None, numerics: str = "ane", ignore_sdpa_mask: bool = False
     ):
         if numerics not in NUMERICS:
-            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, not {numerics!r}")
-        if function not in program.functions:
-            raise ValueError(f"program has no function {function!r} (it has {', '.join(program.functions)})")
+            raise ProgramError(f"numerics must be one of {', '.join(NUMERICS)}, not {numerics!r}")
+        self.function = pick_function(program, function)
         self.numerics = NUMERICS[numerics]
         self.ignore_sdpa_mask = ignore_sdpa_mask
-        func = program.functions[function]
-        self.inputs = {name: var_spec(v) for name, v in func.inputs.items()}
-        self.outputs = {v.name: var_spec(v) for v in func.outputs}
-        self._compile(func)
+        func = program.functions[self.function]
+        try:
+            self.inputs = {name: var_spec(v) for name, v in func.inputs.items()}
+            self.outputs = {v.name: var_spec(v) for v in func.outputs}
+        except ValueError as e:  # a type the reference backend has no storage for
+            raise UnsupportedOp(f"function {self.function!r}: {e}") from e
+        self._input_checks(func)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            self._compile(func)
 
     # -- compile -------------------------------------------------------------------------------
     def _slot(self, var) -> int:
@@ -68,49 +117,97 @@ class ReferenceKernel(Kernel):
             self._slots[key] = len(self._slots)
         return self._slots[key]
 
+    def _where(self, op) -> str:
+        return f"op {op.name!r} ({op.op_type}, function {self.function!r})"
+
+    def _input_checks(self, func) -> None:
+        """Which input dims are flexible (and which symbol each binds), and static inputs' sizes."""
+        #: symbol -> [(input, dim)]: every place a flexible dim occurs among the inputs
+        self._flex: dict[object, list[tuple[str, int]]] = {}
+        self._flex_dims: list[tuple[str, int, object]] = []
+        for name, v in func.inputs.items():
+            t = v.sym_type.wrapped_type() if types.is_state(v.sym_type) else v.sym_type
+            shape = t.get_shape() if types.is_tensor(t) else ()
+            for i, d in enumerate(shape):
+                if not isinstance(d, (int, np.integer)):
+                    self._flex.setdefault(d, []).append((name, i))
+                    self._flex_dims.append((name, i, d))
+            self._check_static_size(f"input {name!r}", self.inputs[name])
+
+    def _check_static_size(self, what: str, spec: TensorSpec) -> bool:
+        """TensorTooLarge if `spec` has a static shape over MAX_TENSOR_BYTES; whether it is static."""
+        if None in spec.shape or spec.dtype == "string":
+            return None not in spec.shape
+        n = 1
+        for d in spec.shape:
+            n *= d
+        nbytes = n * self.numerics.storage(spec.dtype).itemsize
+        if nbytes > MAX_TENSOR_BYTES:
+            raise TensorTooLarge(
+                f"{what} has shape {_shape_text(spec.shape)} ({spec.dtype}): {nbytes / 2**30:.3g} GiB, "
+                f"over the reference backend's limit of {MAX_TENSOR_BYTES / 2**30:g} GiB per tensor "
+                f"(MAX_TENSOR_BYTES)"
+            )
+        return True
+
     def _compile(self, func) -> None:
         self._slots: dict[int, int] = {}
         self._input_slots = {name: self._slot(v) for name, v in func.inputs.items()}
         self._input_dtypes = {name: spec.dtype for name, spec in self.inputs.items()}
         consts: dict[int, object] = {}
         self._steps = []
+        self._step_ops = []  # the Operation of each step, for error messages
         for op in func.operations:
-            if op.op_type == "const":
-                consts[self._slot(op.outputs[0])] = self._const_value(op.outputs[0])
-                continue
-            impl = OPS.get(op.op_type)
-            if impl is None:
-                raise UnsupportedOp(
-                    f"the reference backend does not implement op {op.op_type!r} (op {op.name!r}); "
-                    f"it implements: {', '.join(sorted(OPS))}"
-                )
-            args = []
-            all_const = True
-            for name, value in op.inputs.items():
-                if isinstance(value, (tuple, list)):
-                    slots = tuple(self._slot(v) for v in value)
-                    all_const &= all(s in consts for s in slots)
-                    args.append((name, slots))
-                else:
-                    s = self._slot(value)
-                    all_const &= s in consts
-                    args.append((name, s))
-            outs = tuple(self._slot(v) for v in op.outputs)
-            casts = tuple(self._out_cast(v) for v in op.outputs)
-            if _only_moves_values(op):  # outputs already hold values of their dtype: no rounding
-                casts = tuple((None, shape) for _, shape in casts)
-            ctx = OpContext(self.numerics, op, self.ignore_sdpa_mask)
-            step = (impl, ctx, tuple(args), outs, casts)
+            try:
+                if op.op_type == "const":
+                    consts[self._slot(op.outputs[0])] = self._const_value(op.outputs[0])
+                    continue
+                step, all_const = self._compile_op(op, consts)
+            except AnekitError as e:
+                raise self._op_failure(op, {}, e, {}) from e
+            except (ValueError, TypeError, NotImplementedError) as e:
+                raise UnsupportedOp(f"{self._where(op)}: cannot be compiled: {e}") from e
             if all_const:  # constant-fold: evaluated once, kept in compute precision
                 env = dict(consts)
-                self._exec(step, env)
-                for s in outs:
+                try:
+                    self._exec(step, env)
+                except Exception as e:  # noqa: BLE001 - every failure becomes an anekit error
+                    raise self._op_failure(op, env, e, {}) from e
+                for s in step[3]:
                     consts[s] = env[s]
             else:
                 self._steps.append(step)
+                self._step_ops.append(op)
         self._consts = consts
         self._n_slots = len(self._slots)
         self._output_slots = {v.name: self._slot(v) for v in func.outputs}
+
+    def _compile_op(self, op, consts) -> tuple[tuple, bool]:
+        impl = OPS.get(op.op_type)
+        if impl is None:
+            raise UnsupportedOp(
+                f"the reference backend does not implement op {op.op_type!r} (op {op.name!r}); "
+                f"it implements: {', '.join(sorted(OPS))}"
+            )
+        args = []
+        all_const = True
+        for name, value in op.inputs.items():
+            if isinstance(value, (tuple, list)):
+                slots = tuple(self._slot(v) for v in value)
+                all_const &= all(s in consts for s in slots)
+                args.append((name, slots))
+            else:
+                s = self._slot(value)
+                all_const &= s in consts
+                args.append((name, s))
+        outs = tuple(self._slot(v) for v in op.outputs)
+        specs = [var_spec(v) for v in op.outputs]
+        static = all([self._check_static_size(f"its output {s.name!r}", s) for s in specs])
+        casts = tuple((s.dtype, s.shape) for s in specs)
+        if _only_moves_values(op):  # outputs already hold values of their dtype: no rounding
+            casts = tuple((None, shape) for _, shape in casts)
+        ctx = OpContext(self.numerics, op, self.ignore_sdpa_mask, sizes_checked=static)
+        return (impl, ctx, tuple(args), outs, casts), all_const
 
     def _const_value(self, var):
         val = var.val
@@ -118,9 +215,52 @@ class ReferenceKernel(Kernel):
             return val
         return self.numerics.store(val, var_spec(var).dtype)
 
-    def _out_cast(self, var):
-        spec = var_spec(var)
-        return spec.dtype, spec.shape
+    # -- errors --------------------------------------------------------------------------------
+    def _operands(self, op, env) -> tuple[list[str], list[str]]:
+        """Each tensor operand as `name (shape)`, and where its flexible dims come from."""
+        described, flexible = [], []
+        for name, value in op.inputs.items():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                slot = self._slots.get(id(v))
+                got = env.get(slot) if slot is not None else None
+                if not isinstance(got, np.ndarray) or got.ndim == 0:
+                    continue
+                described.append(f"{name}={v.name} {_shape_text(got.shape)}")
+                t = v.sym_type
+                if not types.is_tensor(t):
+                    continue
+                for i, d in enumerate(t.get_shape()):
+                    if isinstance(d, (int, np.integer)):
+                        continue
+                    size = got.shape[i] if i < got.ndim else "?"
+                    src = " = ".join(f"input {n!r} dim {k}" for n, k in self._flex.get(d, ())) or "flexible"
+                    flexible.append(f"{name} dim {i} ({size}) is {src}")
+        return described, flexible
+
+    def _op_failure(self, op, env, e: BaseException, given: dict[str, tuple]) -> AnekitError:
+        """The anekit error for `e`, raised by `op`'s step: names the op, its function and operands
+        (`given`: the shapes of the inputs of the run)."""
+        where = self._where(op)
+        if isinstance(e, AnekitError):
+            try:
+                return type(e)(f"{where}: {e}")
+            except TypeError:  # an error class whose constructor takes more than a message
+                return ProgramError(f"{where}: {type(e).__name__}: {e}")
+        if isinstance(e, MemoryError):
+            return TensorTooLarge(f"{where}: ran out of memory building its result ({e or 'MemoryError'})")
+        described, flexible = self._operands(op, env)
+        operands = f" (operands: {', '.join(described)})" if described else ""
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if isinstance(e, EmptyResult):
+            detail = str(e)
+        if flexible:
+            shapes = ", ".join(f"{n!r} {_shape_text(s)}" for n, s in given.items())
+            return KernelInputError(
+                f"{where} cannot run on the sizes given for the flexible (?) input dims: {detail}. "
+                f"{'; '.join(flexible)}{operands}. Inputs given: {shapes}. Flexible dims that meet in one "
+                f"op must agree (or be 1 where the op broadcasts)"
+            )
+        return ProgramError(f"{where}{': ' if isinstance(e, EmptyResult) else ' failed: '}{detail}{operands}")
 
     # -- run -----------------------------------------------------------------------------------
     @staticmethod
@@ -133,26 +273,70 @@ class ReferenceKernel(Kernel):
         if len(outs) == 1:
             result = (result,)
         elif not isinstance(result, (tuple, list)) or len(result) != len(outs):
-            raise RuntimeError(f"reference op {ctx.op.op_type!r} returned the wrong number of outputs")
+            raise ProgramError("the reference implementation returned the wrong number of outputs")
         store = ctx.numerics.store
         for s, value, (dt, shape) in zip(outs, result, casts):
             value = np.asarray(value) if dt is None else store(value, dt)
             if len(value.shape) != len(shape) or any(
                 d is not None and d != g for d, g in zip(shape, value.shape)
             ):
-                raise RuntimeError(
-                    f"reference op {ctx.op.op_type!r} ({ctx.op.name!r}) produced shape {value.shape}, "
-                    f"the program declares {shape}"
+                raise ProgramError(
+                    f"produced shape {_shape_text(value.shape)}, the program declares "
+                    f"{_shape_text('?' if d is None else d for d in shape)}"
+                )
+            if not value.size and value.ndim:
+                raise EmptyResult(
+                    f"produced an empty tensor, shape {_shape_text(value.shape)}; the reference backend, "
+                    f"like the engine, runs no empty tensors"
                 )
             env[s] = value
 
+    def _check_sizes(self, inputs: dict[str, np.ndarray]) -> None:
+        """No empty input; every flexible dim shared by several inputs bound to one size."""
+        for name, arr in inputs.items():
+            shape = np.shape(arr)
+            if 0 in shape:
+                raise KernelInputError(
+                    f"input {name!r} has size 0 in dim {shape.index(0)} (shape {_shape_text(shape)}); the "
+                    f"reference backend, like the engine, runs no empty tensors: give every dim at least 1"
+                )
+        seen: dict[object, tuple[str, int, int]] = {}
+        for name, i, sym in self._flex_dims:
+            shape = np.shape(inputs[name])
+            if i >= len(shape):
+                raise KernelInputError(
+                    f"input {name!r} has shape {_shape_text(shape)}, expected {self.inputs[name]}"
+                )
+            size = shape[i]
+            first = seen.setdefault(sym, (name, i, size))
+            if first[2] != size:
+                raise KernelInputError(
+                    f"input {name!r} dim {i} has size {size} but input {first[0]!r} dim {first[1]} has size "
+                    f"{first[2]}: the program declares them as one flexible dim ({sym}), so they must agree"
+                )
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._input_slots if n not in inputs]
+        if missing:
+            raise KernelInputError(
+                f"missing input(s): {', '.join(missing)} (the kernel takes {', '.join(self.inputs)})"
+            )
+        self._check_sizes(inputs)
         env: dict[int, object] = dict(self._consts)
         for name, slot in self._input_slots.items():
-            env[slot] = self.numerics.store(inputs[name], self._input_dtypes[name])
+            try:
+                env[slot] = self.numerics.store(inputs[name], self._input_dtypes[name])
+            except (ValueError, TypeError) as e:
+                what = self._input_dtypes[name]
+                raise KernelInputError(f"input {name!r} cannot be read as {what}: {e}") from e
+        step = None
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for step in self._steps:
-                self._exec(step, env)
+            try:
+                for step in self._steps:
+                    self._exec(step, env)
+            except Exception as e:  # noqa: BLE001 - every failure becomes an anekit error
+                op = next(o for s, o in zip(self._steps, self._step_ops) if s is step)
+                raise self._op_failure(op, env, e, {n: np.shape(a) for n, a in inputs.items()}) from e
         return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
 
     def _finish(self, name: str, value) -> np.ndarray:

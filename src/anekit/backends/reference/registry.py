@@ -7,6 +7,10 @@ not bind are simply absent, so the Python default applies. It returns one array,
 multi-output ops (`split`). The interpreter casts each result to the declared output dtype under
 the active numerics (fp16 rounding for "ane"), so an implementation only has to compute in
 `ctx.float` precision: call `ctx.f(x)` on every float operand.
+
+An implementation may raise any exception on bad operands (the interpreter turns it into an anekit
+error naming the op); before allocating a tensor whose size comes from operand *values* or flexible
+dims (a range, a tile, a pad, a broadcast), it calls `ctx.check_size(shape)`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import numpy as np
 
 from ...errors import AnekitError
 from .fp16 import from_half, round_fp16, to_half
+
+#: The largest tensor, in bytes of its storage while a program runs, the reference backend will
+#: hold: 4 GiB, twice the ~2 GB at which a whole Core ML weight file already fails to load
+#: (mil-text.md §2.7), so no tensor of a real model comes near it, while a program (or a mutated
+#: shape) asking for terabytes is refused with a message instead of attempted.
+MAX_TENSOR_BYTES = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class OpContext:
     numerics: Numerics
     op: object  #: the coremltools Operation (for output types, op name in errors)
     ignore_sdpa_mask: bool = False
+    #: every output shape is static and was checked against MAX_TENSOR_BYTES when compiled
+    sizes_checked: bool = False
 
     @property
     def float(self) -> type:
@@ -82,6 +94,22 @@ class OpContext:
     def f(self, x) -> np.ndarray:
         """`x` as an array in the compute float dtype (no copy when it already is)."""
         return np.asarray(x, dtype=self.numerics.float)
+
+    def check_size(self, shape, what: str = "a result") -> None:
+        """Refuse (TensorTooLarge) to build a tensor of `shape` in compute precision that would exceed
+        MAX_TENSOR_BYTES. Free when the op's output shapes were static (checked at compile time)."""
+        if self.sizes_checked:
+            return
+        n = 1
+        for d in shape:
+            n *= int(d)
+        itemsize = np.dtype(self.numerics.float).itemsize
+        if n * itemsize > MAX_TENSOR_BYTES:
+            raise TensorTooLarge(
+                f"{what} of shape {tuple(int(d) for d in shape)} would take {n * itemsize / 2**30:.3g} GiB, "
+                f"over the reference backend's limit of {MAX_TENSOR_BYTES / 2**30:g} GiB per tensor "
+                f"(MAX_TENSOR_BYTES)"
+            )
 
     def out_dtype(self, i: int = 0) -> str:
         """MIL dtype name of output `i` as the program declares it."""
@@ -96,7 +124,7 @@ class OpContext:
 #: input and output dtypes agree (the interpreter skips it; a measurable share of a kernel's time).
 VALUE_PRESERVING = frozenset(
     "reshape transpose slice_by_size slice_by_index concat split stack expand_dims squeeze tile identity "
-    "gather gather_along_axis pad band_part select".split()
+    "gather gather_along_axis pad band_part select constexpr_lut_to_dense constexpr_sparse_to_dense".split()
 )
 
 OpImpl = Callable[..., object]
@@ -117,4 +145,19 @@ def op(*names: str) -> Callable[[OpImpl], OpImpl]:
 
 
 class UnsupportedOp(AnekitError, NotImplementedError):
-    """The reference backend has no implementation of an op used by the program."""
+    """The reference backend has no implementation of an op used by the program (or of the form of
+    it the program uses)."""
+
+
+class ProgramError(AnekitError, ValueError):
+    """A program the reference backend cannot run as written: an op failed on its operands, a value
+    is out of the op's domain, the requested function does not exist. The message names the op (its
+    name, type and function) or the function."""
+
+
+class NoSuchFunction(ProgramError):
+    """The program has no function of the requested name; the message lists the ones it has."""
+
+
+class TensorTooLarge(ProgramError):
+    """An op would build a tensor larger than MAX_TENSOR_BYTES; refused before it is allocated."""

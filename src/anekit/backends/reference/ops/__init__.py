@@ -1,3 +1,3 @@
 """Importing this package fills `registry.OPS`; each module holds one family of ops."""
 
-from . import elementwise, nn, quant, tensor  # noqa: F401
+from . import elementwise, nn, quant, recurrent, tensor  # noqa: F401

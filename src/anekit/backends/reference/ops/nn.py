@@ -112,6 +112,10 @@ def conv(
     d = _ints(dilations, nsp, 1)
     xf = ctx.f(x)
     pads = conv_pads(pad_type, pad, xf.shape[2:], kernel, s, d)
+    if not ctx.sizes_checked:  # flexible dims: the padded input and the output could be huge
+        padded = [n + a + b for n, (a, b) in zip(xf.shape[2:], pads)]
+        ctx.check_size(xf.shape[:2] + tuple(padded), "the padded conv input")
+        ctx.check_size((xf.shape[0], w.shape[0], *padded), "the conv result")
     if any(p for pair in pads for p in pair):
         xf = np.pad(xf, [(0, 0), (0, 0), *pads])
     y = _conv_general(xf, w, s, d, g)
@@ -145,6 +149,8 @@ def matmul(
         a = np.swapaxes(a, -1, -2)
     if bool(transpose_y):
         b = np.swapaxes(b, -1, -2)
+    if not ctx.sizes_checked and a.ndim >= 2 and b.ndim >= 2:  # flexible batch dims may broadcast
+        ctx.check_size(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
     return np.matmul(a, b)
 
 
@@ -266,6 +272,9 @@ def scaled_dot_product_attention(
     """softmax(Q K^T / sqrt(E) + mask) V. A bool mask: True attends, False is -inf; a float mask is
     added. With `ctx.ignore_sdpa_mask` the mask is dropped, as the engine reportedly does (§5 #7)."""
     q, k, v = ctx.f(query), ctx.f(key), ctx.f(value)
+    if not ctx.sizes_checked:  # the scores are [..., L_q, L_k]: flexible lengths could make it huge
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        ctx.check_size(batch + (q.shape[-2], k.shape[-2]), "the attention scores")
     s = np.matmul(q, np.swapaxes(k, -1, -2))
     s /= math.sqrt(q.shape[-1])
     if attn_mask is not None and not ctx.ignore_sdpa_mask:

@@ -6,6 +6,7 @@ back as views. No op here writes into an input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -43,6 +44,26 @@ def identity(ctx: OpContext, x: Array) -> Array:
 @op("shape")
 def shape(ctx: OpContext, x: Array) -> Array:
     return np.array(x.shape, dtype=np.int32)
+
+
+@op("range_1d")
+def range_1d(ctx: OpContext, start: Array, end: Array, step: Array) -> Array:
+    """NumPy's arange: start, start + step, ... while short of `end` (exclusive); ceil((end - start)
+    / step) elements, none if that is not positive (iOS15 `range_1d`, its value_inference)."""
+    values = [np.asarray(v) for v in (start, end, step)]
+    for name, v in zip(("start", "end", "step"), values):
+        if v.size != 1:
+            raise ValueError(f"range_1d {name} must be a scalar, got shape {v.shape}")
+    lo, hi, inc = (v.reshape(()) for v in values)
+    if inc == 0:
+        raise ValueError("range_1d step is 0: the sequence would never reach end")
+    if lo.dtype.kind == "f" or hi.dtype.kind == "f" or inc.dtype.kind == "f":
+        lo, hi, inc = (ctx.f(v) for v in (lo, hi, inc))
+        if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(inc)):
+            raise ValueError(f"range_1d needs finite start, end and step, got {lo}, {hi}, {inc}")
+    n = max(0, math.ceil((float(hi) - float(lo)) / float(inc)))
+    ctx.check_size((n,), "the range")
+    return np.arange(lo, hi, inc)
 
 
 # -- shape ops (mil-text.md §3.9) ----------------------------------------------------------------
@@ -169,7 +190,13 @@ def stack(ctx: OpContext, values: tuple[Array, ...], axis: Array) -> Array:
 
 @op("tile")
 def tile(ctx: OpContext, x: Array, reps: Array) -> Array:
-    return np.tile(x, _ints(reps))
+    r = _ints(reps)
+    if any(v < 0 for v in r):
+        raise ValueError(f"tile reps must not be negative, got {r}")
+    n = max(len(r), x.ndim)
+    dims = [1] * (n - x.ndim) + list(x.shape)
+    ctx.check_size([d * v for d, v in zip(dims, [1] * (n - len(r)) + r)], "the tiled result")
+    return np.tile(x, r)
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
@@ -182,7 +209,10 @@ def pad(
     """Pads the last len(pad)/2 dims; (pad[2k], pad[2k+1]) is (before, after) of dim rank-N+k."""
     p = _ints(pad)
     n = len(p) // 2
+    if len(p) % 2 or n > x.ndim:
+        raise ValueError(f"pad needs 2 entries for each of at most {x.ndim} dims, got {len(p)}")
     widths = [(0, 0)] * (x.ndim - n) + [(p[2 * k], p[2 * k + 1]) for k in range(n)]
+    ctx.check_size([d + a + b for d, (a, b) in zip(x.shape, widths)], "the padded result")
     if mode not in _PAD_MODES:
         raise ValueError(f"pad mode must be one of {', '.join(_PAD_MODES)}, not {mode!r}")
     if mode == "constant":
@@ -223,6 +253,7 @@ def gather(
     b = int(batch_dims)
     idx = np.asarray(indices).astype(np.intp, copy=False)
     _check_indices(idx, x.shape[a])
+    ctx.check_size(x.shape[:a] + idx.shape[b:] + x.shape[a + 1 :], "the gathered result")
     if b == 0:
         return np.take(x, idx, axis=a)
     batch = x.shape[:b]
@@ -244,6 +275,8 @@ def gather_along_axis(
 
 @op("select")
 def select(ctx: OpContext, cond: Array, a: Array, b: Array) -> Array:
+    if not ctx.sizes_checked:
+        ctx.check_size(np.broadcast_shapes(np.shape(cond), a.shape, b.shape), "the selected result")
     return np.where(cond, a, b)
 
 
