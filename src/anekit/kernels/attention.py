@@ -23,6 +23,8 @@ Numerics and engine constraints:
 - the causal mask is an additive constant of finite -65504 (mil-text.md §5 #17), applied with
   `matmul` + `add` + `softmax`, never `scaled_dot_product_attention`, whose mask the engine
   ignores (mil-text.md §5 #7);
+- the RoPE tables are fp16 constants by default (`const_precision`), never an fp32 const
+  followed by `cast`, which M1/M2 engines cannot run (ane-private-api.md §1.8, PR #6);
 - RoPE pairs are interleaved (§3.4 "RoPE"); the pair swap splits the channel axis, never the
   innermost (token) axis, so every innermost dim stays the token count;
 - the 1/√head_dim softmax scale is folded into q's RoPE tables: `q_rope` comes out pre-scaled,
@@ -45,6 +47,7 @@ import numpy as np
 
 from .._coreml import mb
 from .common import (
+    DEFAULT_CONST_PRECISION,
     MASK_VALUE,
     KernelSpec,
     TransformerShape,
@@ -190,7 +193,10 @@ def _probs(qh, kh, mask, dm: _Dims, name: str):
 
 
 def attention_forward(
-    cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = None, const_precision: str = "fp32"
+    cfg: TransformerShape,
+    n_seq: int = 1,
+    seq_len: int | None = None,
+    const_precision: str = DEFAULT_CONST_PRECISION,
 ) -> KernelSpec:
     """Attention block forward on RMS-normed activations (see the module docstring).
 
@@ -249,7 +255,10 @@ def _backward_input_layout(dm: _Dims) -> Layout:
 
 
 def attention_backward(
-    cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = None, const_precision: str = "fp32"
+    cfg: TransformerShape,
+    n_seq: int = 1,
+    seq_len: int | None = None,
+    const_precision: str = DEFAULT_CONST_PRECISION,
 ) -> KernelSpec:
     """Attention block input gradient (see the module docstring).
 

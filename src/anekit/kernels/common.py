@@ -27,6 +27,7 @@ from .layout import Layout
 __all__ = [
     "MASK_VALUE",
     "CONST_PRECISIONS",
+    "DEFAULT_CONST_PRECISION",
     "KernelSpec",
     "TransformerShape",
     "build_program",
@@ -35,15 +36,17 @@ __all__ = [
     "float_const",
     "rmsnorm",
     "matmul_flops",
+    "ops_shadowing_inputs",
 ]
 
 #: Additive causal-mask value: the most negative finite fp16 (mil-text.md §5 #17; never -inf).
 MASK_VALUE = -65504.0
-#: How float constant tables are baked: "fp32" (an fp32 const `cast` to fp16 in the graph: the
-#: engine rounds it to fp16 as it computes, and exact reference numerics see fp32-accurate
-#: tables) or "fp16" (baked as fp16; for M1/M2, whose engines cannot run `cast`,
-#: ane-private-api.md §1.8).
-CONST_PRECISIONS = ("fp32", "fp16")
+#: How float constant tables are baked. "fp16" (the default): baked as fp16 constants, which every
+#: chip runs. "fp32": an fp32 const `cast` to fp16 in the graph, which M1/M2 engines cannot run
+#: (`cast` fails to compile there, ane-private-api.md §1.8, PR #6); only the float64 "exact"
+#: reference oracle has a use for it (fp32-accurate tables), never a program meant for the engine.
+CONST_PRECISIONS = ("fp16", "fp32")
+DEFAULT_CONST_PRECISION = "fp16"
 _OPSET = ct.target.iOS18  # `func main<ios18>`, the dialect of ane-private-api.md §3.1
 _BUILD_LOCK = threading.Lock()
 
@@ -92,12 +95,17 @@ class KernelSpec:
         return dumps(self.program).text
 
 
-def float_const(value: np.ndarray, name: str, precision: str = "fp32"):
-    """An fp16-typed constant tensor (see `CONST_PRECISIONS`)."""
+def float_const(value: np.ndarray, name: str, precision: str = DEFAULT_CONST_PRECISION):
+    """An fp16-typed constant tensor (see `CONST_PRECISIONS`).
+
+    fp16 values are rounded through fp32 (float64 -> fp32 -> fp16), i.e. exactly what the fp32
+    const + `cast` of the "fp32" form holds after the cast, so programs under the engine's
+    numerics compute the same bits either way; only the fp32 const -> cast pair, which M1/M2
+    cannot run (ane-private-api.md §1.8), is gone."""
     if precision not in CONST_PRECISIONS:
         raise ValueError(f"const precision must be one of {', '.join(CONST_PRECISIONS)}, not {precision!r}")
     if precision == "fp16":
-        return mb.const(val=np.asarray(value, dtype=np.float16), name=name)
+        return mb.const(val=np.asarray(value, dtype=np.float32).astype(np.float16), name=name)
     c = mb.const(val=np.asarray(value, dtype=np.float32), name=name + "_fp32")
     return mb.cast(x=c, dtype="fp16", name=name)
 
@@ -110,7 +118,10 @@ def input_block(x, layout: Layout, segment: str, shape: Sequence[int] | None = N
     block = mb.slice_by_size(
         x=x, begin=[0, seg.channels[0], 0, seg.columns[0]], size=[1, rows, 1, cols], name=f"{segment}_slice"
     )
-    return mb.reshape(x=block, shape=list(shape or [1, 1, rows, cols]), name=segment)
+    # The op is named after its segment, except when that is the function input's own name: an
+    # op output must never redefine an input (MIL binds values by variable name, mil-text.md §1.1).
+    name = segment if segment != x.name else f"{segment}_block"
+    return mb.reshape(x=block, shape=list(shape or [1, 1, rows, cols]), name=name)
 
 
 def matmul_block(block, act, transpose_block: bool, name: str):
@@ -179,7 +190,23 @@ def _build(input_layout: Layout, output_layout: Layout, body: Callable) -> Progr
         func.set_outputs([out])
     program = Program()
     program.add_function("main", func)
+    clashes = ops_shadowing_inputs(program)
+    if clashes:
+        raise ValueError(f"kernel ops named like a function input: {', '.join(clashes)}")
     return program
+
+
+def ops_shadowing_inputs(program: Program) -> list[str]:
+    """`function/op` for every op whose name or output variable is the name of an input of its
+    function: the text would define that variable twice (mil-text.md §1.1: values bind by name)."""
+    found = []
+    for fname, fn in program.functions.items():
+        inputs = set(fn.inputs)
+        for op in fn.operations:
+            names = {op.name} | {v.name for v in op.outputs}
+            for clash in sorted(names & inputs):
+                found.append(f"{fname}/{op.op_type} {clash!r}")
+    return found
 
 
 def matmul_flops(program: Program) -> int:

@@ -80,6 +80,10 @@ class _Saved:
     __slots__ = ("x", "rrms1", "xn1", "attn", "x2", "rrms2", "xn2", "ffn")
 
 
+def _is_exact(kernel) -> bool:
+    return getattr(getattr(kernel, "numerics", None), "name", None) == "exact"
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -88,7 +92,8 @@ class ModelRunner:
     numerics="exact"`); or pass `compile`, a function program -> Kernel. seqs_per_call: sequences
     per kernel call (must divide batch_size; default all). dtype: CPU float type (default float64
     under exact reference numerics, else float32). const_precision: how the kernels bake their
-    RoPE tables (`anekit.kernels.common.CONST_PRECISIONS`). vocab_chunk: classifier rows per chunk.
+    RoPE tables (`anekit.kernels.common.CONST_PRECISIONS`; default fp16, fp32 under exact
+    reference numerics). vocab_chunk: classifier rows per chunk.
     blas_threads: BLAS threads per calling thread during a step (`anekit.train.blas`; the step
     already runs two threads, kernels and dW; None leaves BLAS alone).
 
@@ -105,7 +110,7 @@ class ModelRunner:
         compile: Callable | None = None,
         seqs_per_call: int | None = None,
         dtype=None,
-        const_precision: str = "fp32",
+        const_precision: str | None = None,
         vocab_chunk: int = 8192,
         blas_threads: int | None = 1,
         **options,
@@ -126,19 +131,25 @@ class ModelRunner:
                 return anekit_compile(program, backend=backend, **options)
 
         n, s = self.n_seq, self.padded_len
+        ffn = {"ffn_forward": ffn_forward(config, n, s), "ffn_backward": ffn_backward(config, n, s)}
+        kernels = {name: compile(spec.program) for name, spec in ffn.items()}
+        # RoPE tables are fp16 constants unless asked otherwise: M1/M2 engines cannot run the fp32
+        # const + cast form (ane-private-api.md §1.8). Only the float64 "exact" reference oracle
+        # (seen on the FFN kernels, which bake no tables) keeps fp32 tables.
+        if const_precision is None:
+            const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
         self.specs: dict[str, KernelSpec] = {
             "attention_forward": attention_forward(config, n, s, const_precision),
-            "ffn_forward": ffn_forward(config, n, s),
-            "ffn_backward": ffn_backward(config, n, s),
+            **ffn,
             "attention_backward": attention_backward(config, n, s, const_precision),
         }
-        self.kernels = {name: compile(spec.program) for name, spec in self.specs.items()}
+        self.kernels = {
+            n: kernels[n] if n in kernels else compile(spec.program) for n, spec in self.specs.items()
+        }
         # Exact reference numerics keep every fp16-typed value in float64, inputs included: the
         # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
         # takes, fp16; the CPU side follows (float64 / float32) unless `dtype` says otherwise.
-        exact = all(
-            getattr(getattr(k, "numerics", None), "name", None) == "exact" for k in self.kernels.values()
-        )
+        exact = all(_is_exact(k) for k in self.kernels.values())
         self.buffer_dtype = np.dtype(np.float64 if exact else np.float16)
         self.dtype = np.dtype(dtype if dtype is not None else (np.float64 if exact else np.float32))
         self.buffers = [
