@@ -55,6 +55,7 @@ def weight_relpath(path: str) -> str:
 # comments and strings are skipped as units, so a path inside either is not taken for a reference.
 _LEX = re.compile(r'//[^\n]*|"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|\S')
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+_BLOBFILE_TOKENS = 32
 
 
 def referenced_weights(text: str) -> list[str]:
@@ -68,9 +69,10 @@ def referenced_weights(text: str) -> list[str]:
     for i, tok in enumerate(tokens):
         if tok != "BLOBFILE":
             continue
-        # BLOBFILE ( [offset = uint64 ( N ) ,] path = string ( "..." ) ...
-        depth, j = 0, i + 1
-        while j < len(tokens):
+        # BLOBFILE ( [offset = uint64 ( N ) ,] path = string ( "..." ) ...: 14 tokens when well
+        # formed; looking no further keeps a text of many unclosed BLOBFILE( linear to scan.
+        depth, j, end = 0, i + 1, min(len(tokens), i + _BLOBFILE_TOKENS)
+        while j < end:
             t = tokens[j]
             depth += t == "("
             depth -= t == ")"
