@@ -153,3 +153,5 @@ def test_doctor_reports_the_loaded_program_budget_as_structured_data(real_bridge
     text = out.getvalue()
     assert "loaded-program budget: 120 of the engine's 128 programs per process" in text
     assert "least recently used" in text and "§10.1" in text and "smoke test" in text
+    entry = data["smoke_test"]["model_attributes"]["NetworkStatusList"][0]["LiveOutputList"][0]
+    assert entry["Name"] == "y@output" and "modelAttributes of the smoke-test program" in text

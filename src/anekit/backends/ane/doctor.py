@@ -145,7 +145,17 @@ def doctor_data(bridge: Any = None, smoke: bool = True) -> dict[str, Any]:
         "smoke_test": None,
     }
     if smoke and not found.missing:
-        data["smoke_test"] = _smoke_dict(smoke_test(lambda p: compile_model(p, cache=False)))
+        seen: dict[str, Any] = {}
+
+        def compile_and_keep_attributes(program: Any) -> Any:
+            kernel = compile_model(program, cache=False)
+            seen["attributes"] = getattr(kernel, "attributes", None)
+            return kernel
+
+        data["smoke_test"] = _smoke_dict(smoke_test(compile_and_keep_attributes))
+        # §10.3: what the engine says about its inputs and outputs, to compare with what anekit
+        # reads from it (names, order, NCHW, strides) on a first run
+        data["smoke_test"]["model_attributes"] = seen.get("attributes")
     data["loaded_programs"] = loaded_program_report()  # after the smoke test: its counts included
     return data
 
@@ -199,6 +209,8 @@ def print_doctor(console: Any, data: dict[str, Any]) -> None:
         f"compile+load {smoke['compile_load_ms']:.1f} ms; first eval {smoke['first_eval_ms']:.2f} ms; "
         f"hwExecutionTime {hw_text}"
     )
+    if smoke.get("model_attributes") is not None:
+        console.print("modelAttributes of the smoke-test program (§10.3):", smoke["model_attributes"])
 
 
 def doctor_report(console: Any = None, bridge: Any = None, smoke: bool = True) -> dict[str, Any]:
