@@ -654,7 +654,10 @@ def loaded_program_report() -> dict[str, Any]:
         "engine_program_cap": ENGINE_PROGRAM_CAP,
         "loaded_program_budget": budget,
         "budget_env": BUDGET_ENV,
-        "source": "ane-private-api.md §10.1: at most 128 loaded programs per process; unloading frees a slot",
+        "source": (
+            "at most 128 loaded programs per process, unloading frees a slot: MidasMulli/ane-compiler "
+            "README, sbryngelson/ANEForge docs/roadmap.md (ane-private-api.md §10.1; docs/ane-backend.md)"
+        ),
         "policy": (
             "idle programs stay loaded until room is needed, then the least recently used is unloaded "
             "(reloaded without compiling on its next use); programs in use are never unloaded; worker "
