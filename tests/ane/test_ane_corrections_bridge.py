@@ -155,3 +155,18 @@ def test_doctor_reports_the_loaded_program_budget_as_structured_data(real_bridge
     assert "least recently used" in text and "§10.1" in text and "smoke test" in text
     entry = data["smoke_test"]["model_attributes"]["NetworkStatusList"][0]["LiveOutputList"][0]
     assert entry["Name"] == "y@output" and "modelAttributes of the smoke-test program" in text
+
+
+def test_a_temp_directory_that_cannot_be_written_is_an_ane_error(real_bridge, monkeypatch):
+    from anekit.backends.ane.errors import ANEError
+
+    bridge, fw = real_bridge
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bridge, "acquire_model_dir", full)
+    model = dumps(conv_program(8))
+    with pytest.raises(ANEError, match="ANE model failed: cannot write the program's files.*No space left"):
+        bridge.compile_and_load(model.text.encode(), model.weights, 21)
+    assert fw.loaded == set()

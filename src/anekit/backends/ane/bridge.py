@@ -333,7 +333,10 @@ def compile_and_load(
     # Step 4 (§1.4): NSTemporaryDirectory()/<hex>/ with model.mil and weights/<file>.bin, held
     # (reference counted): an identical program compiled by another model shares it.
     directory = model_dir(str(NSTemporaryDirectory()), str(hex_id))
-    acquire_model_dir(directory, mil_text, weights)
+    try:
+        acquire_model_dir(directory, mil_text, weights)
+    except OSError as exc:  # disk full, permissions: say where, not a raw OSError
+        raise ANEError("model", f"cannot write the program's files into {directory}: {exc}") from exc
     engine = EngineModel(model, str(hex_id), directory)
     try:
         if perf_stats_mask is not None and _has("_ANEInMemoryModel", "instance", "setPerfStatsMask:"):
