@@ -321,3 +321,21 @@ def test_a_missing_or_damaged_checkpoint_is_an_error_not_a_traceback(trained, tm
     assert result.exit_code == 1, result.output
     assert "error:" in result.output
     no_traceback(result)
+
+
+def test_eval_and_generate_accept_the_run_directory(trained):
+    result = runner.invoke(
+        app, ["eval", str(trained), "--backend", "reference", "--max-batches", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"] == str(trained / "checkpoint")
+    assert runner.invoke(app, ["generate", str(trained), "--max-tokens", "3"]).exit_code == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (Linux)")
+def test_an_out_directory_that_cannot_be_created_is_refused_before_work(micro_config):
+    result = runner.invoke(app, train_args(micro_config, Path("/proc/anekit-run")))
+    assert result.exit_code == 1 and "--out /proc/anekit-run: cannot write there" in result.output, (
+        result.output
+    )
+    no_traceback(result)

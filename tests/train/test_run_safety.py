@@ -737,3 +737,32 @@ def test_out_is_checked_before_work(tmp_path, micro_config):
         Trainer(options(tmp_path, micro_config, out=tmp_path / "file"))
     with pytest.raises(OptionError, match="is not a directory"):
         Trainer(options(tmp_path, micro_config, out=tmp_path / "file" / "run"))
+
+
+def test_a_log_that_cannot_be_written_stops_the_run_with_a_clear_error(tmp_path, micro_config, monkeypatch):
+    from anekit.train import loop
+
+    trainer = Trainer(options(tmp_path, micro_config))
+    monkeypatch.setattr(
+        loop, "_write_log", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space"))
+    )
+    try:
+        with pytest.raises(
+            loop.RunIOError, match="No space; the run stopped at step 0; no checkpoint was saved"
+        ):
+            trainer.run()
+    finally:
+        trainer.close()
+
+
+def test_the_engine_time_per_step_is_the_cost_model_s_kernels_times_layers_and_accum():
+    from dataclasses import replace
+
+    from anekit.model.config import ModelConfig
+    from anekit.train.budget import predict_engine_step_ms
+
+    cfg = ModelConfig(**MICRO)
+    one = predict_engine_step_ms(cfg, 2, chip="m4")
+    assert one > 0
+    assert predict_engine_step_ms(replace(cfg, n_layers=4), 2, chip="m4") == pytest.approx(2 * one)
+    assert predict_engine_step_ms(cfg, 2, accum=3, chip="m4") == pytest.approx(3 * one)

@@ -101,10 +101,12 @@ def train(
 ) -> None:
     """Train a transformer with forward and input-gradient kernels on the engine, the rest on the CPU.
 
-    With no arguments: the `tiny` model on the bundled story corpus, on the ANE where available and on
-    the NumPy reference backend elsewhere, into runs/tiny. Writes OUT/checkpoint (safetensors, the
-    tokenizer, JSON state; the one before in OUT/checkpoint.prev), OUT/log.jsonl (one line per step,
-    with the validation loss where measured), OUT/loss.png, and prints a generated sample.
+    With no arguments: the tiny model on the bundled stories into runs/tiny, on the ANE where available.
+
+    Off the engine the NumPy reference backend runs the same kernels (its timings are CPU emulation).
+
+    Writes OUT/checkpoint (the one before: OUT/checkpoint.prev), OUT/log.jsonl (per step) and OUT/loss.png.
+
     Ctrl-C stops the run and prints the command that resumes it (exit status 130).
     """
     from ..train.generate import generate_text
@@ -376,6 +378,17 @@ class _closing:
 # eval and generate
 
 
+def checkpoint_dir(path: Path) -> Path:
+    """A checkpoint directory, or a run directory holding one (runs/tiny -> runs/tiny/checkpoint)."""
+    from ..train.checkpoint import STATE_FILE
+    from ..train.loop import CHECKPOINT_DIR
+
+    inner = path / CHECKPOINT_DIR
+    if not (path / STATE_FILE).exists() and (inner / STATE_FILE).is_file():
+        return inner
+    return path
+
+
 def _load(checkpoint: Path):
     from ..train.checkpoint import load_checkpoint
 
@@ -419,7 +432,9 @@ def _int_at_least(name: str, value: int, lo: int) -> None:
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. runs/tiny/checkpoint)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint directory (runs/tiny/checkpoint), or a run directory holding one (runs/tiny)."
+    ),
     data: Path = typer.Option(
         None,
         help="Data to score, the whole file: .bin tokens or text (default: the held-out 5% of the data the "
@@ -447,6 +462,7 @@ def evaluate(
     _int_at_least("--max-batches", max_batches, 0)
     if numerics not in ("ane", "exact"):
         raise fail(f"--numerics must be ane or exact, got {numerics!r}")
+    checkpoint = checkpoint_dir(checkpoint)
     config, params, _, state = _load(checkpoint)
     tok = _tokenizer_for(checkpoint, tokenizer, state)
     try:
@@ -519,7 +535,9 @@ def _run_data(checkpoint: Path, state, tok, config):
 
 
 def generate(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. runs/tiny/checkpoint)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint directory (runs/tiny/checkpoint), or a run directory holding one (runs/tiny)."
+    ),
     prompt: str = typer.Option("", help="Text to continue (default: start from BOS)."),
     max_tokens: int = typer.Option(
         120, help="Tokens to generate at most (stops at EOS or the context length)."
@@ -538,6 +556,7 @@ def generate(
         check_sampling(max_tokens, temperature, top_k, seed)
     except ValueError as e:
         raise fail(str(e)) from None
+    checkpoint = checkpoint_dir(checkpoint)
     config, params, _, state = _load(checkpoint)
     tok = _tokenizer_for(checkpoint, tokenizer, state)
     try:

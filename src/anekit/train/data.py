@@ -159,7 +159,7 @@ def load_text_file(
     tokens, text_hash = _cached_tokenize(text, tok, use_cache)
     if len(tokens) == 0:
         raise DataError(f"{p}: contains no text to train on")
-    ident = {"kind": "text", "path": str(p), "sha256": text_hash, "tokenizer": tok.identity}
+    ident = {"kind": "text", "path": os.path.abspath(p), "sha256": text_hash, "tokenizer": tok.identity}
     return TokenDataset(tokens, str(p), ident | {"n_tokens": int(len(tokens))})
 
 
@@ -193,7 +193,13 @@ def load_token_file(path: str | Path) -> TokenDataset:
         tokens = np.memmap(p, dtype="<u2", mode="r")
     except OSError as e:
         raise DataError(f"{p}: cannot memory-map token file: {e}") from None
-    ident = {"kind": "uint16", "path": str(p), "bytes": size, "n_tokens": size // 2, "sha256": _sha256(p)}
+    ident = {
+        "kind": "uint16",
+        "path": os.path.abspath(p),
+        "bytes": size,
+        "n_tokens": size // 2,
+        "sha256": _sha256(p),
+    }
     return TokenDataset(tokens, str(p), ident)
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shlex
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -63,6 +64,10 @@ class OptionError(AnekitError, ValueError):
 
 class TrainingStalled(AnekitError, RuntimeError):
     """Too many consecutive steps were skipped; the message names the last good checkpoint."""
+
+
+class RunIOError(AnekitError, OSError):
+    """The run's log could not be written; the message names the last checkpoint and how to resume."""
 
 
 class RunInterrupted(AnekitError):
@@ -329,6 +334,8 @@ class Trainer:
             check_data_path(opts.data, "--data")
         if opts.config_file is not None:
             check_data_path(opts.config_file, "--config")
+        if opts.tokenizer is not None and not Path(opts.tokenizer).exists():
+            raise OptionError(f"--tokenizer {opts.tokenizer}: no such file or directory")
         config = opts.model_config() if (opts.preset or opts.config_file or not opts.resume) else None
         self.out = opts.run_dir(config)
         _check_out_dir(self.out)
@@ -376,6 +383,7 @@ class Trainer:
             )
 
         # -- the work starts here: data, weights, kernels -----------------------------------------
+        _make_out_dir(self.out)
         self.data = load_dataset(opts.data, self.tokenizer, vocab_size=config.vocab_size)
         if info is not None:
             diff = data_differences(info.train_state.data, self.data.identity)
@@ -626,10 +634,10 @@ class Trainer:
         return final
 
     def run(self, on_step: Callable[[StepLog], None] | None = None) -> TrainResult:
-        log_path = self._open_log()
         history: list[StepLog] = []
         t0 = time.perf_counter()
         try:
+            log_path = self._open_log()
             with open(log_path, "a", encoding="utf-8") as log:
                 for step in range(self.start_step, self.opts.steps):
                     entry = self._step_logged(step, log)
@@ -639,6 +647,12 @@ class Trainer:
                     self._check_stalled(history)
                     if self.step % self.opts.save_every == 0 or self.step == self.opts.steps:
                         log_path = self._save_during_run(log_path)
+        except CheckpointWriteError:
+            raise
+        except OSError as e:  # the log: disk full, permissions, ...
+            raise RunIOError(
+                f"{e}; the run stopped at step {self.step}; {self.where()}; {self.resume_hint()}"
+            ) from e
         except KeyboardInterrupt:
             raise RunInterrupted(
                 f"interrupted after step {self.step} of {self.opts.steps}; {self.where()}; "
@@ -706,6 +720,16 @@ def _check_out_dir(out: Path) -> None:
         raise OptionError(f"--out {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OptionError(f"--out {out}: no permission to write in {probe}")
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create --out and prove it writable (permissions, read-only or pseudo file systems) before work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OptionError(f"--out {out}: cannot write there: {e}") from None
 
 
 def _check_vocab(config: ModelConfig, tokenizer, opts: TrainOptions) -> None:
