@@ -21,21 +21,19 @@ A run is never lost or poisoned:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shlex
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AnekitError
-from ..model.config import ModelConfig, preset
+from ..model.config import ModelConfig
 from .checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -49,17 +47,29 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .optim import AdamW, LossScaler, clip_by_global_norm, cosine_lr
+from .options import OptionError, TrainOptions, resume_command
+from .runlog import StepLog, plot_losses, read_log, tail_mean, write_log
+
+__all__ = [
+    "OptionError",
+    "RunInterrupted",
+    "RunIOError",
+    "StepLog",
+    "Trainer",
+    "TrainingStalled",
+    "TrainOptions",
+    "TrainResult",
+    "dataset_loss",
+    "plot_losses",
+    "read_log",
+    "resume_command",
+]
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "log.jsonl"
 PENDING_LOG_FILE = ".log.jsonl.new"  #: a run replacing another logs here until its first save
 PLOT_FILE = "loss.png"
 RUN_FILES = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".prev", LOG_FILE, PLOT_FILE)
-DEFAULT_PRESET = "tiny"
-
-
-class OptionError(AnekitError, ValueError):
-    """A training option out of range or inconsistent; the message names the option."""
 
 
 class TrainingStalled(AnekitError, RuntimeError):
@@ -74,206 +84,6 @@ class RunInterrupted(AnekitError):
     """Ctrl-C: the message says where the run stopped and the command that resumes it."""
 
     exit_code = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
-
-
-@dataclass
-class TrainOptions:
-    """Everything `anekit train` takes; the defaults train `tiny` on the bundled corpus.
-
-    `anekit.cli.train` reads its defaults from here (one place for each default)."""
-
-    preset: str | None = None  #: None: `tiny`, or on resume the checkpoint's model
-    config_file: Path | None = None
-    data: Path | None = None  #: None: the bundled stories; .bin: llama2.c tokens; else text
-    tokenizer: Path | None = None  #: None: the bundled one, or on resume the checkpoint's
-    steps: int = 400
-    batch: int = 8
-    accum: int = 1
-    lr: float = 3e-3
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    clip: float = 1.0
-    weight_decay: float = 0.1
-    backend: str = "auto"
-    numerics: str = "ane"  #: reference backend only
-    out: Path | None = None  #: None: runs/<preset or config name>
-    resume: bool = False
-    overwrite: bool = False  #: start afresh even though OUT holds a run
-    reschedule: bool = False  #: on resume, decay the LR over the new --steps
-    force: bool = False  #: start even if the memory estimate exceeds the machine's
-    seed: int = 0
-    loss_scale: float = 256.0  #: initial dynamic loss scale (ane-private-api.md §5.4 uses 256)
-    save_every: int = 100
-    eval_every: int = 100  #: validation loss every N steps and at the end (0: never)
-    eval_batches: int = 4  #: batches of the held-out slice per validation
-    max_skipped: int = 20  #: consecutive skipped steps that stop the run
-    sample_tokens: int = 80
-    init: str = "dynamic"
-
-    # -- checks that need no file ----------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise `OptionError` naming the first option out of range (before any file is touched)."""
-        _int_option("--steps", self.steps, 1, 10**9)
-        _int_option("--batch", self.batch, 1, 1 << 16)
-        _int_option("--accum", self.accum, 1, 1 << 16)
-        _float_option("--lr", self.lr, 0.0, 1.0, lo_open=True)
-        _int_option("--warmup", self.warmup, 0, 10**9)
-        _float_option("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _float_option("--clip", self.clip, 0.0, 1e9)
-        _float_option("weight_decay", self.weight_decay, 0.0, 1.0)
-        _int_option("--seed", self.seed, 0, 2**63 - 1)
-        _float_option("--loss-scale", self.loss_scale, 1.0, 2.0**64)  # a big one just backs off
-        _int_option("--save-every", self.save_every, 1, 10**9)
-        _int_option("--eval-every", self.eval_every, 0, 10**9)
-        _int_option("--eval-batches", self.eval_batches, 1, 1 << 20)
-        _int_option("--max-skipped", self.max_skipped, 1, 10**9)
-        _int_option("--sample-tokens", self.sample_tokens, 0, 1 << 20)
-        if self.numerics not in ("ane", "exact"):
-            raise OptionError(f"--numerics must be ane or exact, got {self.numerics!r}")
-        from ..model.reference import INIT_SCHEMES
-
-        if self.init not in INIT_SCHEMES:
-            raise OptionError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
-        if self.resume and self.overwrite:
-            raise OptionError("--resume and --overwrite exclude each other: continue the run, or replace it")
-        if self.reschedule and not self.resume:
-            raise OptionError("--reschedule only applies with --resume")
-        if self.preset is not None and self.config_file is not None:
-            raise OptionError("give --preset or --config, not both (a config file may name a base preset)")
-
-    def model_config(self) -> ModelConfig:
-        if self.config_file:
-            return ModelConfig.from_file(self.config_file)
-        return preset(self.preset or DEFAULT_PRESET)
-
-    def run_dir(self, config: ModelConfig | None = None) -> Path:
-        """--out, else runs/<the preset's or config's name>."""
-        if self.out is not None:
-            return Path(self.out)
-        name = self.preset or (config.name if config is not None else DEFAULT_PRESET)
-        return Path("runs") / name
-
-    def schedule(self) -> dict:
-        return {
-            "lr": self.lr,
-            "warmup": self.warmup,
-            "min_lr_ratio": self.min_lr_ratio,
-            "total_steps": self.steps,
-        }
-
-
-def _int_option(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise OptionError(f"{name} must be an integer from {lo} to {hi:,}, got {value!r}")
-
-
-def _float_option(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
-        raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
-
-
-#: CLI flags of the options a resume command repeats (the rest come from the checkpoint).
-_RESUME_FLAGS = {
-    "preset": "--preset",
-    "config_file": "--config",
-    "data": "--data",
-    "steps": "--steps",
-    "batch": "--batch",
-    "accum": "--accum",
-    "backend": "--backend",
-    "numerics": "--numerics",
-    "save_every": "--save-every",
-    "eval_every": "--eval-every",
-    "eval_batches": "--eval-batches",
-    "max_skipped": "--max-skipped",
-    "sample_tokens": "--sample-tokens",
-}
-
-
-def resume_command(opts: TrainOptions, out: Path) -> str:
-    """The `anekit train --resume ...` command that continues the run `opts` describe: the output
-    directory and every option that differs from its default and matters after the checkpoint
-    (model, data, shapes, schedule horizon, intervals); the LR schedule and the tokenizer are in
-    the checkpoint."""
-    defaults = TrainOptions()
-    parts = ["anekit", "train", "--resume", "--out", str(out)]
-    for name, flag in _RESUME_FLAGS.items():
-        value = getattr(opts, name)
-        if value is not None and value != getattr(defaults, name):
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Logs
-
-
-@dataclass
-class StepLog:
-    """One line of log.jsonl (strict JSON: non-finite numbers are written as null)."""
-
-    step: int
-    loss: float
-    lr: float
-    grad_norm: float
-    loss_scale: float
-    skipped: bool
-    tokens_per_s: float
-    ms_per_step: float
-    engine_ms: float
-    cpu_ms: float
-    val_loss: float | None = None  #: loss on the held-out slice, on the steps it is measured
-    skip_reason: str = ""  #: "non-finite gradients" or "non-finite update" when skipped
-    run: str = ""  #: the run's id: lines of a replaced run are never mixed in on resume
-
-    def to_json(self) -> str:
-        d = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
-        }
-        return json.dumps(d, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StepLog:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        for k in (
-            "loss",
-            "lr",
-            "grad_norm",
-            "loss_scale",
-            "tokens_per_s",
-            "ms_per_step",
-            "engine_ms",
-            "cpu_ms",
-        ):
-            if kw.get(k) is None:
-                kw[k] = float("nan")
-        return cls(**kw)
-
-
-def read_log(path: Path) -> list[StepLog]:
-    """The entries of a log.jsonl; a damaged line (e.g. half-written when a machine died) is skipped."""
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(StepLog.from_dict(json.loads(line)))
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return out
-
-
-def _write_log(path: Path, entries: Iterable[StepLog]) -> None:
-    """Replace `path` atomically with `entries` (a crash leaves the old or the new log, whole)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(e.to_json() + "\n" for e in entries), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,11 +198,16 @@ class Trainer:
         if info is not None:
             diff = data_differences(info.train_state.data, self.data.identity)
             if diff:
-                recorded = (info.train_state.data or {}).get("path", "?")
+                recorded = info.train_state.data or {}
+                was = (
+                    "the bundled stories: resume without --data"
+                    if recorded.get("kind") == "bundled"
+                    else f"--data {recorded.get('path', '?')}"
+                )
                 raise CheckpointError(
                     f"--resume: the data is not what {self.ckpt_path} was trained on ("
                     + "; ".join(diff)
-                    + f"). Resume with the same data (it was {recorded}), or start a new run"
+                    + f"). Resume with the same data (it was {was}), or start a new run"
                 )
         self.train_data, self.val_data = train_val_split(self.data, config.seq_len)
         if self.val_data is None:
@@ -617,12 +432,12 @@ class Trainer:
                 else:
                     pending.unlink()
             kept = [e for e in read_log(log_path) if e.step <= self.start_step and e.run in ("", self.run_id)]
-            _write_log(log_path, kept)
+            write_log(log_path, kept)
             return log_path
         if self.replacing:
-            _write_log(pending, [])
+            write_log(pending, [])
             return pending
-        _write_log(log_path, [])
+        write_log(log_path, [])
         return log_path
 
     def _promote(self, log_path: Path) -> Path:
@@ -666,7 +481,7 @@ class Trainer:
         return TrainResult(
             steps_done=self.opts.steps - self.start_step,
             first_loss=all_logs[0].loss if all_logs else None,
-            final_loss=_tail_mean(all_logs),
+            final_loss=tail_mean(all_logs),
             seconds=seconds,
             out=self.out,
             backend=self.backend,
@@ -752,45 +567,3 @@ def _check_vocab(config: ModelConfig, tokenizer, opts: TrainOptions) -> None:
         f"--tokenizer tokenizer.json, pass the tokenizer the model was made for (--tokenizer), or use a "
         f"model with vocab_size {have} (e.g. --preset tiny with the bundled tokenizer)"
     )
-
-
-def _tail_mean(logs: list[StepLog], n: int = 10) -> float | None:
-    """The final loss as the mean of the last `n` steps: single batches are noisy."""
-    tail = [e.loss for e in logs[-n:] if math.isfinite(e.loss)]
-    return float(np.mean(tail)) if tail else None
-
-
-def plot_losses(log_path: Path, png_path: Path, title: str = "") -> Path:
-    """The loss curve (a 10-step running mean, the validation loss where measured) as a PNG, written
-    beside and renamed into place."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logs = read_log(log_path)
-    steps = [e.step for e in logs]
-    losses = [e.loss for e in logs]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
-    if len(losses) >= 10:
-        k = 10
-        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, lw=1.8, label="10-step mean")
-    val = [(e.step, e.val_loss) for e in logs if e.val_loss is not None]
-    if val:
-        ax.plot(*zip(*val), "o-", lw=1.2, ms=3, label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title or "training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, png_path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return png_path
