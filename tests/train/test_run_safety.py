@@ -117,6 +117,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
         ("min_lr_ratio", 2.0, "min_lr_ratio must be"),
         ("numerics", "fast", "--numerics must be ane or exact"),
         ("steps", 2.5, "--steps must be an integer"),
+        ("lr", 10**400, "--lr must be a finite number"),  # beyond float range: no OverflowError
     ],
 )
 def test_every_option_is_checked_before_anything_is_written(tmp_path, micro_config, field, value, message):
@@ -767,3 +768,11 @@ def test_the_engine_time_per_step_is_the_cost_model_s_kernels_times_layers_and_a
     assert one > 0
     assert predict_engine_step_ms(replace(cfg, n_layers=4), 2, chip="m4") == pytest.approx(2 * one)
     assert predict_engine_step_ms(cfg, 2, accum=3, chip="m4") == pytest.approx(3 * one)
+
+
+@pytest.mark.parametrize("temperature", [math.nan, -1.0, math.inf, 10**400, True])
+def test_sampling_options_out_of_range_are_generate_errors(temperature):
+    from anekit.train.generate import GenerateError, check_sampling
+
+    with pytest.raises(GenerateError, match="--temperature must be a finite number >= 0"):
+        check_sampling(5, temperature, 0)

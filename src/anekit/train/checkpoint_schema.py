@@ -61,7 +61,11 @@ def integer(lo: int | None = 0, hi: int | None = None) -> Check:
 
 def number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
     def check(value: object, field: str) -> None:
-        ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+        ok = _is_int(value) or isinstance(value, float)
+        try:
+            ok = ok and math.isfinite(value)
+        except OverflowError:  # an integer beyond float range (JSON allows any digits)
+            ok = False
         if ok:
             ok = (value > lo if lo_open else value >= lo) and (
                 hi is None or (value < hi if hi_open else value <= hi)

@@ -16,11 +16,20 @@ class GenerateError(AnekitError, ValueError):
     """Sampling options or a prompt that cannot be used; the message names the option."""
 
 
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, seed: int = 0) -> None:
     """Raise `GenerateError` naming the first sampling option out of range."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise GenerateError(f"--max-tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    if not _finite_number(temperature) or temperature < 0:
         raise GenerateError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise GenerateError(f"--top-k must be an integer >= 0 (0: all tokens), got {top_k!r}")

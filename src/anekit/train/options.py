@@ -117,7 +117,10 @@ def _int_option(name: str, value, lo: int, hi: int) -> None:
 
 def _float_option(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    try:
+        ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    except OverflowError:  # an integer beyond float range
+        ok = False
     if not ok:
         rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
         raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
