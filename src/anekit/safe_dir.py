@@ -64,13 +64,16 @@ def read_inside(
     except OSError as e:
         raise error(f"{what} {shown} cannot be opened: {e.strerror or e}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a fifo, socket or device)"
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a fifo, socket or device)"
+            )
             raise error(f"{what} {shown} is {kind}; it must be a regular file")
-        size = os.fstat(fd).st_size
-        if max_bytes is not None and size > max_bytes:
-            raise error(f"{what} {shown} is {size} bytes, more than the {max_bytes} bytes such a file can be")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(
+                f"{what} {shown} is {st.st_size} bytes, more than the {max_bytes} bytes such a file can be"
+            )
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
