@@ -38,15 +38,17 @@ TWO_FUNCTIONS = """program(1.3)
 
 def _flexible_add():
     """Text with two independent `?` dims: each becomes its own symbol (mil-text.md §1.4)."""
-    return loads(
-        """program(1.3)
+    return loads(_flexible_add_text())
+
+
+def _flexible_add_text() -> str:
+    return """program(1.3)
 {
     func main<ios18>(tensor<fp32, [?, 3]> x, tensor<fp32, [?, 3]> y) {
             tensor<fp32, [?, 3]> z = add(x = x, y = y)[name = string("z")];
     } -> (z);
 }
 """
-    )
 
 
 # -- flexible dims --------------------------------------------------------------------------------
@@ -79,11 +81,34 @@ def test_flexible_dims_that_meet_in_an_op_and_disagree_are_an_input_error():
     assert isinstance(info.value.__cause__, ValueError)  # NumPy's broadcast error, kept as the cause
 
 
+def test_a_fixed_size_slice_of_a_too_small_flexible_input_is_an_input_error():
+    s = get_new_symbol()
+    prog = build(
+        lambda x: mb.slice_by_size(x=x, begin=[0, 0], size=[4, 3], name="head"), {"x": ((s, 3), types.fp32)}
+    )
+    kernel = ref_compile(prog)
+    assert kernel(x=np.ones((6, 3)))["head"].shape == (4, 3)
+    with pytest.raises(KernelInputError) as info:
+        kernel(x=np.ones((2, 3)))
+    msg = str(info.value)
+    assert (
+        "op 'head' (slice_by_size, function 'main')" in msg
+        and "produced shape (2, 3), the program declares (4, 3)" in msg
+    )
+    assert "x dim 0 (2) is input 'x' dim 0" in msg
+
+
 @pytest.mark.parametrize("shape,dim", [((0, 3), 0), ((2, 0), 1)])
 def test_an_empty_input_names_the_input_and_the_dim(shape, dim):
     kernel = ref_compile(_flexible_add())
     with pytest.raises(KernelInputError, match=rf"input 'x' has size 0 in dim {dim}"):
         kernel.run({"x": np.ones(shape), "y": np.ones((2, 3))})
+
+
+def test_an_input_declared_empty_is_refused_at_compile_time():
+    text = TWO_FUNCTIONS.replace("[3]", "[2, 0]")
+    with pytest.raises(ProgramError, match="function 'triple' declares input 'a' with size 0 in dim 1"):
+        ref_compile(loads(text), function="triple")
 
 
 def test_an_empty_intermediate_tensor_is_refused_naming_the_op():

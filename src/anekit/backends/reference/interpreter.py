@@ -80,6 +80,11 @@ class EmptyResult(ValueError):
     """An op produced a tensor with no elements (turned into an anekit error naming the op)."""
 
 
+class ShapeMismatch(ValueError):
+    """An op produced a shape other than the declared one (turned into an anekit error naming the op;
+    with flexible operands, e.g. a constant-size slice of a too-small input, an input error)."""
+
+
 def _shape_text(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
@@ -132,6 +137,11 @@ class ReferenceKernel(Kernel):
                 if not isinstance(d, (int, np.integer)):
                     self._flex.setdefault(d, []).append((name, i))
                     self._flex_dims.append((name, i, d))
+                elif d == 0:
+                    raise ProgramError(
+                        f"function {self.function!r} declares input {name!r} with size 0 in dim {i}; the "
+                        f"reference backend, like the engine, runs no empty tensors"
+                    )
             self._check_static_size(f"input {name!r}", self.inputs[name])
 
     def _check_static_size(self, what: str, spec: TensorSpec) -> bool:
@@ -250,9 +260,8 @@ class ReferenceKernel(Kernel):
             return TensorTooLarge(f"{where}: ran out of memory building its result ({e or 'MemoryError'})")
         described, flexible = self._operands(op, env)
         operands = f" (operands: {', '.join(described)})" if described else ""
-        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if isinstance(e, EmptyResult):
-            detail = str(e)
+        ours = isinstance(e, (EmptyResult, ShapeMismatch))
+        detail = str(e) if ours else f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if flexible:
             shapes = ", ".join(f"{n!r} {_shape_text(s)}" for n, s in given.items())
             return KernelInputError(
@@ -260,7 +269,7 @@ class ReferenceKernel(Kernel):
                 f"{'; '.join(flexible)}{operands}. Inputs given: {shapes}. Flexible dims that meet in one "
                 f"op must agree (or be 1 where the op broadcasts)"
             )
-        return ProgramError(f"{where}{': ' if isinstance(e, EmptyResult) else ' failed: '}{detail}{operands}")
+        return ProgramError(f"{where}{': ' if ours else ' failed: '}{detail}{operands}")
 
     # -- run -----------------------------------------------------------------------------------
     @staticmethod
@@ -280,7 +289,7 @@ class ReferenceKernel(Kernel):
             if len(value.shape) != len(shape) or any(
                 d is not None and d != g for d, g in zip(shape, value.shape)
             ):
-                raise ProgramError(
+                raise ShapeMismatch(
                     f"produced shape {_shape_text(value.shape)}, the program declares "
                     f"{_shape_text('?' if d is None else d for d in shape)}"
                 )
