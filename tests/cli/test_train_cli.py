@@ -54,11 +54,8 @@ def trained(tmp_path, micro_config):
 
 
 def no_traceback(result) -> None:
-    assert (
-        "Traceback" not in result.output
-        and result.exception is None
-        or isinstance(result.exception, SystemExit)
-    ), result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
 
 
 # ------------------------------------------------------------------------------------------------
