@@ -123,6 +123,15 @@ def test_an_empty_intermediate_tensor_is_refused_naming_the_op():
         kernel(x=np.arange(6.0), n=np.array([0], np.int32))
 
 
+def test_an_op_declared_to_produce_an_empty_tensor_is_refused_at_compile_time():
+    prog = build(lambda x: mb.slice_by_size(x=x, begin=[1], size=[0], name="none"), {"x": ((6,), types.fp32)})
+    with pytest.raises(
+        ProgramError,
+        match=r"op 'none' \(slice_by_size, function 'main'\): its output 'none' is declared empty",
+    ):
+        ref_compile(prog)
+
+
 def test_run_without_an_input_is_an_input_error():
     kernel = ref_compile(_flexible_add())
     with pytest.raises(KernelInputError, match="missing input.*y"):

@@ -213,9 +213,16 @@ class ReferenceKernel(Kernel):
         outs = tuple(self._slot(v) for v in op.outputs)
         specs = [var_spec(v) for v in op.outputs]
         static = all([self._check_static_size(f"its output {s.name!r}", s) for s in specs])
-        casts = tuple((s.dtype, s.shape) for s in specs)
+        for spec in specs:
+            if 0 in spec.shape:
+                raise ProgramError(
+                    f"its output {spec.name!r} is declared empty, shape {_shape_text(spec.shape)}; the "
+                    f"reference backend, like the engine, runs no empty tensors"
+                )
+        # (dtype to round to, declared shape, whether a flexible dim could make the result empty)
+        casts = tuple((s.dtype, s.shape, None in s.shape) for s in specs)
         if _only_moves_values(op):  # outputs already hold values of their dtype: no rounding
-            casts = tuple((None, shape) for _, shape in casts)
+            casts = tuple((None, shape, flex) for _, shape, flex in casts)
         ctx = OpContext(self.numerics, op, self.ignore_sdpa_mask, sizes_checked=static)
         return (impl, ctx, tuple(args), outs, casts), all_const
 
@@ -284,7 +291,7 @@ class ReferenceKernel(Kernel):
         elif not isinstance(result, (tuple, list)) or len(result) != len(outs):
             raise ProgramError("the reference implementation returned the wrong number of outputs")
         store = ctx.numerics.store
-        for s, value, (dt, shape) in zip(outs, result, casts):
+        for s, value, (dt, shape, flexible) in zip(outs, result, casts):
             value = np.asarray(value) if dt is None else store(value, dt)
             if len(value.shape) != len(shape) or any(
                 d is not None and d != g for d, g in zip(shape, value.shape)
@@ -293,7 +300,7 @@ class ReferenceKernel(Kernel):
                     f"produced shape {_shape_text(value.shape)}, the program declares "
                     f"{_shape_text('?' if d is None else d for d in shape)}"
                 )
-            if not value.size and value.ndim:
+            if flexible and not value.size:
                 raise EmptyResult(
                     f"produced an empty tensor, shape {_shape_text(value.shape)}; the reference backend, "
                     f"like the engine, runs no empty tensors"
