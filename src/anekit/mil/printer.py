@@ -8,6 +8,7 @@ fully correct blob headers (ane-private-api.md §2.2: M1 rejects some single-fil
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -38,6 +39,11 @@ _BLOB_DTYPES = {"fp16", "fp32", "int8", "uint8"}
 _BLOB_DTYPES_IOS18 = _BLOB_DTYPES | {"int16", "uint16", "int32", "uint32"}
 _SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Longest name printed: the parser reads names of up to 1024 characters (parser.MAX_TOKEN_CHARS).
+_MAX_NAME = 1000
+#: Longest per-tensor weight file stem: with ".bin", within NAME_MAX (255 bytes; parser's
+#: MAX_PATH_COMPONENT_BYTES).
+_MAX_FILE_STEM = 200
 _INDENT_FUNC, _INDENT_STMT = " " * 4, " " * 8  # maderix's layout; coremlc's 12/8 is also accepted
 
 
@@ -54,14 +60,17 @@ class TextInfo:
 TEXT_INFO_ATTR = "_anekit_text_info"
 
 
-def _sanitize(name: str) -> str:
-    if _IDENT.match(name) and name not in RESERVED:
+def _sanitize(name: str, limit: int = _MAX_NAME) -> str:
+    if len(name) <= limit and _IDENT.match(name) and name not in RESERVED:
         return name
     out = re.sub(r"[^A-Za-z0-9_]", "_", name) or "_"
     if out[0].isdigit():
         out = "_" + out
     if out in RESERVED:
         out += "_workaround"  # coremltools' own suffix for reserved words (mil-text.md §1.2)
+    if len(out) > limit:  # shortened, kept distinct by a digest of the whole name
+        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        out = f"{out[: limit - 13]}_{digest}"
     return out
 
 
@@ -150,8 +159,13 @@ class _Printer:
             return TensorType(self._retype[id(var)], t.shape)
         return t
 
-    def literal(self, var, ios18: bool) -> str:
-        """A const var's value: inline, or a BLOBFILE reference into a weight file."""
+    def literal(self, var, ios18: bool, file_stem: str | None = None) -> str:
+        """A const var's value: inline, or a BLOBFILE reference into a weight file.
+
+        file_stem: the per-tensor file's name (default: the variable's name). A const printed inline
+        as an op's argument is named after that op and argument, `<op>_<arg>`, the name `loads` gives
+        the const it reads back, so that loads + dumps is a fixed point.
+        """
         t = self.var_type(var)
         value = var.val
         if not isinstance(t, TensorType):
@@ -166,7 +180,7 @@ class _Printer:
         if self.weight_files == "single":
             path = "@model_path/weights/weight.bin"
         else:
-            path = f"@model_path/weights/{self.name(var)}.bin"
+            path = f"@model_path/weights/{_sanitize(file_stem or self.name(var), _MAX_FILE_STEM)}.bin"
         writer = self._files.setdefault(path, BlobWriter())
         offset = writer.add(np.asarray(value).reshape(t.shape), t.dtype)
         off = format_value(TensorType("uint64", ()), offset, self.canonical)
@@ -212,19 +226,21 @@ class _Printer:
             return f"{outs} = const()[{_join(attrs)}];"
         bindings = []
         for arg, value in op.inputs.items():
+            stem = f"{op.name}_{arg}"  # the name `loads` gives an inline literal (parser.resolve)
             if isinstance(value, (tuple, list)):
-                bindings.append((arg, "(" + ", ".join(self.binding(v, inlined, ios18) for v in value) + ")"))
+                items = ", ".join(self.binding(v, inlined, ios18, f"{stem}_{i}") for i, v in enumerate(value))
+                bindings.append((arg, f"({items})"))
             else:
-                bindings.append((arg, self.binding(value, inlined, ios18)))
+                bindings.append((arg, self.binding(value, inlined, ios18, stem)))
         bindings.sort()
         if op.op_type.startswith("constexpr_") and op.opset_version < ct.target.iOS18:
             # iOS16/17 constexpr ops carry every parameter as an attribute (mil-text.md §1.6).
             return f"{outs} = {op.op_type}()[{_join(sorted(bindings + [name_attr]))}];"
         return f"{outs} = {op.op_type}({_join(bindings)})[{_join([name_attr])}];"
 
-    def binding(self, var, inlined: set[int], ios18: bool) -> str:
+    def binding(self, var, inlined: set[int], ios18: bool, stem: str) -> str:
         if id(var) in inlined:
-            return self.literal(var, ios18)
+            return self.literal(var, ios18, stem)
         return self.name(var)
 
 
