@@ -8,6 +8,11 @@ without `[name = ...]`, and both encodings of `constexpr_*` ops (mil-text.md §1
 
 Every op is built through coremltools' Builder, so its type inference checks the program; the
 types the text declares must agree with what the op computes. Errors carry line and column.
+
+Whatever the input, the only exception is MilParseError: bad UTF-8, nesting deeper than
+MAX_NESTING, numbers a dtype cannot hold, names over MAX_TOKEN_CHARS, BLOBFILE paths the file system
+cannot take, tensors over MAX_TENSOR_BYTES (refused before anything is read or computed) and any
+failure inside the Builder are all reported at their line and column.
 """
 
 from __future__ import annotations
@@ -372,7 +377,7 @@ class _Parser:
 
     def builder_call(self, pos: int, what: str, fn, **kwargs):
         """`fn(**kwargs)` (a coremltools Builder call); whatever it raises becomes a MilParseError
-        at `pos`. The size guard (see `_refuse_huge_values`) is on for the call."""
+        at `pos`. The size guard (see `_install_size_guard`) is on for the call."""
         token = _BUILDING.set(True)
         try:
             return fn(**kwargs)
