@@ -14,6 +14,27 @@ class BackendUnavailable(AnekitError, RuntimeError):
     """The requested backend cannot run on this machine; the message says what is missing."""
 
 
+class NoSuchFunction(AnekitError, ValueError):
+    """The program has no function of the requested name; the message lists the ones it has."""
+
+
+def pick_function(program, function: str | None) -> str:
+    """`function` if the program has it; None means the program's default function (`main`, or the
+    one the MIL text's parser made default, mil-text.md §1.7). Otherwise NoSuchFunction, listing them.
+    Every backend chooses the function to compile through this one rule."""
+    names = list(program.functions)
+    if function is None:
+        function = getattr(program, "default_function_name", "main")
+        if function not in program.functions and len(names) == 1:
+            function = names[0]
+    if function not in program.functions:
+        raise NoSuchFunction(
+            f"the program has no function {function!r}; it has {', '.join(map(repr, names)) or 'none'} "
+            f"(choose one with function=<name>)"
+        )
+    return function
+
+
 class KernelInputError(AnekitError, ValueError):
     """The arrays passed to a kernel do not match its declared inputs."""
 

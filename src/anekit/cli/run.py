@@ -50,6 +50,9 @@ def run(
     ),
     backend: str = typer.Option("auto", help="auto, reference, ane or coreml."),
     numerics: str = typer.Option("ane", help="Reference backend numerics: ane (fp16) or exact (float64)."),
+    function: str = typer.Option(
+        None, help="Function of a multi-function program to run (default: main, or the program's default)."
+    ),
 ) -> None:
     """Run a MIL program once and print a summary of each output (shape, dtype, range)."""
     from .. import compile as anekit_compile
@@ -62,6 +65,8 @@ def run(
     try:
         name = resolve(backend)
         options = {"numerics": numerics} if name == "reference" else {}
+        if function is not None:
+            options["function"] = function
         kernel = anekit_compile(program, backend=name, **options)
     except (BackendUnavailable, ValueError, NotImplementedError) as e:
         raise fail(str(e)) from None

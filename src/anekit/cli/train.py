@@ -36,7 +36,9 @@ def train(
         "On --resume the checkpoint's model is used unless one is given.",
     ),
     config: Path = typer.Option(
-        None, help="A JSON/TOML model config instead of a preset (may name a base preset)."
+        None,
+        help="A .toml/.json model config instead of a preset: the keys of docs/examples/model.toml (each "
+        "explained there; 'preset = NAME' starts from a preset). Unknown keys and bad values are refused.",
     ),
     data: Path = typer.Option(
         None, help="Training data: llama2.c uint16 .bin tokens or a text file (default: bundled stories)."

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import AnekitError
-from ..base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs
+from ..base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs, pick_function
 from ..worker import WorkerPool, in_worker
 from .layout import (
     SurfaceLayout,
@@ -350,7 +350,7 @@ class Prepared:
     outputs: dict[str, TensorSpec]
 
 
-def prepare(source: Any, function: str = "main") -> Prepared:
+def prepare(source: Any, function: str | None = None) -> Prepared:
     """MIL text + weights (printed from a Program, or as given) and the I/O specs as the text names
     them (parsed back, so names are exactly what the compiler sees), in declaration order: input
     and output i is surface index i of the request (§1.6)."""
@@ -364,9 +364,7 @@ def prepare(source: Any, function: str = "main") -> Prepared:
 
         model = dumps(source)
     program = model.program()
-    if function not in program.functions:
-        raise ValueError(f"program has no function {function!r} (it has {', '.join(program.functions)})")
-    func = program.functions[function]
+    func = program.functions[pick_function(program, function)]
     inputs = {name: var_spec(v) for name, v in func.inputs.items()}
     outputs = {v.name: var_spec(v) for v in func.outputs}
     return Prepared(model, inputs, outputs)
@@ -681,7 +679,7 @@ def compile_model(
     start_method: str | None = None,
     timeout: float | None = None,
     perf_stats_mask: int | None = None,
-    function: str = "main",
+    function: str | None = None,
     **renamed: Any,
 ) -> Kernel:
     """Compile `source` (Program or MilModel) for the engine and return its kernel.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ..base import NoSuchFunction
 from .interpreter import ReferenceKernel
 from .registry import (
     MAX_TENSOR_BYTES,
     NUMERICS,
     OPS,
-    NoSuchFunction,
     Numerics,
     OpContext,
     ProgramError,

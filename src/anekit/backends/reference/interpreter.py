@@ -17,14 +17,13 @@ import numpy as np
 from ..._coreml import types
 from ...errors import AnekitError
 from ...mil.dtypes import of_builtin
-from ..base import Kernel, KernelInputError, TensorSpec
+from ..base import Kernel, KernelInputError, TensorSpec, pick_function
 from . import ops as _ops  # noqa: F401  (fills OPS)
 from .registry import (
     MAX_TENSOR_BYTES,
     NUMERICS,
     OPS,
     VALUE_PRESERVING,
-    NoSuchFunction,
     OpContext,
     ProgramError,
     TensorTooLarge,
@@ -45,22 +44,6 @@ def var_spec(var) -> TensorSpec:
         inner = t.wrapped_type()
         return TensorSpec(var.name, _dims(inner.get_shape()), of_builtin(inner.get_primitive()).name)
     return TensorSpec(var.name, (), of_builtin(t).name)
-
-
-def pick_function(program, function: str | None) -> str:
-    """`function` if the program has it; None means the program's default function (`main`, or the
-    one the MIL text's parser made default, mil-text.md §1.7). Otherwise NoSuchFunction, listing them."""
-    names = list(program.functions)
-    if function is None:
-        function = getattr(program, "default_function_name", "main")
-        if function not in program.functions and len(names) == 1:
-            function = names[0]
-    if function not in program.functions:
-        raise NoSuchFunction(
-            f"the program has no function {function!r}; it has {', '.join(map(repr, names)) or 'none'} "
-            f"(choose one with function=<name>)"
-        )
-    return function
 
 
 def _only_moves_values(op) -> bool:

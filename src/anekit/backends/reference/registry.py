@@ -155,9 +155,5 @@ class ProgramError(AnekitError, ValueError):
     name, type and function) or the function."""
 
 
-class NoSuchFunction(ProgramError):
-    """The program has no function of the requested name; the message lists the ones it has."""
-
-
 class TensorTooLarge(ProgramError):
     """An op would build a tensor larger than MAX_TENSOR_BYTES; refused before it is allocated."""
