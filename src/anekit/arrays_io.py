@@ -19,7 +19,6 @@ import io
 import lzma
 import math
 import os
-import stat
 import struct
 import zipfile
 import zlib
@@ -29,6 +28,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .errors import AnekitError
+from .safe_dir import not_regular
 
 __all__ = ["ArrayFileError", "MAX_ARRAY_BYTES", "read_npy", "read_npz"]
 
@@ -232,11 +232,8 @@ class _open_regular:
         except OSError as e:
             raise ArrayFileError(f"{path}: cannot be opened ({_describe(e)})") from None
         try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                kind = (
-                    "a directory" if stat.S_ISDIR(mode) else "not a regular file (a fifo, socket or device)"
-                )
+            kind = not_regular(os.fstat(fd).st_mode)
+            if kind is not None:
                 raise ArrayFileError(f"{path}: is {kind}; give the path of {self.what}")
             self.file = os.fdopen(fd, "rb")
         except BaseException:

@@ -30,6 +30,40 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
 
+def not_regular(mode: int) -> str | None:
+    """None for a regular file; otherwise what the file is, in words a user recognises. Every reader of a
+    user's file asks this first: a fifo would block, /dev/zero never ends, a directory fails later with
+    a confusing message."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    return "not a regular file"
+
+
+def check_regular_file(path: str | os.PathLike, error: type[AnekitError], what: str, hint: str) -> Path:
+    """`path` if it names a regular file (through symlinks); else `error`: `<what> <path>: is <kind>;
+    <hint>` (or `no such file`)."""
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise error(f"{label}: no such file; {hint}") from None
+    except OSError as e:
+        raise error(f"{label}: cannot be read ({e.strerror or e}); {hint}") from None
+    kind = not_regular(mode)
+    if kind is not None:
+        raise error(f"{label}: is {kind}; {hint}")
+    return p
+
+
 def resolve_inside(root: str | os.PathLike, rel: str, error: type[AnekitError], what: str) -> Path:
     """The real path of `root/rel`; `error` if it (through any symlink) leaves `root`'s real path."""
     base = os.path.realpath(root)
@@ -65,10 +99,8 @@ def read_inside(
         raise error(f"{what} {shown} cannot be opened: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a fifo, socket or device)"
-            )
+        kind = not_regular(st.st_mode)
+        if kind is not None:
             raise error(f"{what} {shown} is {kind}; it must be a regular file")
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(

@@ -92,11 +92,11 @@ def test_bad_sources(tmp_path):
     out = tmp_path / "t.json"
     with pytest.raises(TokenizerError, match=r"missing\.txt: no such file"):
         train_bpe(tmp_path / "missing.txt", 300, out)
-    with pytest.raises(TokenizerError, match="not a regular file"):
+    with pytest.raises(TokenizerError, match="is a directory; give a UTF-8 text file"):
         train_bpe(tmp_path, 300, out)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(TokenizerError, match=r"fifo: not a regular file"):
+    with pytest.raises(TokenizerError, match=r"fifo: is a FIFO \(named pipe\), not a regular file"):
         train_bpe(fifo, 300, out)  # refused before opening: reading a fifo would block
     with pytest.raises(TokenizerError, match="source is a str"):
         train_bpe("some text", 300, out)
@@ -190,7 +190,7 @@ def test_command_trains_and_refuses_bad_input(tmp_path):
         (["train-tokenizer", str(tmp_path / "nope.txt"), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
          "no such file"),
         (["train-tokenizer", str(tmp_path), "--vocab-size", "270", "--out", str(tmp_path / "x.json")],
-         "not a regular file"),
+         "is a directory"),
         (["train-tokenizer", str(text), "--vocab-size", "100", "--out", str(tmp_path / "x.json")],
          "out of range"),
     ):  # fmt: skip

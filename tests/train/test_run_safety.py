@@ -726,7 +726,11 @@ def test_data_that_is_not_a_regular_file_is_refused(tmp_path, micro_config, kind
         path = Path("/dev/zero")
         if not path.exists():
             pytest.skip("no /dev/zero")
-    word = {"directory": "a directory", "fifo": r"a FIFO \(named pipe\)", "device": "a device"}[kind]
+    word = {
+        "directory": "a directory",
+        "fifo": r"a FIFO \(named pipe\), not a regular file",
+        "device": "a device, not a regular file",
+    }[kind]
     with pytest.raises(DataError, match=f"--data {path}: is {word}; give a regular file"):
         Trainer(options(tmp_path, micro_config, data=path))
     assert not (tmp_path / "run").exists()

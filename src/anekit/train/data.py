@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnekitError
+from ..safe_dir import check_regular_file
 from .tokenizers import Tokenizer, encode_documents, load_tokenizer
 
 DOC_SEPARATOR = "\n\n"
@@ -219,27 +219,9 @@ def check_data_path(path: str | Path, what: str = "--data") -> Path:
     """`path` if it names a regular file (or a symlink to one); else `DataError` saying what it is.
 
     A directory, a FIFO or a device such as /dev/zero would block, loop forever or read garbage."""
-    p = Path(path)
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        raise DataError(f"{what} {p}: no such file") from None
-    except OSError as e:
-        raise DataError(f"{what} {p}: cannot read: {e}") from None
-    if not stat.S_ISREG(mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(mode)
-            else "a FIFO (named pipe)"
-            if stat.S_ISFIFO(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a regular file"
-        )
-        raise DataError(f"{what} {p}: is {kind}; give a regular file (.bin llama2.c tokens or UTF-8 text)")
-    return p
+    return check_regular_file(
+        path, DataError, what, "give a regular file (.bin llama2.c tokens or UTF-8 text)"
+    )
 
 
 def load_dataset(

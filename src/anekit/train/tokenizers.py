@@ -18,7 +18,6 @@ import heapq
 import json
 import os
 import re
-import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..errors import AnekitError
+from ..safe_dir import check_regular_file
 
 
 class TokenizerError(AnekitError, ValueError):
@@ -445,15 +445,7 @@ def _check_vocab_size(vocab_size) -> int:
 
 
 def _check_text_file(p: Path) -> Path:
-    try:
-        mode = os.stat(p).st_mode  # follows a symlink: reading through one is fine
-    except FileNotFoundError:
-        raise TokenizerError(f"{p}: no such file") from None
-    except OSError as e:
-        raise TokenizerError(f"{p}: cannot read: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise TokenizerError(f"{p}: not a regular file; give a UTF-8 text file")
-    return p
+    return check_regular_file(p, TokenizerError, "", "give a UTF-8 text file")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
