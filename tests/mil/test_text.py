@@ -480,7 +480,9 @@ def test_string_escapes_survive_a_round_trip():
 def test_builder_default_norm_epsilon_is_printed_in_the_ops_dtype():
     # coremltools fills a missing epsilon with an fp32 const even for fp16 norms; written out as is,
     # its own validation (and reportedly the ANE compiler, mil-text.md §3.10) rejects the program.
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18)
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18
+    )
     def prog(x):
         a = mb.layer_norm(x=x, axes=[1], gamma=np.ones(32, np.float16), name="ln")
         b = mb.batch_norm(x=x, mean=np.zeros(32, np.float16), variance=np.ones(32, np.float16), name="bn")
@@ -488,7 +490,10 @@ def test_builder_default_norm_epsilon_is_printed_in_the_ops_dtype():
 
     model = dumps(prog)
     assert not re.search(r"fp32 \w*epsilon", model.text)
-    assert re.search(r"fp16 ln_epsilon_\d+ = const\(\)\[name = string\(\"ln_epsilon_\d+\"\), val = fp16\(0x1.5p-17\)\];", model.text)
+    assert re.search(
+        r"fp16 ln_epsilon_\d+ = const\(\)\[name = string\(\"ln_epsilon_\d+\"\), val = fp16\(0x1.5p-17\)\];",
+        model.text,
+    )
     reparsed = loads(model.text, model.weights)
     x = np.random.default_rng(0).standard_normal((1, 32, 1, 32)).astype(np.float16)
     np.testing.assert_array_equal(ref_compile(reparsed)(x=x)["inn"], ref_compile(prog)(x=x)["inn"])
@@ -511,9 +516,12 @@ def test_malformed_tensor_types_still_get_precise_errors(decl, fragment):
 def test_flexible_and_scalar_tensor_types_parse():
     text = (
         "program(1.3)\n{\n    func main<ios18>(tensor<fp32, [?, 4]> x, tensor<fp32, [1]> s) {\n"
-        "        tensor<fp32, [?, 4]> y = mul(x = x, y = s)[name = string(\"y\")];\n    } -> (y);\n}\n"
+        '        tensor<fp32, [?, 4]> y = mul(x = x, y = s)[name = string("y")];\n    } -> (y);\n}\n'
     )
     printed = dumps(loads(text)).text
-    assert "tensor<fp32, [?, 4]> x, tensor<fp32, [1]> s)" in printed and "tensor<fp32, [?, 4]> y = mul(x = x, y = s)" in printed
+    assert (
+        "tensor<fp32, [?, 4]> x, tensor<fp32, [1]> s)" in printed
+        and "tensor<fp32, [?, 4]> y = mul(x = x, y = s)" in printed
+    )
     with pytest.raises(MilParseError, match="rank-0 function parameter"):
         loads(text.replace("tensor<fp32, [1]> s", "fp32 s"))
