@@ -52,6 +52,25 @@ class TensorSpec:
         return f"{self.name}: tensor<{self.dtype}, [{dims}]>"
 
 
+def _dims(shape) -> tuple[int | None, ...]:
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
+
+
+def var_spec(var) -> TensorSpec:
+    """Name, shape and dtype of a coremltools Var, shapes with `None` for symbolic dims. Every
+    backend describes its kernel's inputs and outputs with this one rule."""
+    from .._coreml import types  # here, so importing the backend protocol does not load coremltools
+    from ..mil.dtypes import of_builtin
+
+    t = var.sym_type
+    if types.is_tensor(t):
+        return TensorSpec(var.name, _dims(t.get_shape()), of_builtin(t.get_primitive()).name)
+    if types.is_state(t):
+        inner = t.wrapped_type()
+        return TensorSpec(var.name, _dims(inner.get_shape()), of_builtin(inner.get_primitive()).name)
+    return TensorSpec(var.name, (), of_builtin(t).name)
+
+
 _KIND = {"f": "float", "i": "int", "u": "int", "b": "bool"}
 
 

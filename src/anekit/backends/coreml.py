@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .base import BackendUnavailable, Kernel
+from .base import BackendUnavailable, Kernel, var_spec
 
 
 def availability() -> tuple[bool, str]:
@@ -25,7 +25,6 @@ class CoreMLKernel(Kernel):
 
     def __init__(self, program, compute_units: str = "CPU_AND_NE"):
         from .._coreml import ct
-        from .reference.interpreter import var_spec
 
         func = program.functions["main"]
         self.inputs = {n: var_spec(v) for n, v in func.inputs.items()}

@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 
 from ...errors import AnekitError
-from ..base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs, pick_function
+from ..base import (
+    Binding,
+    EvalTiming,
+    Kernel,
+    KernelInputError,
+    TensorSpec,
+    check_inputs,
+    pick_function,
+    var_spec,
+)
 from ..worker import WorkerPool, in_worker
 from .layout import (
     SurfaceLayout,
@@ -355,7 +364,6 @@ def prepare(source: Any, function: str | None = None) -> Prepared:
     them (parsed back, so names are exactly what the compiler sees), in declaration order: input
     and output i is surface index i of the request (§1.6)."""
     from ...mil.model import MilModel
-    from ..reference.interpreter import var_spec
 
     if isinstance(source, MilModel):
         model = source

@@ -16,8 +16,7 @@ import numpy as np
 
 from ..._coreml import types
 from ...errors import AnekitError
-from ...mil.dtypes import of_builtin
-from ..base import Kernel, KernelInputError, TensorSpec, pick_function
+from ..base import Kernel, KernelInputError, TensorSpec, pick_function, var_spec
 from . import ops as _ops  # noqa: F401  (fills OPS)
 from .registry import (
     MAX_TENSOR_BYTES,
@@ -29,21 +28,6 @@ from .registry import (
     TensorTooLarge,
     UnsupportedOp,
 )
-
-
-def _dims(shape) -> tuple[int | None, ...]:
-    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
-
-
-def var_spec(var) -> TensorSpec:
-    """Name, shape and dtype of a coremltools Var, shapes with `None` for symbolic dims."""
-    t = var.sym_type
-    if types.is_tensor(t):
-        return TensorSpec(var.name, _dims(t.get_shape()), of_builtin(t.get_primitive()).name)
-    if types.is_state(t):
-        inner = t.wrapped_type()
-        return TensorSpec(var.name, _dims(inner.get_shape()), of_builtin(inner.get_primitive()).name)
-    return TensorSpec(var.name, (), of_builtin(t).name)
 
 
 def _only_moves_values(op) -> bool:
