@@ -1,4 +1,4 @@
-"""The small JSON Schema validator catches what the record schema forbids."""
+"""The record schema (validated by jsonschema) catches what it forbids, and says where."""
 
 from __future__ import annotations
 

@@ -1,50 +1,25 @@
-"""Validating bench records against `record.schema.json`, without a JSON Schema dependency.
+"""Validating bench records against `record.schema.json` with the `jsonschema` library (Draft 2020-12).
 
-`jsonschema` is not among anekit's dependencies, so this is a small validator for exactly the subset
-of JSON Schema (2020-12) the record schema uses: `type` (one or a list), `const`, `enum`, `properties`,
-`required`, `additionalProperties` (false or a schema), `items`, `minItems`, `minimum`, `minLength`,
-`pattern`, `oneOf`, and local `$ref` ("#/$defs/..."). A keyword outside that subset is an error, so
-the schema cannot silently grow past what is checked.
+`jsonschema` does the validating; this module only says where a record is wrong, one line per problem
+as "JSON path: problem" (e.g. `$.points[0].timing.n: 0 is below the minimum 1`). Every keyword the
+record schema uses has a phrasing in `_PHRASES`; a violation of a keyword without one is a `ValueError`
+(add a phrasing), so a message never silently degrades. Where a value matches none of a `oneOf`'s
+alternatives, the problems of the alternative it came closest to are listed under that line.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import resources
 
+from jsonschema import Draft202012Validator, ValidationError
+
 from ..errors import AnekitError
 
-SUPPORTED = {
-    "$schema",
-    "$id",
-    "title",
-    "description",
-    "$defs",
-    "type",
-    "const",
-    "enum",
-    "properties",
-    "required",
-    "additionalProperties",
-    "items",
-    "minItems",
-    "minimum",
-    "minLength",
-    "pattern",
-    "oneOf",
-    "$ref",
-}
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-}
+#: how many problems `validate` puts in its message
+MAX_LISTED = 50
 
 
 class SchemaError(AnekitError, ValueError):
@@ -53,80 +28,94 @@ class SchemaError(AnekitError, ValueError):
 
 @lru_cache(maxsize=1)
 def record_schema() -> dict:
-    return json.loads(resources.files(__package__).joinpath("record.schema.json").read_text(encoding="utf-8"))
+    """The record schema, with the experiment names filled in from the registry (`anekit.bench`)."""
+    from . import EXPERIMENTS
+
+    text = resources.files(__package__).joinpath("record.schema.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    schema["$defs"]["record"]["properties"]["experiment"]["enum"] = list(EXPERIMENTS)
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _record_validator() -> Draft202012Validator:
+    return Draft202012Validator(record_schema())
 
 
 def errors(instance, schema: dict | None = None) -> list[str]:
     """Every way `instance` violates `schema` (default: the record schema), as "path: problem"."""
-    root = schema if schema is not None else record_schema()
-    out: list[str] = []
-    _check(instance, root, root, "$", out)
-    return out
+    validator = _record_validator() if schema is None else Draft202012Validator(schema)
+    return _lines(validator.iter_errors(instance))
 
 
 def validate(instance, schema: dict | None = None) -> None:
     """Raise `SchemaError` listing every problem, or return quietly."""
     errs = errors(instance, schema)
     if errs:
-        raise SchemaError(f"{len(errs)} schema violation(s):\n  " + "\n  ".join(errs[:50]))
+        raise SchemaError(f"{len(errs)} schema violation(s):\n  " + "\n  ".join(errs[:MAX_LISTED]))
 
 
-def _resolve(ref: str, root: dict) -> dict:
-    if not ref.startswith("#/"):
-        raise ValueError(f"only local $ref is supported, not {ref!r}")
-    node = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return node
-
-
-def _check(v, s: dict, root: dict, path: str, out: list[str]) -> None:
-    unknown = set(s) - SUPPORTED
-    if unknown:
-        raise ValueError(f"schema keyword(s) {sorted(unknown)} at {path} are not supported by this validator")
-    if "$ref" in s:
-        _check(v, _resolve(s["$ref"], root), root, path, out)
-    if "oneOf" in s:
-        matches = [sub for sub in s["oneOf"] if not errors_in(v, sub, root, path)]
-        if len(matches) != 1:
-            detail = "; ".join(e for sub in s["oneOf"] for e in errors_in(v, sub, root, path)[:2])
-            out.append(f"{path}: matches {len(matches)} of the oneOf alternatives, expected 1 ({detail})")
-    if "type" in s:
-        types = s["type"] if isinstance(s["type"], list) else [s["type"]]
-        if not any(_TYPES[t](v) for t in types):
-            out.append(f"{path}: expected {' or '.join(types)}, got {type(v).__name__}")
-            return
-    if "const" in s and v != s["const"]:
-        out.append(f"{path}: expected {s['const']!r}, got {v!r}")
-    if "enum" in s and v not in s["enum"]:
-        out.append(f"{path}: {v!r} is not one of {s['enum']}")
-    if "minimum" in s and _TYPES["number"](v) and v < s["minimum"]:
-        out.append(f"{path}: {v} is below the minimum {s['minimum']}")
-    if "minLength" in s and isinstance(v, str) and len(v) < s["minLength"]:
-        out.append(f"{path}: string shorter than {s['minLength']}")
-    if "pattern" in s and isinstance(v, str) and not re.search(s["pattern"], v):
-        out.append(f"{path}: {v!r} does not match {s['pattern']!r}")
-    if isinstance(v, dict):
-        props = s.get("properties", {})
-        for name in s.get("required", []):
-            if name not in v:
-                out.append(f"{path}: missing required property {name!r}")
-        for name, val in v.items():
-            if name in props:
-                _check(val, props[name], root, f"{path}.{name}", out)
-            elif s.get("additionalProperties") is False:
-                out.append(f"{path}: unexpected property {name!r}")
-            elif isinstance(s.get("additionalProperties"), dict):
-                _check(val, s["additionalProperties"], root, f"{path}.{name}", out)
-    if isinstance(v, list):
-        if "minItems" in s and len(v) < s["minItems"]:
-            out.append(f"{path}: fewer than {s['minItems']} items")
-        if "items" in s:
-            for i, item in enumerate(v):
-                _check(item, s["items"], root, f"{path}[{i}]", out)
-
-
-def errors_in(v, s: dict, root: dict, path: str) -> list[str]:
+def _lines(errs: Iterable[ValidationError]) -> list[str]:
     out: list[str] = []
-    _check(v, s, root, path, out)
-    return out
+    for e in sorted(errs, key=lambda e: (list(map(str, e.absolute_path)), str(e.validator))):
+        out += _describe(e)
+    return list(dict.fromkeys(out))  # `required` reports once per missing name; each line once
+
+
+def _describe(e: ValidationError) -> list[str]:
+    phrase = _PHRASES.get(str(e.validator))
+    if phrase is None:
+        raise ValueError(
+            f"schema keyword {e.validator!r} at {e.json_path} is not supported by anekit.bench.schema's "
+            "messages; add a phrasing for it to _PHRASES"
+        )
+    if e.validator == "oneOf":
+        return _one_of(e)
+    return [f"{e.json_path}: {line}" for line in phrase(e)]
+
+
+def _one_of(e: ValidationError) -> list[str]:
+    n = len(e.validator_value)
+    if not e.context:  # no sub-errors: more than one alternative matched
+        return [f"{e.json_path}: matches more than one of the {n} oneOf alternatives, expected 1"]
+    alternatives: dict[int, list[ValidationError]] = {}
+    for sub in e.context:
+        alternatives.setdefault(sub.relative_schema_path[0], []).append(sub)
+    closest = min(alternatives.items(), key=lambda kv: (_misfit(kv[1]), kv[0]))
+    head = f"{e.json_path}: matches none of the {n} oneOf alternatives, expected 1; alternative {closest[0]}:"
+    return [head] + ["  " + line for line in _lines(closest[1])]
+
+
+def _misfit(errs: list[ValidationError]) -> tuple[int, int, int]:
+    """How far an alternative is from what was meant: the wrong type altogether, then a `const` that
+    tells the alternatives apart (a record's "kind"), then the number of problems."""
+    wrong_type = any(e.validator == "type" and not e.relative_path for e in errs)
+    return (int(wrong_type), sum(e.validator == "const" for e in errs), len(errs))
+
+
+def _type_names(e: ValidationError) -> str:
+    types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+    return " or ".join(types)
+
+
+def _missing(e: ValidationError) -> list[str]:
+    return [f"missing required property {name!r}" for name in e.validator_value if name not in e.instance]
+
+
+def _unexpected(e: ValidationError) -> list[str]:
+    known = e.schema.get("properties", {})
+    return [f"unexpected property {name!r}" for name in e.instance if name not in known]
+
+
+_PHRASES: dict[str, Callable[[ValidationError], list[str]]] = {
+    "type": lambda e: [f"expected {_type_names(e)}, got {type(e.instance).__name__}"],
+    "const": lambda e: [f"expected {e.validator_value!r}, got {e.instance!r}"],
+    "enum": lambda e: [f"{e.instance!r} is not one of {e.validator_value}"],
+    "minimum": lambda e: [f"{e.instance} is below the minimum {e.validator_value}"],
+    "minLength": lambda e: [f"string shorter than {e.validator_value}"],
+    "minItems": lambda e: [f"fewer than {e.validator_value} items"],
+    "pattern": lambda e: [f"{e.instance!r} does not match {e.validator_value!r}"],
+    "required": _missing,
+    "additionalProperties": _unexpected,
+    "oneOf": lambda e: [],  # `_one_of`
+}
