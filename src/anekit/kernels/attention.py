@@ -50,6 +50,7 @@ from .common import (
     DEFAULT_CONST_PRECISION,
     MASK_VALUE,
     KernelSpec,
+    Staged,
     TransformerShape,
     build_program,
     float_const,
@@ -60,7 +61,16 @@ from .common import (
 from .layout import ROW_ALIGN, Layout, Segment, round_up
 from .rope import rope_channel_tables
 
-__all__ = ["attention_forward", "attention_backward", "causal_mask"]
+__all__ = ["attention_forward", "attention_backward", "causal_mask", "STAGING"]
+
+#: The weights of both attention kernels, staged alike: Wqᵀ, Wkᵀ, Wvᵀ (y = M·x takes Mᵀ,
+#: ane-private-api.md §5.4) and Wo as is (its rows are the output channels).
+STAGING = (
+    Staged("wq_t", "wq", True),
+    Staged("wk_t", "wk", True),
+    Staged("wv_t", "wv", True),
+    Staged("wo", "wo"),
+)
 
 
 def causal_mask(seq_len: int) -> np.ndarray:
@@ -231,7 +241,7 @@ def attention_forward(
         return [o, attn, q_rope, k_rope, v]
 
     program = build_program(inp, out, body)
-    return KernelSpec(program, inp, out, "attention_forward", matmul_flops(program))
+    return KernelSpec(program, inp, out, "attention_forward", matmul_flops(program), staging=STAGING)
 
 
 def _backward_input_layout(dm: _Dims) -> Layout:
@@ -315,4 +325,4 @@ def attention_backward(
         return [dx, dq, dk, dv]
 
     program = build_program(inp, out, body)
-    return KernelSpec(program, inp, out, "attention_backward", matmul_flops(program))
+    return KernelSpec(program, inp, out, "attention_backward", matmul_flops(program), staging=STAGING)

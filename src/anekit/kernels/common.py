@@ -15,7 +15,7 @@ Conventions (ane-private-api.md §1.7, §3.4, §5.4):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,7 @@ __all__ = [
     "CONST_PRECISIONS",
     "DEFAULT_CONST_PRECISION",
     "KernelSpec",
+    "Staged",
     "TransformerShape",
     "build_program",
     "input_block",
@@ -74,10 +75,28 @@ class TransformerShape(Protocol):
 
 
 @dataclass(frozen=True)
+class Staged:
+    """One weight staged into a kernel's input: the layer parameter `param` (its name inside a
+    layer, e.g. `"wq"`), transposed or not, written into the input segment `segment` (ane-private-api.md
+    §5.4 "Stage": once per optimiser update, not per step)."""
+
+    segment: str
+    param: str
+    transposed: bool = False
+
+    def value(self, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The array to write into `segment`, from a layer's parameters (a view, never a copy)."""
+        w = params[self.param]
+        return w.T if self.transposed else w
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """A generated kernel: its program and how its one input and one output are packed.
 
     flops: multiply-adds x 2 of every matmul in the program (elementwise work is not counted).
+    staging: how the layer's weights go into the input (`Staged`, one per weight segment); the
+    other input segments are activations, written per call.
     """
 
     program: Program
@@ -87,6 +106,18 @@ class KernelSpec:
     flops: int
     input_name: str = "x"
     output_name: str = "out"
+    staging: tuple[Staged, ...] = ()
+
+    def __post_init__(self):
+        unknown = [st.segment for st in self.staging if st.segment not in self.input_layout]
+        if unknown:
+            raise ValueError(f"kernel {self.name}: staged segments {unknown} are not in its input layout")
+
+    def stage(self, buffer: np.ndarray, params: Mapping[str, np.ndarray]) -> None:
+        """Write every staged weight of `params` (one layer's, by their names inside the layer)
+        into `buffer`, an array of `input_layout`."""
+        for st in self.staging:
+            self.input_layout.write(buffer, st.segment, st.value(params))
 
     def text(self) -> str:
         """The program as `model.mil` text."""

@@ -18,10 +18,24 @@ from __future__ import annotations
 import numpy as np
 
 from .._coreml import mb
-from .common import KernelSpec, TransformerShape, build_program, input_block, matmul_block, matmul_flops
+from .common import (
+    DEFAULT_CONST_PRECISION,
+    KernelSpec,
+    Staged,
+    TransformerShape,
+    build_program,
+    input_block,
+    matmul_block,
+    matmul_flops,
+)
 from .layout import ROW_ALIGN, Layout, Segment, round_up
 
-__all__ = ["ffn_forward", "ffn_backward"]
+__all__ = ["ffn_forward", "ffn_backward", "FORWARD_STAGING", "BACKWARD_STAGING"]
+
+#: The forward kernel's weights: W1ᵀ, W3ᵀ (y = M·x takes Mᵀ, ane-private-api.md §5.4) and W2 as is.
+FORWARD_STAGING = (Staged("w1_t", "w1", True), Staged("w3_t", "w3", True), Staged("w2", "w2"))
+#: The backward kernel's weights: W1, W3 as they are and W2ᵀ (its matmuls contract the other way).
+BACKWARD_STAGING = (Staged("w1", "w1"), Staged("w3", "w3"), Staged("w2_t", "w2", True))
 
 
 def _tokens(cfg: TransformerShape, n_seq: int, seq_len: int | None) -> int:
@@ -31,8 +45,14 @@ def _tokens(cfg: TransformerShape, n_seq: int, seq_len: int | None) -> int:
     return n_seq * s
 
 
-def ffn_forward(cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = None) -> KernelSpec:
-    """SwiGLU forward on RMS-normed activations.
+def ffn_forward(
+    cfg: TransformerShape,
+    n_seq: int = 1,
+    seq_len: int | None = None,
+    const_precision: str = DEFAULT_CONST_PRECISION,
+) -> KernelSpec:
+    """SwiGLU forward on RMS-normed activations. `const_precision` is unused (the FFN bakes no
+    float tables); every layer kernel takes it, so they share one signature.
 
     Input (`D` rows): `xnorm` [D, N] | `w1_t` = W1ᵀ [D, H] | `w3_t` = W3ᵀ [D, H] | `w2` = W2 [D, H].
     Output (width N): `y` [D], `h1` [H] = W1·x, `h3` [H] = W3·x, `gate` [H] = silu(h1)·h3.
@@ -52,7 +72,7 @@ def ffn_forward(cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = Non
         return [y, h1, h3, gate]
 
     program = build_program(inp, out, body)
-    return KernelSpec(program, inp, out, "ffn_forward", matmul_flops(program))
+    return KernelSpec(program, inp, out, "ffn_forward", matmul_flops(program), staging=FORWARD_STAGING)
 
 
 def _backward_input_layout(d: int, h: int, n: int) -> Layout:
@@ -69,8 +89,13 @@ def _backward_input_layout(d: int, h: int, n: int) -> Layout:
     return Layout(segs, channels=c, width=round_up(w, ROW_ALIGN))
 
 
-def ffn_backward(cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = None) -> KernelSpec:
-    """SwiGLU input gradient, SiLU' on the engine.
+def ffn_backward(
+    cfg: TransformerShape,
+    n_seq: int = 1,
+    seq_len: int | None = None,
+    const_precision: str = DEFAULT_CONST_PRECISION,
+) -> KernelSpec:
+    """SwiGLU input gradient, SiLU' on the engine. `const_precision` is unused, as in `ffn_forward`.
 
     Input (`max(D, H)` rows): `dy` [D, N] (gradient of y) | `h1` [H, N] | `h3` [H, N] (forward
     outputs) | `w1` = W1 [H, D] | `w3` = W3 [H, D] | `w2_t` = W2ᵀ [H, D].
@@ -100,4 +125,4 @@ def ffn_backward(cfg: TransformerShape, n_seq: int = 1, seq_len: int | None = No
         return [dx, dh1, dh3]
 
     program = build_program(inp, out, body)
-    return KernelSpec(program, inp, out, "ffn_backward", matmul_flops(program))
+    return KernelSpec(program, inp, out, "ffn_backward", matmul_flops(program), staging=BACKWARD_STAGING)

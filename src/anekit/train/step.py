@@ -35,17 +35,29 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..kernels.attention import attention_backward, attention_forward
-from ..kernels.common import KernelSpec
+from ..kernels.common import DEFAULT_CONST_PRECISION, KernelSpec
 from ..kernels.ffn import ffn_backward, ffn_forward
 from ..kernels.layout import ROW_ALIGN, round_up
 from ..model.config import ModelConfig
 from . import cpu_ops
 from .blas import blas_threads, set_blas_threads
 
-__all__ = ["ModelRunner", "StepResult", "StepTiming", "KERNELS"]
+__all__ = ["ModelRunner", "StepResult", "StepTiming", "KERNELS", "LAYER_KERNELS"]
 
-#: The kernels of one layer, in the order a step runs them.
-KERNELS = ("attention_forward", "ffn_forward", "ffn_backward", "attention_backward")
+#: The kernels of one layer, in the order a step runs them: name -> generator(config, n_seq,
+#: seq_len, const_precision) returning a `KernelSpec` that declares how the layer's weights are
+#: staged into its input (`KernelSpec.staging`). A new kernel is one entry here plus its call in
+#: `_forward_layer` / `_backward_layer`.
+LAYER_KERNELS: dict[str, Callable[..., KernelSpec]] = {
+    "attention_forward": attention_forward,
+    "ffn_forward": ffn_forward,
+    "ffn_backward": ffn_backward,
+    "attention_backward": attention_backward,
+}
+KERNELS = tuple(LAYER_KERNELS)
+#: Kernels that bake no float tables: compiled first, they show whether the backend runs the
+#: "exact" reference numerics, which decides how the other kernels bake theirs.
+_TABLE_FREE = ("ffn_forward", "ffn_backward")
 
 
 @dataclass
@@ -131,21 +143,21 @@ class ModelRunner:
                 return anekit_compile(program, backend=backend, **options)
 
         n, s = self.n_seq, self.padded_len
-        ffn = {"ffn_forward": ffn_forward(config, n, s), "ffn_backward": ffn_backward(config, n, s)}
-        kernels = {name: compile(spec.program) for name, spec in ffn.items()}
+        first = {k: LAYER_KERNELS[k](config, n, s, DEFAULT_CONST_PRECISION) for k in _TABLE_FREE}
+        kernels = {name: compile(spec.program) for name, spec in first.items()}
         # RoPE tables are fp16 constants unless asked otherwise: M1/M2 engines cannot run the fp32
         # const + cast form (ane-private-api.md §1.8). Only the float64 "exact" reference oracle
-        # (seen on the FFN kernels, which bake no tables) keeps fp32 tables.
+        # (seen on the kernels that bake no tables) keeps fp32 tables.
         if const_precision is None:
             const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
         self.specs: dict[str, KernelSpec] = {
-            "attention_forward": attention_forward(config, n, s, const_precision),
-            **ffn,
-            "attention_backward": attention_backward(config, n, s, const_precision),
+            name: first.get(name) or make(config, n, s, const_precision)
+            for name, make in LAYER_KERNELS.items()
         }
-        self.kernels = {
-            n: kernels[n] if n in kernels else compile(spec.program) for n, spec in self.specs.items()
-        }
+        for name, spec in self.specs.items():
+            if name not in kernels:
+                kernels[name] = compile(spec.program)
+        self.kernels = {name: kernels[name] for name in self.specs}
         # Exact reference numerics keep every fp16-typed value in float64, inputs included: the
         # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
         # takes, fp16; the CPU side follows (float64 / float32) unless `dtype` says otherwise.
@@ -157,6 +169,7 @@ class ModelRunner:
             for _ in range(config.n_layers)
         ]
         self.params: dict[str, np.ndarray] | None = None
+        self._layers: list[dict[str, np.ndarray]] = []  #: per layer, its parameters by short name
         init = None if blas_threads is None else (lambda: set_blas_threads(blas_threads))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anekit-dw", initializer=init)
         self._timing = StepTiming()
@@ -178,29 +191,23 @@ class ModelRunner:
                 raise ValueError(f"parameter {name!r} has shape {a.shape}, the config says {shape}")
             own[name] = a.astype(self.dtype, copy=True)
         self.params = own
+        self._layers = [{} for _ in range(self.config.n_layers)]
+        for name, a in own.items():
+            if name.startswith("layers."):
+                i, short = name[len("layers.") :].split(".", 1)
+                self._layers[int(i)][short] = a
         for i, bufs in enumerate(self.buffers):
             self._stage_layer(i, bufs)
 
     def _stage_layer(self, i: int, bufs: dict[str, np.ndarray]) -> None:
-        p = self._layer(i)
-        for kname in ("attention_forward", "attention_backward"):
-            lay, buf = self.specs[kname].input_layout, bufs[kname]
-            lay.write(buf, "wq_t", p["wq"].T)
-            lay.write(buf, "wk_t", p["wk"].T)
-            lay.write(buf, "wv_t", p["wv"].T)
-            lay.write(buf, "wo", p["wo"])
-        lay, buf = self.specs["ffn_forward"].input_layout, bufs["ffn_forward"]
-        lay.write(buf, "w1_t", p["w1"].T)
-        lay.write(buf, "w3_t", p["w3"].T)
-        lay.write(buf, "w2", p["w2"])
-        lay, buf = self.specs["ffn_backward"].input_layout, bufs["ffn_backward"]
-        lay.write(buf, "w1", p["w1"])
-        lay.write(buf, "w3", p["w3"])
-        lay.write(buf, "w2_t", p["w2"].T)
+        """Write layer i's weights into each kernel's buffer, as the kernel declares (`staging`)."""
+        p = self._layers[i]
+        for name, spec in self.specs.items():
+            spec.stage(bufs[name], p)
 
     def _layer(self, i: int) -> dict[str, np.ndarray]:
-        pre = f"layers.{i}."
-        return {k[len(pre) :]: v for k, v in self.params.items() if k.startswith(pre)}
+        """Layer i's parameters by their names inside the layer (views built by `set_params`)."""
+        return self._layers[i]
 
     @property
     def classifier(self) -> np.ndarray:
@@ -294,6 +301,27 @@ class ModelRunner:
         with blas_threads(self.blas_threads), np.errstate(over="ignore", invalid="ignore"):
             return self._step(tok, tgt, loss_scale)
 
+    def _chunks(self, tok: np.ndarray, tgt: np.ndarray):
+        """(tokens, targets) of each kernel call: `n_seq` sequences, flat and padded."""
+        for c0 in range(0, self.batch_size, self.n_seq):
+            yield (
+                self._padded(tok[c0 : c0 + self.n_seq], 0),
+                self._padded(tgt[c0 : c0 + self.n_seq], cpu_ops.IGNORE),
+            )
+
+    def _forward(self, ctok: np.ndarray, saved: list | None):
+        """Embedding, every layer, final RMSNorm of one call's tokens: `(x, xf, rrms_f)` (the last
+        layer's output, its normed form and its rrms). Appends each layer's activations to
+        `saved` (for a backward pass) unless it is None. The one forward path of `step` and `loss`."""
+        cfg, dt = self.config, self.dtype
+        x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
+        for i in range(cfg.n_layers):
+            x, s = self._forward_layer(i, x)
+            if saved is not None:
+                saved.append(s)
+        xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
+        return x, xf, rrms_f
+
     def _step(self, tok: np.ndarray, tgt: np.ndarray, loss_scale: float) -> StepResult:
         t_start = time.perf_counter()
         self._timing = timing = StepTiming()
@@ -302,15 +330,9 @@ class ModelRunner:
         futures: list[Future] = []
         n_count = int(np.sum(tgt != cpu_ops.IGNORE))
         loss_sum = 0.0
-        for c0 in range(0, self.batch_size, self.n_seq):
-            ctok = self._padded(tok[c0 : c0 + self.n_seq], 0)
-            ctgt = self._padded(tgt[c0 : c0 + self.n_seq], cpu_ops.IGNORE)
-            x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
-            saved = []
-            for i in range(cfg.n_layers):
-                x, s = self._forward_layer(i, x)
-                saved.append(s)
-            xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
+        for ctok, ctgt in self._chunks(tok, tgt):
+            saved: list[_Saved | None] = []
+            x, xf, rrms_f = self._forward(ctok, saved)
             ls, dxf, dcls = cpu_ops.cross_entropy(
                 xf, self.classifier, ctgt, grad_scale=loss_scale, normalizer=max(n_count, 1),
                 chunk=self.vocab_chunk, dtype=dt,
@@ -344,17 +366,11 @@ class ModelRunner:
             return self._loss(tok, tgt)
 
     def _loss(self, tok: np.ndarray, tgt: np.ndarray) -> float:
-        cfg, dt = self.config, self.dtype
         total, count = 0.0, int(np.sum(tgt != cpu_ops.IGNORE))
-        for c0 in range(0, self.batch_size, self.n_seq):
-            ctok = self._padded(tok[c0 : c0 + self.n_seq], 0)
-            ctgt = self._padded(tgt[c0 : c0 + self.n_seq], cpu_ops.IGNORE)
-            x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
-            for i in range(cfg.n_layers):
-                x, _ = self._forward_layer(i, x)
-            xf, _ = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
+        for ctok, ctgt in self._chunks(tok, tgt):
+            _, xf, _ = self._forward(ctok, None)
             ls, _, _ = cpu_ops.cross_entropy(
-                xf, self.classifier, ctgt, chunk=self.vocab_chunk, need_grad=False, dtype=dt
+                xf, self.classifier, ctgt, chunk=self.vocab_chunk, need_grad=False, dtype=self.dtype
             )
             total += ls
         return total / max(count, 1)
