@@ -223,3 +223,28 @@ def test_a_script_without_a_main_guard_is_not_run_again_in_the_worker(tmp_path, 
     lines = out.stdout.split()
     assert out.stdout.count("TOP-LEVEL") == 1, out.stdout
     assert "WORKER" in lines and lines[lines.index("WORKER") + 1] != lines[lines.index("TOP-LEVEL") + 1]
+
+
+def test_requests_dispatch_through_the_handler_table_and_nothing_is_swallowed(caplog):
+    """In-process: every request the caller sends has a handler; an unknown one, or one that fails,
+    is an error reply; a close that fails while the worker shuts down is logged, not dropped."""
+    from anekit.backends import worker as w
+
+    assert set(w._HANDLERS) == {"exit", "compile", "bind", "write", "run", "close", "ping"}
+    state = w._WorkerState("reference")
+    assert w._handle(state, ("ping",)) == ("ok", os.getpid())
+    kind, exc, text = w._handle(state, ("frobnicate",))
+    assert kind == "error" and isinstance(exc, ValueError) and "unknown worker request" in text
+    kind, exc, _ = w._handle(state, ("bind", 99))
+    assert kind == "error" and isinstance(exc, KeyError)
+
+    class Broken:
+        def close(self):
+            raise OSError("cannot close")
+
+    state.objects[7] = Broken()
+    assert w._handle(state, ("exit",)) == ("ok", None) and not state.running
+    with caplog.at_level("WARNING", logger="anekit.worker"):
+        state.close()
+    assert "closing Broken (id 7) in the worker failed" in caplog.text
+    assert "cannot close" in caplog.text

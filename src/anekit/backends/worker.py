@@ -160,81 +160,127 @@ def _picklable(exc: BaseException) -> BaseException | None:
         return None
 
 
+class _WorkerState:
+    """What one worker process holds: its backend module, its kernels and bindings by id, and the
+    shared-memory blocks it has attached."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.module: Any = None  # imported on the first compile, so a worker starts in a fraction of a second
+        self.objects: dict[int, Any] = {}
+        self.owners: dict[int, int] = {}  # binding id -> kernel id
+        self.attached: dict[tuple, SharedMemory] = {}
+        self.ids = itertools.count(1)
+        self.running = True
+
+    def close(self) -> None:
+        """Close every kernel and binding (newest first) and detach every block; a close that
+        fails is logged and the rest still close."""
+        for oid, obj in list(self.objects.items())[::-1]:
+            try:
+                obj.close()
+            except Exception:
+                _log.warning(
+                    "anekit: closing %s (id %d) in the worker failed", type(obj).__name__, oid, exc_info=True
+                )
+        self.objects.clear()
+        for block in self.attached.values():
+            block.close()
+
+
+def _on_exit(state: _WorkerState, msg: tuple) -> None:
+    state.running = False
+
+
+def _on_compile(state: _WorkerState, msg: tuple) -> tuple:
+    _, text, weights, options = msg
+    from ..mil.model import MilModel
+
+    if state.module is None:
+        from . import get
+
+        state.module = get(state.backend)
+    kernel = state.module.compile(MilModel(text, dict(weights)), **options)
+    oid = next(state.ids)
+    state.objects[oid] = kernel
+    return (oid, _specs(kernel.inputs), _specs(kernel.outputs), type(kernel).__name__)
+
+
+def _on_bind(state: _WorkerState, msg: tuple) -> int:
+    kid = msg[1]
+    oid = next(state.ids)
+    state.objects[oid] = state.objects[kid].new_binding()
+    state.owners[oid] = kid
+    return oid
+
+
+def _on_write(state: _WorkerState, msg: tuple) -> None:
+    _, oid, inputs = msg
+    state.objects[oid].write(**_read_inputs(state.attached, oid, inputs))
+
+
+def _on_run(state: _WorkerState, msg: tuple) -> tuple:
+    _, oid, inputs, slots = msg
+    obj = state.objects[oid]
+    arrays = _read_inputs(state.attached, oid, inputs)
+    result = obj.run(**arrays) if isinstance(obj, Binding) else obj.run(arrays)
+    kernel = state.objects[state.owners[oid]] if oid in state.owners else obj
+    timing = getattr(kernel, "last_eval", None)
+    return (_write_outputs(state.attached, oid, result, slots), timing)
+
+
+def _on_close(state: _WorkerState, msg: tuple) -> None:
+    oid = msg[1]
+    obj = state.objects.pop(oid, None)
+    state.owners.pop(oid, None)
+    for key in [k for k in state.attached if k[0] == oid]:
+        state.attached.pop(key).close()
+    if obj is not None:
+        obj.close()
+
+
+def _on_ping(state: _WorkerState, msg: tuple) -> int:
+    return os.getpid()
+
+
+#: The worker's requests (see the module docstring) and their handlers: handler(state, msg) -> the
+#: value of the ("ok", value) reply; an exception becomes the ("error", ...) reply.
+_HANDLERS = {
+    "exit": _on_exit,
+    "compile": _on_compile,
+    "bind": _on_bind,
+    "write": _on_write,
+    "run": _on_run,
+    "close": _on_close,
+    "ping": _on_ping,
+}
+
+
+def _handle(state: _WorkerState, msg: tuple) -> tuple:
+    """The reply to one request: ("ok", value) or ("error", exception or None, text)."""
+    try:
+        handler = _HANDLERS.get(msg[0])
+        if handler is None:
+            raise ValueError(f"unknown worker request {msg[0]!r}")
+        return ("ok", handler(state, msg))
+    except Exception as exc:
+        return ("error", _picklable(exc), f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+
 def _worker_main(conn: connection.Connection, backend: str) -> None:
     """The worker's loop: one request, one reply, until "exit" or the pipe closes."""
     global _IN_WORKER
     _IN_WORKER = True
-    from . import get
-
-    module = None  # imported on the first compile, so a worker starts in a fraction of a second
-    objects: dict[int, Any] = {}
-    owners: dict[int, int] = {}  # binding id -> kernel id
-    attached: dict[tuple, SharedMemory] = {}
-    ids = itertools.count(1)
+    state = _WorkerState(backend)
     try:
-        while True:
+        while state.running:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                break
-            op = msg[0]
-            try:
-                if op == "exit":
-                    conn.send(("ok", None))
-                    break
-                if op == "compile":
-                    _, text, weights, options = msg
-                    from ..mil.model import MilModel
-
-                    module = module or get(backend)
-                    kernel = module.compile(MilModel(text, dict(weights)), **options)
-                    oid = next(ids)
-                    objects[oid] = kernel
-                    value: Any = (oid, _specs(kernel.inputs), _specs(kernel.outputs), type(kernel).__name__)
-                elif op == "bind":
-                    kid = msg[1]
-                    oid = next(ids)
-                    objects[oid] = objects[kid].new_binding()
-                    owners[oid] = kid
-                    value = oid
-                elif op == "write":
-                    _, oid, inputs = msg
-                    objects[oid].write(**_read_inputs(attached, oid, inputs))
-                    value = None
-                elif op == "run":
-                    _, oid, inputs, slots = msg
-                    obj = objects[oid]
-                    arrays = _read_inputs(attached, oid, inputs)
-                    result = obj.run(**arrays) if isinstance(obj, Binding) else obj.run(arrays)
-                    kernel = objects[owners[oid]] if oid in owners else obj
-                    timing = getattr(kernel, "last_eval", None)
-                    value = (_write_outputs(attached, oid, result, slots), timing)
-                elif op == "close":
-                    oid = msg[1]
-                    obj = objects.pop(oid, None)
-                    owners.pop(oid, None)
-                    for key in [k for k in attached if k[0] == oid]:
-                        attached.pop(key).close()
-                    if obj is not None:
-                        obj.close()
-                    value = None
-                elif op == "ping":
-                    value = os.getpid()
-                else:
-                    raise ValueError(f"unknown worker request {op!r}")
-                conn.send(("ok", value))
-            except Exception as exc:
-                conn.send(
-                    ("error", _picklable(exc), f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-                )
+                break  # the caller closed the pipe or went away: nothing left to answer
+            conn.send(_handle(state, msg))
     finally:
-        for obj in list(objects.values())[::-1]:
-            try:
-                obj.close()
-            except Exception:
-                pass
-        for block in attached.values():
-            block.close()
+        state.close()
 
 
 # -- caller side: shared memory ------------------------------------------------------------------
@@ -299,11 +345,11 @@ def _unlink(block: SharedMemory) -> None:
     try:
         block.close()
     except BufferError:  # a view is still alive somewhere; unlinking still frees the name
-        pass
+        _log.debug("anekit: shared memory %s still has a view; unlinking it anyway", block.name)
     try:
         block.unlink()
     except FileNotFoundError:
-        pass
+        _log.debug("anekit: shared memory %s was already unlinked", block.name)
 
 
 # -- caller side: one worker process -------------------------------------------------------------
@@ -385,8 +431,10 @@ class _Worker:
             if self.proc.is_alive():
                 self.proc.kill()
             self.proc.join(1.0)
-        except Exception:
-            pass
+        except Exception:  # the WorkerError below is what the caller acts on
+            _log.warning(
+                "anekit: stopping the %s worker (pid %s) failed", self.backend, self.pid, exc_info=True
+            )
         self.conn.close()
         return WorkerError(why)
 
@@ -437,8 +485,10 @@ class _Worker:
         if self.alive:
             try:
                 self.call(("exit",), timeout=EXIT_GRACE)
-            except Exception:
-                pass
+            except Exception as exc:  # it is killed below if it does not exit
+                _log.debug(
+                    "anekit: the %s worker (pid %s) did not exit cleanly: %s", self.backend, self.pid, exc
+                )
         self.proc.join(EXIT_GRACE)
         if self.proc.is_alive():
             self.proc.kill()
@@ -446,8 +496,8 @@ class _Worker:
         self.dead = self.dead or "shut down"
         try:
             self.conn.close()
-        except OSError:
-            pass
+        except OSError as exc:
+            _log.debug("anekit: closing the pipe to the %s worker failed: %s", self.backend, exc)
 
 
 def _shutdown_all(workers: list[_Worker]) -> None:
@@ -597,8 +647,12 @@ class _Remote:
         if worker is not None and rid is not None and worker.alive:
             try:
                 worker.call(("close", rid), timeout=EXIT_GRACE)
-            except Exception:
-                pass
+            except WorkerError as exc:  # the worker is gone, and what it held with it
+                _log.debug("anekit: %s", exc)
+            except Exception:  # closing failed inside the worker; the caller's side is freed anyway
+                _log.warning(
+                    "anekit: closing object %d in the %s worker failed", rid, worker.backend, exc_info=True
+                )
         if self.is_kernel and worker is not None and self.pool is not None:
             self.pool._kernel_closed(worker)
         self.inputs.close()
@@ -612,8 +666,8 @@ def _capacity(spec: TensorSpec) -> int:
         from ..mil.dtypes import dtype
 
         item = dtype(spec.dtype).numpy.itemsize
-    except Exception:
-        item = 8
+    except Exception:  # a dtype without NumPy storage: a guess; a result that does not fit
+        item = 8  # comes back inline and the block grows to it (`_write_outputs`, `_call_run`)
     return max(int(np.prod(spec.shape, dtype=np.int64)) * item, 1)
 
 
