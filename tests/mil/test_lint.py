@@ -13,7 +13,8 @@ from anekit._coreml import Program, ct, mb, types
 from anekit.mil.lint import CHIP_FAMILIES, RULES, SEVERITIES, Finding, lint, normalize_chip
 
 # `anekit.mil` re-exports the function `lint`, which shadows the submodule's attribute.
-lint_mod = importlib.import_module("anekit.mil.lint")
+lint_program = importlib.import_module("anekit.mil.lint.program")
+lint_weights = importlib.import_module("anekit.mil.lint.weights")
 
 FP16, FP32 = types.fp16, types.fp32
 IOS18 = ct.target.iOS18
@@ -440,7 +441,7 @@ def test_io_slot_order_outputs_must_descend():
 
 
 def test_blob_limit_counts_every_function(monkeypatch):
-    monkeypatch.setattr(lint_mod, "_BLOB_LIMIT_BYTES", 2 * 64 * 64 * 2)
+    monkeypatch.setattr(lint_weights, "_BLOB_LIMIT_BYTES", 2 * 64 * 64 * 2)
     fn = mb.function(input_specs=[mb.TensorSpec(shape=S, dtype=FP16)], opset_version=IOS18)
     prog = Program()
     prog.add_function("a", fn(lambda x: relu2(conv(x, 64, 64))))
@@ -525,7 +526,7 @@ def test_functions_selected_and_ordered():
 def _snapshot(prog):
     ops = []
     for name, func in prog.functions.items():
-        for op in lint_mod._walk(func.operations):
+        for op in lint_program._walk(func.operations):
             ins = {
                 k: tuple(x.name for x in v) if isinstance(v, tuple) else v.name for k, v in op.inputs.items()
             }
