@@ -1,7 +1,8 @@
-"""`anekit.train.cpu_ops` against PyTorch autograd (float64)."""
+"""`anekit.train.cpu_ops` and the test oracles of `cpu_ops_reference` against PyTorch autograd (float64)."""
 
 from __future__ import annotations
 
+import cpu_ops_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -84,11 +85,9 @@ def test_classifier_forward_backward():
     x, w, dl = RNG.standard_normal((D, N)), RNG.standard_normal((V, D)), RNG.standard_normal((V, N))
     tx, tw = t(x, True), t(w, True)
     logits = tw @ tx
-    np.testing.assert_allclose(
-        cpu_ops.classifier_forward(x, w, np.float64), logits.detach().numpy(), rtol=1e-12
-    )
+    np.testing.assert_allclose(ref.classifier_forward(x, w, np.float64), logits.detach().numpy(), rtol=1e-12)
     (logits * t(dl)).sum().backward()
-    dx, dw = cpu_ops.classifier_backward(dl, x, w, np.float64)
+    dx, dw = ref.classifier_backward(dl, x, w, np.float64)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-12)
 
@@ -109,18 +108,16 @@ def test_rope_forward_and_backward():
     tx = t(x, True)
     ty = torch_rope(tx, hd, S, theta)
     np.testing.assert_allclose(
-        cpu_ops.rope_forward(x, hd, S, theta, np.float64), ty.detach().numpy(), rtol=1e-12, atol=1e-13
+        ref.rope_forward(x, hd, S, theta, np.float64), ty.detach().numpy(), rtol=1e-12, atol=1e-13
     )
     (0.5 * ty * t(g)).sum().backward()
-    got = cpu_ops.rope_backward(g, hd, S, theta, scale=0.5, dtype=np.float64)
+    got = ref.rope_backward(g, hd, S, theta, scale=0.5, dtype=np.float64)
     np.testing.assert_allclose(got, tx.grad.numpy(), rtol=1e-12, atol=1e-13)
     # the backward rotation inverts the forward one
-    back = cpu_ops.rope_backward(
-        cpu_ops.rope_forward(x, hd, S, theta, np.float64), hd, S, theta, dtype=np.float64
-    )
+    back = ref.rope_backward(ref.rope_forward(x, hd, S, theta, np.float64), hd, S, theta, dtype=np.float64)
     np.testing.assert_allclose(back, x, rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="sequences of"):
-        cpu_ops.rope_forward(x[:, :5], hd, S)
+        ref.rope_forward(x[:, :5], hd, S)
 
 
 def test_gqa_reduce_is_the_transpose_of_repeat_interleave():
@@ -129,19 +126,17 @@ def test_gqa_reduce_is_the_transpose_of_repeat_interleave():
     full = kv.repeat_interleave(nh // nkv, dim=0)  # q head h reads kv head h // ratio
     g = RNG.standard_normal((nh * hd, N))
     (full.reshape(nh * hd, N) * t(g)).sum().backward()
-    np.testing.assert_allclose(
-        cpu_ops.gqa_reduce(g, nh, nkv), kv.grad.numpy().reshape(nkv * hd, N), rtol=1e-12
-    )
+    np.testing.assert_allclose(ref.gqa_reduce(g, nh, nkv), kv.grad.numpy().reshape(nkv * hd, N), rtol=1e-12)
 
 
 def test_silu_grad_and_swiglu_backward():
     h1, h3, dg = RNG.standard_normal((7, 3)) * 3, RNG.standard_normal((7, 3)), RNG.standard_normal((7, 3))
     th1, th3 = t(h1, True), t(h3, True)
     (F.silu(th1) * th3 * t(dg)).sum().backward()
-    dh1, dh3 = cpu_ops.swiglu_backward(dg, h1, h3, np.float64)
+    dh1, dh3 = ref.swiglu_backward(dg, h1, h3, np.float64)
     np.testing.assert_allclose(dh1, th1.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(dh3, th3.grad.numpy(), rtol=1e-12)
     th = t(h1, True)
     F.silu(th).sum().backward()
-    np.testing.assert_allclose(cpu_ops.silu_grad(h1, np.float64), th.grad.numpy(), rtol=1e-12)
-    assert cpu_ops.silu_grad(h1).dtype == np.float32
+    np.testing.assert_allclose(ref.silu_grad(h1, np.float64), th.grad.numpy(), rtol=1e-12)
+    assert ref.silu_grad(h1).dtype == np.float32

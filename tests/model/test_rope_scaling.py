@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import cpu_ops_reference as ref
 import numpy as np
 import pytest
 
@@ -21,7 +22,6 @@ from anekit.model import ModelConfig
 from anekit.model.config import ConfigError, RopeScaling
 from anekit.model.io import ModelFileError, save_llama2c
 from anekit.model.reference import decode_step, forward, init_params, new_cache
-from anekit.train import cpu_ops
 
 # head_dim 16, theta 1e4: wavelengths 6.3, 19.9, 62.8, 199, 628, ... With L = 32, low 1, high 4 the
 # bands are < 8 (kept), 8..32 (smoothed) and > 32 (divided by factor): pair 0 kept, 1 smoothed, 2-7
@@ -151,11 +151,11 @@ def test_cpu_rope_ops_use_the_scaled_angles():
         [rotate(t[:, i * S : (i + 1) * S].T.reshape(S, heads, hd), ang).reshape(S, -1).T for i in range(2)],
         axis=1,
     )
-    got = cpu_ops.rope_forward(t, hd, S, SCALED.rope_theta, np.float64, scaling=SCALING)
+    got = ref.rope_forward(t, hd, S, SCALED.rope_theta, np.float64, scaling=SCALING)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
-    back = cpu_ops.rope_backward(got, hd, S, SCALED.rope_theta, scale=1.0, dtype=np.float64, scaling=SCALING)
+    back = ref.rope_backward(got, hd, S, SCALED.rope_theta, scale=1.0, dtype=np.float64, scaling=SCALING)
     np.testing.assert_allclose(back, t, rtol=1e-12, atol=1e-13)
-    plain = cpu_ops.rope_forward(t, hd, S, SCALED.rope_theta, np.float64)
+    plain = ref.rope_forward(t, hd, S, SCALED.rope_theta, np.float64)
     assert np.abs(plain - got).max() > 0.1
 
 

@@ -8,7 +8,7 @@ of each head form one complex number rotated by angle `pos · inv_freq[p]`, wher
     out[2p+1] = x[2p] sin + x[2p+1] cos
 
 (not Hugging Face's "rotate_half" by halves). This module is the one definition of those angles;
-the kernels bake them as constants, `anekit.model.reference` and `anekit.train.cpu_ops` apply them
+the kernels bake them as constants, `anekit.model.reference` (and the tests' CPU oracles) apply them
 on the CPU, and the llama2.c exporter writes its legacy tables from them.
 
 Llama 3 frequency scaling (`scaling`, an `anekit.model.config.RopeScaling`; Hugging Face calls it

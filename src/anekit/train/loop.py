@@ -99,7 +99,6 @@ class TrainResult:
     out: Path
     backend: str
     val_loss: float | None = None
-    sample: str = ""
     history: list[StepLog] = field(default_factory=list)
 
 
