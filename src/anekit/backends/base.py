@@ -82,13 +82,21 @@ def _dtype_kind(name: str) -> str:
     return name
 
 
-def check_inputs(
-    specs: dict[str, TensorSpec], given: dict[str, object], partial: bool = False
-) -> dict[str, np.ndarray]:
-    """Validate `given` against `specs` and return them as arrays; errors name every problem.
+def _shape_fits(want: tuple[int | None, ...], got: tuple[int, ...]) -> bool:
+    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
 
-    partial: allow a subset of the inputs (a `Binding` stages its inputs one at a time).
-    """
+
+def _dtype_fits(arr: np.ndarray, spec: TensorSpec) -> bool:
+    """Whether `arr`'s dtype may feed `spec`: the same kind, an int array for a float input, or a
+    float array holding only integers for an integer input (anything else is a bug)."""
+    kind = _KIND.get(arr.dtype.kind)
+    want_kind = _dtype_kind(spec.dtype)
+    if kind == want_kind or (kind == "int" and want_kind == "float"):
+        return True
+    return kind == "float" and want_kind == "int" and bool(np.all(np.mod(arr, 1) == 0))
+
+
+def _name_problems(specs: dict[str, TensorSpec], given: dict[str, object], partial: bool) -> list[str]:
     problems = []
     missing = [] if partial else [n for n in specs if n not in given]
     unknown = [n for n in given if n not in specs]
@@ -96,23 +104,28 @@ def check_inputs(
         problems.append("missing input(s): " + ", ".join(missing))
     if unknown:
         problems.append(f"unknown input(s): {', '.join(unknown)} (the kernel takes {', '.join(specs)})")
+    return problems
+
+
+def check_inputs(
+    specs: dict[str, TensorSpec], given: dict[str, object], partial: bool = False
+) -> dict[str, np.ndarray]:
+    """Validate `given` against `specs` and return them as arrays; errors name every problem.
+
+    partial: allow a subset of the inputs (a `Binding` stages its inputs one at a time).
+    """
+    problems = _name_problems(specs, given, partial)
     arrays: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
         if name not in given:
             continue
         arr = np.asarray(given[name])
-        want = spec.shape
-        if len(arr.shape) != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+        if not _shape_fits(spec.shape, arr.shape):
             problems.append(f"input {name!r} has shape {tuple(arr.shape)}, expected {spec}")
-            continue
-        kind = _KIND.get(arr.dtype.kind)
-        want_kind = _dtype_kind(spec.dtype)
-        # A float array may feed an integer input only if it holds integers; anything else is a bug.
-        if kind != want_kind and not (kind == "int" and want_kind == "float"):
-            if not (kind == "float" and want_kind == "int" and np.all(np.mod(arr, 1) == 0)):
-                problems.append(f"input {name!r} has dtype {arr.dtype}, expected {spec.dtype}")
-                continue
-        arrays[name] = arr
+        elif not _dtype_fits(arr, spec):
+            problems.append(f"input {name!r} has dtype {arr.dtype}, expected {spec.dtype}")
+        else:
+            arrays[name] = arr
     if problems:
         raise KernelInputError("; ".join(problems))
     return arrays
