@@ -21,7 +21,10 @@ from rich.table import Column
 from rich.text import Text
 
 from ..errors import AnekitError
+from ..model.config import PRESETS
+from ..train.data import VAL_FRACTION
 from ..train.loop import TrainOptions
+from ..train.options import DEFAULT_PRESET, NUMERICS
 from .common import err, fail, stdout_console
 
 D = TrainOptions  # every default is written once, in TrainOptions, and read here
@@ -29,57 +32,65 @@ EMULATED = "reference backend: CPU emulation"
 PRINT_EVERY = 10
 
 
+def _preset_list() -> str:
+    """The presets for help text, from the registry (`anekit.model.config.PRESETS`)."""
+    return ", ".join(f"{name} (the default)" if name == DEFAULT_PRESET else name for name in PRESETS)
+
+
 def train(
     preset: str = typer.Option(
-        None,
-        help="Model preset: tiny (the default), stories15m, stories42m, stories110m, qwen3-0.6b. "
-        "On --resume the checkpoint's model is used unless one is given.",
+        D.preset,
+        help=f"Model preset: {_preset_list()}. On --resume the checkpoint's model is used unless one is "
+        "given.",
     ),
     config: Path = typer.Option(
-        None,
+        D.config_file,
         help="A .toml/.json model config instead of a preset: the keys of docs/examples/model.toml (each "
         "explained there; 'preset = NAME' starts from a preset). Unknown keys and bad values are refused.",
     ),
     data: Path = typer.Option(
-        None, help="Training data: llama2.c uint16 .bin tokens or a text file (default: bundled stories)."
+        D.data, help="Training data: llama2.c uint16 .bin tokens or a text file (default: bundled stories)."
     ),
     tokenizer: Path = typer.Option(
-        None,
+        D.tokenizer,
         help="tokenizer.json (Hugging Face) or llama2.c tokenizer.bin (default: bundled; on --resume the "
         "checkpoint's). Its vocabulary must match the model's: see `anekit train-tokenizer`.",
     ),
     steps: int = typer.Option(D.steps, help="Optimizer steps to train to (in total, when resuming)."),
     batch: int = typer.Option(D.batch, help="Sequences per micro-batch."),
     accum: int = typer.Option(D.accum, help="Micro-batches accumulated per optimizer step."),
-    lr: float = typer.Option(D.lr, help="Peak learning rate (cosine decay to 0.1x after warm-up), (0, 1]."),
+    lr: float = typer.Option(
+        D.lr, help=f"Peak learning rate (cosine decay to {D.min_lr_ratio:g}x after warm-up), (0, 1]."
+    ),
     warmup: int = typer.Option(D.warmup, help="Linear warm-up steps."),
     clip: float = typer.Option(D.clip, help="Global gradient-norm clip (0: off)."),
     backend: str = typer.Option(
         D.backend, help="auto (ANE where reachable, else reference), ane or reference."
     ),
     numerics: str = typer.Option(
-        D.numerics, help="Reference backend numerics: ane (fp16 as on the engine) or exact."
+        D.numerics,
+        help=f"Reference backend numerics: {NUMERICS[0]} (fp16 as on the engine) or {NUMERICS[1]} (float64).",
     ),
     out: Path = typer.Option(
-        None,
+        D.out,
         help="Run directory: checkpoint/, checkpoint.prev/, log.jsonl, loss.png (default: runs/<model>).",
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue from OUT/checkpoint exactly where it stopped."
+        D.resume, "--resume", help="Continue from OUT/checkpoint exactly where it stopped."
     ),
     overwrite: bool = typer.Option(
-        False,
+        D.overwrite,
         "--overwrite",
         help="Replace the run in OUT with a new one (the old one stays until the new one first saves).",
     ),
     reschedule: bool = typer.Option(
-        False,
+        D.reschedule,
         "--reschedule",
         help="With --resume: decay the learning rate over the new --steps/--lr/--warmup instead of the "
         "schedule the run started with.",
     ),
     force: bool = typer.Option(
-        False, "--force", help="Start even when the estimated memory exceeds this machine's."
+        D.force, "--force", help="Start even when the estimated memory exceeds this machine's."
     ),
     seed: int = typer.Option(D.seed, help="Seed for initialisation and data sampling."),
     loss_scale: float = typer.Option(
@@ -88,7 +99,8 @@ def train(
     save_every: int = typer.Option(D.save_every, help="Checkpoint every N steps (and at the end)."),
     eval_every: int = typer.Option(
         D.eval_every,
-        help="Validation loss on the held-out 5% of the data every N steps and at the end (0: off).",
+        help=f"Validation loss on the held-out {VAL_FRACTION:.0%} of the data every N steps and at the end "
+        "(0: off).",
     ),
     eval_batches: int = typer.Option(D.eval_batches, help="Batches of held-out data per validation."),
     max_skipped: int = typer.Option(
@@ -439,8 +451,8 @@ def evaluate(
     ),
     data: Path = typer.Option(
         None,
-        help="Data to score, the whole file: .bin tokens or text (default: the held-out 5% of the data the "
-        "run trained on, the slice its validation loss was measured on).",
+        help="Data to score, the whole file: .bin tokens or text (default: the held-out "
+        f"{VAL_FRACTION:.0%} of the data the run trained on, the slice its validation loss was measured on).",
     ),
     tokenizer: Path = typer.Option(
         None,
@@ -448,8 +460,8 @@ def evaluate(
     ),
     batch: int = typer.Option(8, help="Sequences per batch."),
     max_batches: int = typer.Option(20, help="Batches to score (0: all)."),
-    backend: str = typer.Option("auto", help="auto, ane or reference."),
-    numerics: str = typer.Option("ane", help="Reference backend numerics: ane or exact."),
+    backend: str = typer.Option(D.backend, help="auto, ane or reference."),
+    numerics: str = typer.Option(D.numerics, help=f"Reference backend numerics: {' or '.join(NUMERICS)}."),
     as_json: bool = typer.Option(
         False, "--json", help="Print one JSON object (loss, perplexity, tokens, data, ...) and nothing else."
     ),
@@ -462,8 +474,8 @@ def evaluate(
 
     _int_at_least("--batch", batch, 1)
     _int_at_least("--max-batches", max_batches, 0)
-    if numerics not in ("ane", "exact"):
-        raise fail(f"--numerics must be ane or exact, got {numerics!r}")
+    if numerics not in NUMERICS:
+        raise fail(f"--numerics must be {' or '.join(NUMERICS)}, got {numerics!r}")
     checkpoint = checkpoint_dir(checkpoint)
     config, params, _, state = _load(checkpoint)
     tok = _tokenizer_for(checkpoint, tokenizer, state)

@@ -18,6 +18,9 @@ from ..errors import AnekitError
 from ..model.config import ModelConfig, preset
 
 DEFAULT_PRESET = "tiny"
+#: The reference backend's numerics (`anekit.backends.reference.NUMERICS`, which imports coremltools;
+#: a test checks the two agree). The engine has its own, which is what "ane" emulates.
+NUMERICS = ("ane", "exact")
 
 
 class OptionError(AnekitError, ValueError):
@@ -76,8 +79,8 @@ class TrainOptions:
         _int_option("--eval-batches", self.eval_batches, 1, 1 << 20)
         _int_option("--max-skipped", self.max_skipped, 1, 10**9)
         _int_option("--sample-tokens", self.sample_tokens, 0, 1 << 20)
-        if self.numerics not in ("ane", "exact"):
-            raise OptionError(f"--numerics must be ane or exact, got {self.numerics!r}")
+        if self.numerics not in NUMERICS:
+            raise OptionError(f"--numerics must be {' or '.join(NUMERICS)}, got {self.numerics!r}")
         from ..model.reference import INIT_SCHEMES
 
         if self.init not in INIT_SCHEMES:
