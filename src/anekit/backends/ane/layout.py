@@ -175,27 +175,61 @@ def surface_layout(
     shape = _static_shape(spec)
     dims = engine_dims(spec, nchw)
     dt = io_dtype(spec)
-    item = dt.itemsize
     if strides is None:
-        if not shape:
-            raise LayoutError(f"{_describe(spec)}: a scalar cannot be a surface; use shape [1, 1, 1, 32]")
-        inner = dims[-1] * item
-        if inner % ROW_ALIGN_BYTES:
-            raise LayoutError(
-                f"{_describe(spec)}: its innermost dimension is {shape[-1]} elements ({inner} bytes). "
-                f"Without a PlaneStride from the engine the surface must be dense, which needs the "
-                f"innermost dimension to be a multiple of {ROW_ALIGN_BYTES // item} {spec.dtype} elements "
-                f"({ROW_ALIGN_BYTES} bytes); other widths give silent zeros or status 0x1d "
-                "(ane-private-api.md §1.7, §6). Pad that dimension (e.g. the sequence) to a multiple "
-                f"of {ROW_ALIGN_BYTES // item}."
-            )
-        dense = [item]
-        for d in reversed(dims[1:]):
-            dense.insert(0, dense[0] * d)
-        return SurfaceLayout(
-            spec.name, shape, dt, dims, tuple(dense), int(np.prod(shape)) * item, strided=False
-        )
+        return _dense_layout(spec, shape, dims, dt)
+    return _strided_layout(spec, shape, dims, dt, strides)
 
+
+def _dense_layout(
+    spec: TensorSpec, shape: tuple[int, ...], dims: tuple[int, ...], dt: np.dtype
+) -> SurfaceLayout:
+    """Rows packed back to back: only valid when the innermost dimension fills whole 64-byte rows."""
+    item = dt.itemsize
+    if not shape:
+        raise LayoutError(f"{_describe(spec)}: a scalar cannot be a surface; use shape [1, 1, 1, 32]")
+    inner = dims[-1] * item
+    if inner % ROW_ALIGN_BYTES:
+        raise LayoutError(
+            f"{_describe(spec)}: its innermost dimension is {shape[-1]} elements ({inner} bytes). "
+            f"Without a PlaneStride from the engine the surface must be dense, which needs the "
+            f"innermost dimension to be a multiple of {ROW_ALIGN_BYTES // item} {spec.dtype} elements "
+            f"({ROW_ALIGN_BYTES} bytes); other widths give silent zeros or status 0x1d "
+            "(ane-private-api.md §1.7, §6). Pad that dimension (e.g. the sequence) to a multiple "
+            f"of {ROW_ALIGN_BYTES // item}."
+        )
+    dense = [item]
+    for d in reversed(dims[1:]):
+        dense.insert(0, dense[0] * d)
+    return SurfaceLayout(spec.name, shape, dt, dims, tuple(dense), int(np.prod(shape)) * item, strided=False)
+
+
+def _check_reported(spec: TensorSpec, strides: Strides, channels: int) -> None:
+    """The engine's own description of the surface (Channels, Type) must match the program's."""
+    if strides.channels is not None and strides.channels != channels:
+        raise LayoutError(
+            f"{_describe(spec)}: the engine reports Channels={strides.channels}, the layout has {channels} "
+            "channels; refusing to guess where the data goes"
+        )
+    if strides.type is not None and strides.type.lower() not in _TYPE_NAMES[spec.dtype]:
+        raise LayoutError(f"{_describe(spec)}: the engine reports Type={strides.type!r}, not {spec.dtype}")
+
+
+def _row_stride(spec: TensorSpec, strides: Strides, h: int, row_bytes: int) -> int:
+    if strides.row is not None:
+        return strides.row
+    if h == 1 or row_bytes % ROW_ALIGN_BYTES == 0:
+        return row_bytes  # one row, or rows already 64-byte aligned: dense rows within the plane
+    raise LayoutError(
+        f"{_describe(spec)}: the engine reported a PlaneStride but no RowStride, and rows of "
+        f"{row_bytes} bytes are not {ROW_ALIGN_BYTES}-byte aligned, so where row 1 starts is unknown"
+    )
+
+
+def _strided_layout(
+    spec: TensorSpec, shape: tuple[int, ...], dims: tuple[int, ...], dt: np.dtype, strides: Strides
+) -> SurfaceLayout:
+    """[N, C, H, W] at the engine's reported strides, checked to hold the tensor without overlap."""
+    item = dt.itemsize
     if len(dims) > 4:
         raise LayoutError(
             f"{_describe(spec)}: the engine reported strides for a rank-{len(shape)} tensor; only ranks "
@@ -203,23 +237,9 @@ def surface_layout(
         )
     # Without a reported NCHW, a lower rank gets leading 1s (the only reading left, §1.7).
     n, c, h, w = (1,) * (4 - len(dims)) + dims
-    if strides.channels is not None and strides.channels != c:
-        raise LayoutError(
-            f"{_describe(spec)}: the engine reports Channels={strides.channels}, the layout has {c} "
-            "channels; refusing to guess where the data goes"
-        )
-    if strides.type is not None and strides.type.lower() not in _TYPE_NAMES[spec.dtype]:
-        raise LayoutError(f"{_describe(spec)}: the engine reports Type={strides.type!r}, not {spec.dtype}")
+    _check_reported(spec, strides, c)
     row_bytes = w * item
-    if strides.row is not None:
-        rs = strides.row
-    elif h == 1 or row_bytes % ROW_ALIGN_BYTES == 0:
-        rs = row_bytes  # one row, or rows already 64-byte aligned: dense rows within the plane
-    else:
-        raise LayoutError(
-            f"{_describe(spec)}: the engine reported a PlaneStride but no RowStride, and rows of "
-            f"{row_bytes} bytes are not {ROW_ALIGN_BYTES}-byte aligned, so where row 1 starts is unknown"
-        )
+    rs = _row_stride(spec, strides, h, row_bytes)
     ps = strides.plane
     plane_extent = (h - 1) * rs + row_bytes
     if rs < row_bytes or ps < plane_extent:
@@ -373,35 +393,45 @@ def match_ports(
         return [None] * len(names), list(range(len(names)))
     named = [p for p in ports if p.names]
     if len(named) == len(ports):
-        index = {n: i for i, n in enumerate(names)}
-        order: list[int] = []
-        for p in ports:
-            hits = [index[n] for n in p.names if n in index]
-            if not hits:
-                raise LayoutError(
-                    f"the engine lists {role} {'/'.join(p.names)!r}, which the program does not declare "
-                    f"(its {role}s: {', '.join(names)}); refusing to guess (ane-private-api.md §10.3)"
-                )
-            if hits[0] in order:
-                raise LayoutError(
-                    f"the engine lists {role} {names[hits[0]]!r} twice (ane-private-api.md §10.3)"
-                )
-            order.append(hits[0])
-        missing = [names[i] for i in range(len(names)) if i not in order]
-        if missing:
-            raise LayoutError(
-                f"the engine does not list the program's {role}(s) {', '.join(missing)}; refusing to "
-                "guess where they go (ane-private-api.md §10.3)"
-            )
-        by_tensor: list[Port | None] = [None] * len(names)
-        for p, i in zip(ports, order):
-            by_tensor[i] = p
-        return by_tensor, order
+        return _match_named(names, ports, role)
     if named:
         raise LayoutError(
             f"the engine names some of its {role}s and not others ({', '.join(p.label for p in ports)}); "
             "refusing to guess which is which (ane-private-api.md §10.3)"
         )
+    return _match_by_position(names, ports, role)
+
+
+def _match_named(names: list[str], ports: Sequence[Port], role: str) -> tuple[list[Port | None], list[int]]:
+    """`match_ports` when every entry is named: each entry names exactly one declared tensor, once."""
+    index = {n: i for i, n in enumerate(names)}
+    order: list[int] = []
+    for p in ports:
+        hits = [index[n] for n in p.names if n in index]
+        if not hits:
+            raise LayoutError(
+                f"the engine lists {role} {'/'.join(p.names)!r}, which the program does not declare "
+                f"(its {role}s: {', '.join(names)}); refusing to guess (ane-private-api.md §10.3)"
+            )
+        if hits[0] in order:
+            raise LayoutError(f"the engine lists {role} {names[hits[0]]!r} twice (ane-private-api.md §10.3)")
+        order.append(hits[0])
+    missing = [names[i] for i in range(len(names)) if i not in order]
+    if missing:
+        raise LayoutError(
+            f"the engine does not list the program's {role}(s) {', '.join(missing)}; refusing to "
+            "guess where they go (ane-private-api.md §10.3)"
+        )
+    by_tensor: list[Port | None] = [None] * len(names)
+    for p, i in zip(ports, order):
+        by_tensor[i] = p
+    return by_tensor, order
+
+
+def _match_by_position(
+    names: list[str], ports: Sequence[Port], role: str
+) -> tuple[list[Port | None], list[int]]:
+    """`match_ports` when no entry is named: by position, only when the counts agree."""
     if len(ports) != len(names):
         raise LayoutError(
             f"the engine lists {len(ports)} unnamed {role}s, the program declares {len(names)}; refusing "
@@ -411,7 +441,7 @@ def match_ports(
         warnings.warn(
             f"the engine's {role} entries carry no Name or Symbol; they are paired with the program's "
             f"{role}s by position, which is unverified (ane-private-api.md §10.3)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of match_ports' caller, as before the split
         )
     return list(ports), list(range(len(names)))
 
