@@ -248,6 +248,10 @@ class ReferenceKernel(Kernel):
     # -- run -----------------------------------------------------------------------------------
     @staticmethod
     def _exec(step, env) -> None:
+        # Cyclomatic complexity 17, kept in one piece on purpose: this is the interpreter loop's
+        # body, run once per op per run, and each helper call it would make costs a Python call
+        # per op (or per output) on every run; the branches are the argument gathering, the output
+        # count check and the per-output rounding and shape checks, in that order.
         impl, ctx, args, outs, casts = step
         kwargs = {}
         for name, s in args:

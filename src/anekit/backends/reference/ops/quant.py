@@ -129,13 +129,7 @@ def _lut_lookup(indices: Array, lut: Array, vector_axis: Array | int | None) -> 
     idx = np.asarray(indices)
     lut = np.asarray(lut)
     rank = idx.ndim
-    if rank < 1 or lut.ndim != rank + 2:
-        raise ValueError(f"lut must have rank(indices) + 2 = {rank + 2} dims, got shape {lut.shape}")
-    groups, (n_pal, vsize) = lut.shape[:rank], lut.shape[rank:]
-    if any(g == 0 or s % g for s, g in zip(idx.shape, groups)):
-        raise ValueError(f"each indices dim {idx.shape} must be a multiple of the lut's {groups}")
-    if idx.size and int(idx.max()) >= n_pal:
-        raise ValueError(f"an index {int(idx.max())} is past the lut's {n_pal} entries")
+    groups, n_pal, vsize = _lut_shape(idx, lut)
     # indices as [G0, B0, G1, B1, ...]; the lut broadcast over each block: [G0, 1, G1, 1, ..., P, V]
     blocks = tuple(v for s, g in zip(idx.shape, groups) for v in (g, s // g))
     spread = tuple(v for g in groups for v in (g, 1)) + (n_pal, vsize)
@@ -145,12 +139,31 @@ def _lut_lookup(indices: Array, lut: Array, vector_axis: Array | int | None) -> 
     out = picked.reshape(idx.shape + (vsize,))
     if vsize == 1:
         return out.reshape(idx.shape)
+    return _vectors_along(out, vector_axis)
+
+
+def _lut_shape(idx: np.ndarray, lut: np.ndarray) -> tuple[tuple[int, ...], int, int]:
+    """(groups G, NUM_PALETTES, VECTOR_SIZE) of an iOS18 lut, checked against the indices."""
+    rank = idx.ndim
+    if rank < 1 or lut.ndim != rank + 2:
+        raise ValueError(f"lut must have rank(indices) + 2 = {rank + 2} dims, got shape {lut.shape}")
+    groups, (n_pal, vsize) = lut.shape[:rank], lut.shape[rank:]
+    if any(g == 0 or s % g for s, g in zip(idx.shape, groups)):
+        raise ValueError(f"each indices dim {idx.shape} must be a multiple of the lut's {groups}")
+    if idx.size and int(idx.max()) >= n_pal:
+        raise ValueError(f"an index {int(idx.max())} is past the lut's {n_pal} entries")
+    return groups, n_pal, vsize
+
+
+def _vectors_along(out: np.ndarray, vector_axis: Array | int | None) -> Array:
+    """[*S, V] -> S with dim `vector_axis` V times longer, each vector's elements consecutive."""
+    rank, vsize = out.ndim - 1, out.shape[-1]
     if vector_axis is None:
         raise ValueError(f"a lut with vectors of {vsize} needs vector_axis")
     a = int(vector_axis) + rank if int(vector_axis) < 0 else int(vector_axis)
     if not 0 <= a < rank:
         raise ValueError(f"vector_axis {int(vector_axis)} is out of range for rank {rank}")
-    shape = list(idx.shape)
+    shape = list(out.shape[:-1])
     shape[a] *= vsize
     return np.moveaxis(out, -1, a + 1).reshape(shape)
 
