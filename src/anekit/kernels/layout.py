@@ -86,6 +86,12 @@ class Layout:
         need_w = max(s.columns[1] for s in segs)
         self.channels = need_c if channels is None else channels
         self.width = need_w if width is None else width
+        self._check_placement(segs)
+        self.segments = segs
+        self._by_name = {s.name: s for s in segs}
+
+    def _check_placement(self, segs: tuple[Segment, ...]) -> None:
+        """Every segment non-empty and inside the tensor; no two overlapping."""
         for s in segs:
             (c0, c1), (w0, w1) = s.channels, s.columns
             if not (0 <= c0 < c1 <= self.channels and 0 <= w0 < w1 <= self.width):
@@ -97,8 +103,6 @@ class Layout:
             for b in segs[i + 1 :]:
                 if a.overlaps(b):
                     raise LayoutError(f"segments {a.name!r} and {b.name!r} overlap")
-        self.segments = segs
-        self._by_name = {s.name: s for s in segs}
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod

@@ -96,6 +96,36 @@ def _is_exact(kernel) -> bool:
     return getattr(getattr(kernel, "numerics", None), "name", None) == "exact"
 
 
+def _backend_compile(backend: str, options: dict) -> Callable:
+    """program -> Kernel on `backend` with `options` (`anekit.compile`)."""
+    from ..api import compile as anekit_compile
+
+    def compile(program):
+        return anekit_compile(program, backend=backend, **options)
+
+    return compile
+
+
+def _layer_kernels(config: ModelConfig, n_seq: int, seq_len: int, compile: Callable, const_precision):
+    """(specs, compiled kernels) of `LAYER_KERNELS`, in its order, for calls of `n_seq` sequences
+    of `seq_len` tokens. The table-free kernels are compiled first: RoPE tables are fp16 constants
+    unless asked otherwise, since M1/M2 engines cannot run the fp32 const + cast form
+    (ane-private-api.md §1.8); only the float64 "exact" reference oracle (seen on the kernels that
+    bake no tables) keeps fp32 tables."""
+    first = {k: LAYER_KERNELS[k](config, n_seq, seq_len, DEFAULT_CONST_PRECISION) for k in _TABLE_FREE}
+    kernels = {name: compile(spec.program) for name, spec in first.items()}
+    if const_precision is None:
+        const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
+    specs: dict[str, KernelSpec] = {
+        name: first.get(name) or make(config, n_seq, seq_len, const_precision)
+        for name, make in LAYER_KERNELS.items()
+    }
+    for name, spec in specs.items():
+        if name not in kernels:
+            kernels[name] = compile(spec.program)
+    return specs, {name: kernels[name] for name in specs}
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -137,27 +167,10 @@ class ModelRunner:
         self.vocab_chunk = vocab_chunk
         self.blas_threads = blas_threads
         if compile is None:
-            from ..api import compile as anekit_compile
-
-            def compile(program):
-                return anekit_compile(program, backend=backend, **options)
-
-        n, s = self.n_seq, self.padded_len
-        first = {k: LAYER_KERNELS[k](config, n, s, DEFAULT_CONST_PRECISION) for k in _TABLE_FREE}
-        kernels = {name: compile(spec.program) for name, spec in first.items()}
-        # RoPE tables are fp16 constants unless asked otherwise: M1/M2 engines cannot run the fp32
-        # const + cast form (ane-private-api.md §1.8). Only the float64 "exact" reference oracle
-        # (seen on the kernels that bake no tables) keeps fp32 tables.
-        if const_precision is None:
-            const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
-        self.specs: dict[str, KernelSpec] = {
-            name: first.get(name) or make(config, n, s, const_precision)
-            for name, make in LAYER_KERNELS.items()
-        }
-        for name, spec in self.specs.items():
-            if name not in kernels:
-                kernels[name] = compile(spec.program)
-        self.kernels = {name: kernels[name] for name in self.specs}
+            compile = _backend_compile(backend, options)
+        self.specs, self.kernels = _layer_kernels(
+            config, self.n_seq, self.padded_len, compile, const_precision
+        )
         # Exact reference numerics keep every fp16-typed value in float64, inputs included: the
         # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
         # takes, fp16; the CPU side follows (float64 / float32) unless `dtype` says otherwise.
