@@ -13,6 +13,10 @@ of its one packed input and its one concatenated output).
 | ffn_backward | dy, h1, h3, W1, W3, W2ᵀ | dx, dh1, dh3 |
 | rmsnorm_forward | x, weight | y |
 
+Each `KernelSpec` declares how a layer's weights are staged into its input (`spec.staging`: `Staged`
+segment <- parameter, transposed or not); `anekit.train.step.ModelRunner` stages by those
+declarations (`spec.stage(buffer, layer_params)`), so a kernel's weight layout is written once, here.
+
 Submodules load lazily: `anekit.kernels.layout` and `anekit.kernels.rope` are NumPy-only and do not
 import coremltools.
 """
@@ -26,6 +30,7 @@ _EXPORTS = {
     "Segment": "layout",
     "LayoutError": "layout",
     "KernelSpec": "common",
+    "Staged": "common",
     "MASK_VALUE": "common",
     "attention_forward": "attention",
     "attention_backward": "attention",
