@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -267,3 +269,26 @@ class Result:
     summary: dict = field(default_factory=dict)
     status: str = "ok"  #: "ok" or "skipped"
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything anekit knows about one benchmark; each experiment module defines one as `EXPERIMENT`,
+    and `anekit.bench.EXPERIMENTS` (the registry) lists them. The CLI's names and help, `all`, the
+    runner, the charts, the published figures and the record schema's experiment names all read it.
+
+    config: a dataclass of the defaults; `config.quick()` gives the `--quick` config.
+    run(ctx, config) -> Result; n_points(config): how many points `run` measures (the progress bar).
+    plot(record, out_dir) -> the PNG files written (None: the experiment has no chart).
+    datasets: the `anekit.perf.published` datasets whose rows it is compared with.
+    statements: published statements without a number table, as (text, source).
+    """
+
+    name: str
+    title: str
+    config: type
+    run: Callable[[Context, Any], Result]
+    n_points: Callable[[Any], int]
+    plot: Callable[[dict, Path], list[Path]] | None = None
+    datasets: tuple[str, ...] = ()
+    statements: tuple[tuple[str, str], ...] = ()

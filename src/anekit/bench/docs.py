@@ -22,9 +22,9 @@ def configs_markdown() -> str:
     from . import EXPERIMENTS
 
     lines = []
-    for name, mod in EXPERIMENTS.items():
-        full, quick = mod.Config(), mod.Config.quick()
-        lines += [f"**`{name}`** ({mod.TITLE})", "", "| field | default | --quick |", "|---|---|---|"]
+    for name, exp in EXPERIMENTS.items():
+        full, quick = exp.config(), exp.config.quick()
+        lines += [f"**`{name}`** ({exp.title})", "", "| field | default | --quick |", "|---|---|---|"]
         for f in dataclasses.fields(full):
             a, b = getattr(full, f.name), getattr(quick, f.name)
             lines.append(f"| `{f.name}` | {_v(a)} | {_v(b)} |")

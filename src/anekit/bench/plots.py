@@ -1,4 +1,5 @@
-"""PNG charts of bench records (matplotlib, Agg backend: no display needed)."""
+"""PNG charts of bench records (matplotlib, Agg backend: no display needed): the kinds of chart, which
+an experiment's `plot` draws, and `plot_record`, which calls it."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _xy(points, key, value):
     return [p["params"][key] for p in pts], [value(p) for p in pts]
 
 
-def _line_plot(rec: dict, key: str, xlabel: str, select, path: Path, title: str, logx: bool = True) -> Path:
+def line_plot(rec: dict, key: str, xlabel: str, select, path: Path, title: str, logx: bool = True) -> Path:
     plt = _plt()
     pts = [p for p in rec["points"] if select(p)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -68,54 +69,19 @@ def _line_plot(rec: dict, key: str, xlabel: str, select, path: Path, title: str,
 
 def plot_record(rec: dict, out_dir: Path) -> list[Path]:
     """The charts for one record (none for skipped/failed records or experiments without a chart)."""
+    from . import EXPERIMENTS
+
     if rec["status"] != "ok" or not rec["points"]:
+        return []
+    plot = EXPERIMENTS[rec["experiment"]].plot
+    if plot is None:
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = rec["experiment"]
-    cfg = rec["config"]
-    if name == "peak":
-        c, s = cfg["base_channels"], cfg["base_spatial"]
-        return [
-            _line_plot(
-                rec,
-                "depth",
-                "convs per program (depth)",
-                lambda p: p["params"]["channels"] == c and p["params"]["spatial"] == s,
-                out_dir / "peak_depth.png",
-                f"Chained 1x1 convs, {c} ch, spatial {s}",
-            )
-        ]
-    if name == "chain":
-        return [
-            _line_plot(
-                rec,
-                "depth",
-                "ops per program",
-                lambda p: True,
-                out_dir / "chain.png",
-                f"Fixed work ({cfg['total_ops']} convs) split into programs",
-            )
-        ]
-    if name == "sram":
-        return [
-            _line_plot(
-                rec,
-                "weight_mb",
-                "weight (MB)",
-                lambda p: True,
-                out_dir / "sram.png",
-                "One 1x1 conv against its weight size",
-            )
-        ]
-    if name in ("conv-vs-matmul", "int8"):
-        return [_bars(rec, out_dir / f"{name.replace('-', '_')}.png")]
-    if name == "dispatch":
-        return [_histogram(rec, out_dir / "dispatch_hist.png")]
-    return []
+    return plot(rec, out_dir)
 
 
-def _bars(rec: dict, path: Path) -> Path:
+def bars(rec: dict, path: Path) -> Path:
     plt = _plt()
     pts = rec["points"]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pts)), 4.5))
@@ -140,7 +106,7 @@ def _bars(rec: dict, path: Path) -> Path:
     return path
 
 
-def _histogram(rec: dict, path: Path) -> Path:
+def histogram(rec: dict, path: Path) -> Path:
     plt = _plt()
     p = rec["points"][0]
     samples = p["timing"].get("samples_ms") or [p["timing"]["median_ms"]]

@@ -16,8 +16,8 @@ from .record import make_record, write
 
 def config_for(name: str, quick: bool = False, overrides: dict[str, str] | None = None):
     """The experiment's default (or `--quick`) config, with NAME=VALUE overrides applied."""
-    mod = EXPERIMENTS[name]
-    cfg = mod.Config.quick() if quick else mod.Config()
+    exp = EXPERIMENTS[name]
+    cfg = exp.config.quick() if quick else exp.config()
     changes = {}
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for key, text in (overrides or {}).items():
@@ -121,9 +121,9 @@ def run(
     )
     with progress:
         for n in names:
-            mod = EXPERIMENTS[n]
+            exp = EXPERIMENTS[n]
             cfg = configs[n]
-            task = progress.add_task(f"{n}", total=max(1, mod.n_points(cfg)))
+            task = progress.add_task(f"{n}", total=max(1, exp.n_points(cfg)))
             ctx = Context(
                 name,
                 chip,
@@ -131,14 +131,14 @@ def run(
                 lambda label, task=task, n=n: progress.update(task, advance=1, description=f"{n}: {label}"),
             )
             try:
-                result = mod.run(ctx, cfg)
+                result = exp.run(ctx, cfg)
                 error = None
             except OutputMismatch as e:
                 result, error = Result(status="failed"), f"output check failed, nothing timed: {e}"
-            progress.update(task, completed=max(1, mod.n_points(cfg)))
+            progress.update(task, completed=max(1, exp.n_points(cfg)))
             records.append(make_record(n, ctx, cfg, result, error))
     for rec in records:
-        experiment_table(console, rec, EXPERIMENTS[rec["experiment"]].TITLE)
+        experiment_table(console, rec, EXPERIMENTS[rec["experiment"]].title)
         published_table(console, rec)
     path = write(out or default_out(names), records)
     console.print(f"record written to {path}")

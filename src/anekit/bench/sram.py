@@ -10,10 +10,12 @@ backend the curve shows this CPU's caches, not the engine's SRAM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import programs
-from .core import Context, Result, measure
-from .published import published_for
+from .core import Context, Experiment, Result, measure
+from .plots import line_plot
+from .published import API, published_for
 
 NAME = "sram"
 TITLE = "Weight working set: throughput per MB and the SRAM cliff"
@@ -73,3 +75,30 @@ def run(ctx: Context, cfg: Config) -> Result:
         else "CPU emulation: the measured curve reflects this CPU's caches, not the ANE's SRAM"
     )
     return Result(points, summary, note=note)
+
+
+def plot(rec: dict, out_dir: Path) -> list[Path]:
+    return [
+        line_plot(
+            rec,
+            "weight_mb",
+            "weight (MB)",
+            lambda p: True,
+            out_dir / "sram.png",
+            "One 1x1 conv against its weight size",
+        )
+    ]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    TITLE,
+    Config,
+    run,
+    n_points,
+    plot=plot,
+    datasets=("sram",),
+    statements=(
+        ("24 MB working set fits, 96 MB spills (-30 %): ~32 MB SRAM, gradual (M4)", f"{API} §4.3 (blog)"),
+    ),
+)

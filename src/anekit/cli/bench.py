@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
+from ..bench import EXPERIMENTS, select
 from .common import check_output_dir, check_output_file, fail, output_console, print_json
-
-NAMES = ("peak", "chain", "conv-vs-matmul", "sram", "int8", "dispatch", "coreml", "power")
 
 
 def bench(
-    experiment: str = typer.Argument(..., help=f"One of: {', '.join(NAMES)}, or all."),
+    experiment: str = typer.Argument(..., help=f"One of: {', '.join(EXPERIMENTS)}, or all."),
     backend: str = typer.Option("auto", help="auto, ane, reference or coreml."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes and few iterations (a smoke test)."),
     out: Path = typer.Option(
@@ -37,13 +36,8 @@ def bench(
     from ..backends import BackendUnavailable, resolve
     from ..perf import chip_id
 
-    if experiment == "all":
-        names = list(NAMES)
-    elif experiment in NAMES:
-        names = [experiment]
-    else:
-        raise fail(f"unknown experiment {experiment!r}; choose one of {', '.join(NAMES)} or all")
     try:
+        names = select(experiment)
         chip_id(chip)
         resolve(backend)
     except ValueError as e:
