@@ -95,6 +95,10 @@ class OpContext:
         """`x` as an array in the compute float dtype (no copy when it already is)."""
         return np.asarray(x, dtype=self.numerics.float)
 
+    def num(self, a: np.ndarray) -> np.ndarray:
+        """A float operand in the compute dtype; an integer or bool operand untouched (kept exact)."""
+        return self.f(a) if a.dtype.kind == "f" else a
+
     def check_size(self, shape, what: str = "a result") -> None:
         """Refuse (TensorTooLarge) to build a tensor of `shape` in compute precision that would exceed
         MAX_TENSOR_BYTES. Free when the op's output shapes were static (checked at compile time)."""

@@ -17,11 +17,6 @@ from ..registry import OpContext, op
 Array = np.ndarray
 
 
-def _num(ctx: OpContext, a: Array) -> Array:
-    """A float operand in the compute dtype; an integer or bool operand untouched (kept exact)."""
-    return ctx.f(a) if a.dtype.kind == "f" else a
-
-
 def _is_int(*arrays: Array) -> bool:
     return all(a.dtype.kind in "iu" for a in arrays)
 
@@ -82,7 +77,7 @@ def _register_binary(name: str, fn: Callable[[Array, Array], Array]) -> None:
     def impl(ctx: OpContext, x: Array, y: Array) -> Array:
         if x.shape != y.shape and not ctx.sizes_checked:
             _check_broadcast(ctx, x, y)
-        return fn(_num(ctx, x), _num(ctx, y))
+        return fn(ctx.num(x), ctx.num(y))
 
     impl.__name__ = impl.__qualname__ = name
     op(name)(impl)
@@ -227,7 +222,7 @@ def _register_unary(name: str, fn: Callable[[Array], Array], ints: bool) -> None
     if ints:
 
         def impl(ctx: OpContext, x: Array) -> Array:
-            return fn(_num(ctx, x))
+            return fn(ctx.num(x))
 
     else:
 

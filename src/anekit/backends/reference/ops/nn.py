@@ -21,10 +21,6 @@ def _ints(a: Array | None, n: int, default: int) -> list[int]:
     return [default] * n if a is None else np.asarray(a).ravel().tolist()
 
 
-def _num(ctx: OpContext, a: Array) -> Array:
-    return ctx.f(a) if a.dtype.kind == "f" else a
-
-
 # -- conv (mil-text.md §3.7) ---------------------------------------------------------------------
 
 
@@ -129,7 +125,7 @@ def conv(
 
 def _operands(ctx: OpContext, x: Array, y: Array) -> tuple[Array, Array]:
     """Both in the compute float dtype, or both left as integers when both are integers."""
-    a, b = _num(ctx, x), _num(ctx, y)
+    a, b = ctx.num(x), ctx.num(y)
     if (a.dtype.kind == "f") != (b.dtype.kind == "f"):  # iOS17: a const operand may differ in dtype
         a, b = ctx.f(a), ctx.f(b)
     return a, b
@@ -160,7 +156,7 @@ def linear(ctx: OpContext, x: Array, weight: Array, bias: Array | None = None) -
     a, w = _operands(ctx, x, weight)
     y = np.matmul(a, w.T)
     if bias is not None:
-        y = y + _num(ctx, bias)
+        y = y + ctx.num(bias)
     return y
 
 

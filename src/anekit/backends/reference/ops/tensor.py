@@ -288,10 +288,6 @@ def _red_axes(x: Array, axes: Array | None) -> tuple[int, ...] | None:
     return None if axes is None else tuple(_axis(a, x.ndim) for a in _ints(axes))
 
 
-def _num(ctx: OpContext, a: Array) -> Array:
-    return ctx.f(a) if a.dtype.kind == "f" else a
-
-
 def _log_sum_exp(x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Array:
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)  # all -inf (or an inf) along the axes: no shift
@@ -315,7 +311,7 @@ _REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...] | None, bool], Array]] =
 
 def _register_reduction(name: str, fn: Callable[[Array, tuple[int, ...] | None, bool], Array]) -> None:
     def impl(ctx: OpContext, x: Array, axes: Array | None = None, keep_dims: Array | bool = False) -> Array:
-        return fn(_num(ctx, x), _red_axes(x, axes), bool(keep_dims))
+        return fn(ctx.num(x), _red_axes(x, axes), bool(keep_dims))
 
     impl.__name__ = impl.__qualname__ = name
     op(name)(impl)
