@@ -97,3 +97,18 @@ def test_a_registered_experiment_needs_no_other_edit(toy, tmp_path):
     assert [p.name for p in plots.iterdir()] == ["toy.png"]
     assert "A toy benchmark" in " ".join(result.output.split())
     assert select("all")[-1] == "toy"
+
+
+def test_every_experiment_module_is_registered():
+    """A module that defines an `EXPERIMENT` but is missing from the registry fails here."""
+    import importlib
+    import pkgutil
+
+    import anekit.bench
+
+    defined = set()
+    for info in pkgutil.iter_modules(anekit.bench.__path__):
+        exp = getattr(importlib.import_module(f"anekit.bench.{info.name}"), "EXPERIMENT", None)
+        if isinstance(exp, Experiment):
+            defined.add(exp.name)
+    assert defined == set(EXPERIMENTS)
