@@ -55,30 +55,16 @@ def conv_chain(
     c = channels
     shape = (1, c, spatial, spatial) if spatial2d else (1, c, 1, spatial)
     positions = spatial * spatial if spatial2d else spatial
-    if weights == "int8":
-        qs = [_int8_weights(rng, c) for _ in range(depth)]
-        w64 = [q.astype(np.float64) * np.float64(s) for q, s in qs]
-    elif weights == "fp16":
-        ws = [_weights(rng, c, c) for _ in range(depth)]
-        w64 = [w.astype(np.float64) for w in ws]
-    else:
-        raise ValueError(f"weights must be 'fp16' or 'int8', not {weights!r}")
+    layers, w64 = _chain_weights(rng, c, depth, weights)
     x = rng.standard_normal(shape, dtype=np.float32).astype(F16)
     s_act = F16(act_scale)
 
     @mb.program(input_specs=[mb.TensorSpec(shape=shape, dtype=types.fp16)], opset_version=ct.target.iOS18)
     def prog(x):
         h = x
-        for i in range(depth):
-            if weights == "int8":
-                q, s = qs[i]
-                w = mb.constexpr_affine_dequantize(
-                    quantized_data=q[:, :, None, None], zero_point=np.int8(0), scale=s, axis=0, name=f"w{i}"
-                )
-            else:
-                w = ws[i][:, :, None, None]
+        for i, layer in enumerate(layers):
             last = i == depth - 1
-            h = mb.conv(x=h, weight=w, name="y" if last else f"conv{i}")
+            h = mb.conv(x=h, weight=_mil_weight(layer, i), name="y" if last else f"conv{i}")
             if w8a8 and not last:
                 q8 = mb.quantize(input=h, scale=s_act, output_dtype="int8", name=f"q{i}")
                 h = mb.dequantize(input=q8, scale=s_act, name=f"dq{i}")
@@ -87,20 +73,6 @@ def conv_chain(
     idx = None
     if check_rows is not None and check_rows < c:
         idx = np.sort(rng.choice(c, size=check_rows, replace=False))
-
-    def expected(inputs: Arrays) -> Arrays:
-        h = inputs["x"].astype(np.float64).reshape(c, positions)
-        for i, w in enumerate(w64):
-            last = i == depth - 1
-            if last and idx is not None:
-                w = w[idx]
-            h = w @ h
-            if w8a8 and not last:
-                h16 = h.astype(F16).astype(np.float64)
-                h = np.clip(np.rint(h16 / float(s_act)), -128, 127) * float(s_act)
-        out_c = h.shape[0]
-        return {"y": h.reshape((1, out_c) + shape[2:])}
-
     mode = "w8a8" if w8a8 else ("int8-weights" if weights == "int8" else "fp16")
     label = f"{depth}x conv {c}ch " + (f"{spatial}x{spatial}" if spatial2d else f"sp{spatial}")
     if mode != "fp16":
@@ -111,11 +83,57 @@ def conv_chain(
         params,
         prog,
         {"x": x},
-        expected,
+        _chain_expected(w64, shape, positions, s_act if w8a8 else None, idx),
         2.0 * c * c * positions * depth,
         tol=2e-2 if w8a8 else 1e-2,
         rows={"y": (1, idx)} if idx is not None else {},
     )
+
+
+def _chain_weights(
+    rng: np.random.Generator, c: int, depth: int, weights: str
+) -> tuple[list, list[np.ndarray]]:
+    """Each layer's weight as the program holds it (fp16 array, or int8 codes and scale), and in float64."""
+    if weights == "int8":
+        qs = [_int8_weights(rng, c) for _ in range(depth)]
+        return qs, [q.astype(np.float64) * np.float64(s) for q, s in qs]
+    if weights == "fp16":
+        ws = [_weights(rng, c, c) for _ in range(depth)]
+        return ws, [w.astype(np.float64) for w in ws]
+    raise ValueError(f"weights must be 'fp16' or 'int8', not {weights!r}")
+
+
+def _mil_weight(layer, i: int):
+    """A layer's 1x1 conv weight in the program: a constant, or int8 codes dequantized in the program."""
+    from ..mil import mb
+
+    if isinstance(layer, tuple):
+        q, s = layer
+        return mb.constexpr_affine_dequantize(
+            quantized_data=q[:, :, None, None], zero_point=np.int8(0), scale=s, axis=0, name=f"w{i}"
+        )
+    return layer[:, :, None, None]
+
+
+def _chain_expected(w64: list[np.ndarray], shape: tuple, positions: int, s_act, idx):
+    """The float64 computation of the chain; `s_act` (W8A8 only) quantizes between layers; `idx`: the
+    output channels checked (None: all)."""
+    c, depth = shape[1], len(w64)
+
+    def expected(inputs: Arrays) -> Arrays:
+        h = inputs["x"].astype(np.float64).reshape(c, positions)
+        for i, w in enumerate(w64):
+            last = i == depth - 1
+            if last and idx is not None:
+                w = w[idx]
+            h = w @ h
+            if s_act is not None and not last:
+                h16 = h.astype(F16).astype(np.float64)
+                h = np.clip(np.rint(h16 / float(s_act)), -128, 127) * float(s_act)
+        out_c = h.shape[0]
+        return {"y": h.reshape((1, out_c) + shape[2:])}
+
+    return expected
 
 
 def matmul_const(channels: int, spatial: int, seed: int = 0) -> Case:
