@@ -121,6 +121,18 @@ def dataset_loss(runner, data, batch: int, seq_len: int, max_batches: int | None
     return total / max(count, 1), count
 
 
+def _check_option_paths(opts: TrainOptions) -> None:
+    """--data, --config and --tokenizer name files that exist (before anything is read or written)."""
+    from .data import check_data_path
+
+    if opts.data is not None:
+        check_data_path(opts.data, "--data")
+    if opts.config_file is not None:
+        check_data_path(opts.config_file, "--config")
+    if opts.tokenizer is not None and not Path(opts.tokenizer).exists():
+        raise OptionError(f"--tokenizer {opts.tokenizer}: no such file or directory")
+
+
 # ---------------------------------------------------------------------------------------------
 # The trainer
 
@@ -133,43 +145,17 @@ class Trainer:
 
     def __init__(self, opts: TrainOptions):
         from ..backends import resolve
-        from .budget import estimate_memory
-        from .data import Batches, check_data_path, data_differences, load_dataset, train_val_split
 
         opts.validate()
         self.opts = opts
         self.notes: list[str] = []
-        if opts.data is not None:
-            check_data_path(opts.data, "--data")
-        if opts.config_file is not None:
-            check_data_path(opts.config_file, "--config")
-        if opts.tokenizer is not None and not Path(opts.tokenizer).exists():
-            raise OptionError(f"--tokenizer {opts.tokenizer}: no such file or directory")
+        _check_option_paths(opts)
         config = opts.model_config() if (opts.preset or opts.config_file or not opts.resume) else None
         self.out = opts.run_dir(config)
         _check_out_dir(self.out)
         self.ckpt_path = self.out / CHECKPOINT_DIR
         self.backend = resolve(opts.backend)
-
-        info = None
-        self.replacing = False
-        if opts.resume:
-            if not is_checkpoint(self.ckpt_path) and not self.ckpt_path.exists():
-                raise CheckpointError(
-                    f"--resume: no checkpoint at {self.ckpt_path}; start a new run without --resume"
-                )
-            info = read_state(self.ckpt_path)
-            if config is not None:
-                diff = config_differences(info.config, config)
-                if diff:
-                    raise OptionError(
-                        f"the model does not match the checkpoint at {self.ckpt_path} (checkpoint vs given): "
-                        + "; ".join(diff)
-                        + "; resume without --preset/--config to use the checkpoint's model"
-                    )
-            config = info.config
-        else:
-            self.replacing = self._check_fresh_target()
+        info, config = self._checkpoint_info(config)  # also sets self.replacing
         self.config = config
         self.start_step = info.train_state.step if info else 0
         self.run_id = (info.train_state.extra.get("run_id") if info else None) or uuid.uuid4().hex[:12]
@@ -179,21 +165,66 @@ class Trainer:
                 f"--steps {opts.steps}: the checkpoint at {self.ckpt_path} is already at step "
                 f"{self.start_step}; give a larger --steps to train further"
             )
-
         self.tokenizer = self._pick_tokenizer(info)
         _check_vocab(config, self.tokenizer, opts)
-        exact = opts.numerics == "exact" and self.backend == "reference"
-        self.memory = estimate_memory(config, opts.batch, opts.accum, exact=exact)
-        if not self.memory.fits and not opts.force:
-            raise OptionError(
-                f"not enough memory for {config.name} at --batch {opts.batch}: {self.memory.describe()}. "
-                "Lower --batch (and raise --accum to keep the tokens per step), pick a smaller model, or "
-                "pass --force to start anyway"
-            )
+        self.memory = self._check_memory()
 
         # -- the work starts here: data, weights, kernels -----------------------------------------
         _make_out_dir(self.out)
-        self.data = load_dataset(opts.data, self.tokenizer, vocab_size=config.vocab_size)
+        self._load_data(info)
+        self._init_state(info)
+        options = {"numerics": opts.numerics} if self.backend == "reference" else {}
+        from .step import ModelRunner
+
+        self.runner = ModelRunner(config, opts.batch, backend=self.backend, **options)
+        self.runner.set_params(self.params)
+        self.step = self.start_step  #: optimizer steps done so far
+        self.val_loss: float | None = None
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _checkpoint_info(self, config: ModelConfig | None):
+        """(the checkpoint's state or None, the run's model). On --resume: the checkpoint, whose
+        model must match a given one; else the check that a fresh run may start in OUT."""
+        self.replacing = False
+        if not self.opts.resume:
+            self.replacing = self._check_fresh_target()
+            return None, config
+        if not is_checkpoint(self.ckpt_path) and not self.ckpt_path.exists():
+            raise CheckpointError(
+                f"--resume: no checkpoint at {self.ckpt_path}; start a new run without --resume"
+            )
+        info = read_state(self.ckpt_path)
+        if config is not None:
+            diff = config_differences(info.config, config)
+            if diff:
+                raise OptionError(
+                    f"the model does not match the checkpoint at {self.ckpt_path} (checkpoint vs given): "
+                    + "; ".join(diff)
+                    + "; resume without --preset/--config to use the checkpoint's model"
+                )
+        return info, info.config
+
+    def _check_memory(self):
+        """The memory estimate; refused when it exceeds the machine's, unless --force."""
+        from .budget import estimate_memory
+
+        opts, config = self.opts, self.config
+        exact = opts.numerics == "exact" and self.backend == "reference"
+        memory = estimate_memory(config, opts.batch, opts.accum, exact=exact)
+        if not memory.fits and not opts.force:
+            raise OptionError(
+                f"not enough memory for {config.name} at --batch {opts.batch}: {memory.describe()}. "
+                "Lower --batch (and raise --accum to keep the tokens per step), pick a smaller model, or "
+                "pass --force to start anyway"
+            )
+        return memory
+
+    def _load_data(self, info) -> None:
+        """The data (on resume: the data the checkpoint was trained on) and its held-out split."""
+        from .data import data_differences, load_dataset, train_val_split
+
+        config = self.config
+        self.data = load_dataset(self.opts.data, self.tokenizer, vocab_size=config.vocab_size)
         if info is not None:
             diff = data_differences(info.train_state.data, self.data.identity)
             if diff:
@@ -214,32 +245,30 @@ class Trainer:
                 f"no validation loss: the data ({len(self.data):,} tokens) is too short to hold out a slice "
                 f"of {config.seq_len + 1} tokens"
             )
+
+    def _init_state(self, info) -> None:
+        """Batches, optimizer, loss scaler and weights: fresh, or as the checkpoint left them."""
+        from .data import Batches
+
+        opts, config = self.opts, self.config
         self.batches = Batches(self.train_data, opts.batch, config.seq_len, seed=opts.seed)
         self.optimizer = AdamW(lr=self.schedule["lr"], weight_decay=opts.weight_decay)
         self.scaler = LossScaler(scale=opts.loss_scale)
-        if info is not None:
-            _, self.params, opt_state, state = load_checkpoint(self.ckpt_path, config)
-            if opt_state is not None:
-                self.optimizer.load_state_dict(*opt_state)
-            if state.loss_scaler:
-                self.scaler.load_state_dict(state.loss_scaler)
-            if state.sampler:
-                self.batches.load_state_dict(state.sampler)
-            self.last_saved_step: int | None = state.step
-        else:
+        self.last_saved_step: int | None = None
+        if info is None:
             from ..model.reference import init_params
 
             self.params = init_params(config, rng=opts.seed, scheme=opts.init)
-            self.last_saved_step = None
-        options = {"numerics": opts.numerics} if self.backend == "reference" else {}
-        from .step import ModelRunner
+            return
+        _, self.params, opt_state, state = load_checkpoint(self.ckpt_path, config)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(*opt_state)
+        if state.loss_scaler:
+            self.scaler.load_state_dict(state.loss_scaler)
+        if state.sampler:
+            self.batches.load_state_dict(state.sampler)
+        self.last_saved_step = state.step
 
-        self.runner = ModelRunner(config, opts.batch, backend=self.backend, **options)
-        self.runner.set_params(self.params)
-        self.step = self.start_step  #: optimizer steps done so far
-        self.val_loss: float | None = None
-
-    # -- construction helpers ------------------------------------------------------------------
     def _check_fresh_target(self) -> bool:
         """Refuse to start over an existing run without --overwrite; returns whether one is replaced."""
         present = [n for n in RUN_FILES if (self.out / n).exists() or (self.out / n).is_symlink()]
