@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -358,6 +360,16 @@ CASES: dict[str, tuple[Callable, Callable, str | None]] = {
 
 def test_every_rule_has_a_case():
     assert set(CASES) == set(RULES)
+
+
+def test_every_rule_module_is_imported_and_registers_rules():
+    """A rule module registers its rules when the package imports it; one left out would drop them."""
+    package = sys.modules["anekit.mil.lint"]
+    engine = sys.modules["anekit.mil.lint.engine"]
+    names = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"engine", "program"}
+    assert names and all(f"anekit.mil.lint.{n}" in sys.modules for n in names)
+    registered = {check.__module__.rsplit(".", 1)[1] for check, _ in engine._CHECKS.values()}
+    assert registered == names
 
 
 @pytest.mark.parametrize("rule_id", sorted(CASES))
