@@ -16,10 +16,10 @@ import pytest
 from numpy.lib import format as npy_format
 from typer.testing import CliRunner
 
+from anekit.bundles import BundleError, check_replay, load_bundle, record, save_bundle
 from anekit.cli import app
 from anekit.errors import AnekitError
 from anekit.mil import ct, dumps, mb, types
-from anekit.record import BundleError, check_replay, load_bundle, record, save_bundle
 
 WEIGHT = (np.random.default_rng(0).standard_normal((16, 16, 1, 1)) / 4).astype(np.float16)
 X = np.random.default_rng(1).standard_normal((1, 16, 1, 8)).astype(np.float16)
@@ -271,12 +271,12 @@ def test_errors_are_anekit_errors():
 
 
 def test_a_failed_save_leaves_no_partial_bundle(tmp_path, monkeypatch):
-    import anekit.record as record_module
+    import anekit.bundles as bundles_module
 
     def full_disk(root, rel, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(record_module, "write_new_file", full_disk)
+    monkeypatch.setattr(bundles_module, "write_new_file", full_disk)
     with pytest.raises(
         BundleError, match="cannot write bundle directory .*: No space left on device; nothing"
     ):

@@ -57,7 +57,7 @@ def test_the_bundle_target_catches_a_loader_that_follows_symlinks_out(monkeypatc
     case = module.Case([("file", "meta.json", "symlink-outside", 0)])
     with pytest.raises(module.BundleError, match="outside the directory"):
         module.run_case(case)
-    monkeypatch.setattr("anekit.record.read_inside", _following_read)
+    monkeypatch.setattr("anekit.bundles.read_inside", _following_read)
     with pytest.raises(AssertionError, match="symlink leaving the bundle was read"):
         module.run_case(case)
 

@@ -39,7 +39,7 @@ def test_pure_modules_never_import_objective_c():
         "import sys\n"
         "import anekit.backends.ane, anekit.backends.ane.runtime, anekit.backends.ane.layout\n"
         "import anekit.backends.ane.weights, anekit.backends.ane.errors, anekit.backends.ane.selectors\n"
-        "import anekit.backends.ane.doctor, anekit.backends.worker, anekit.record, anekit.cli\n"
+        "import anekit.backends.ane.doctor, anekit.backends.worker, anekit.bundles, anekit.cli\n"
         "print(sorted(m for m in ('objc', 'Foundation', 'anekit.backends.ane.bridge') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -20,8 +20,8 @@ from anekit.backends.ane import ANEError
 from anekit.backends.ane.doctor import smoke_test
 from anekit.backends.ane.runtime import CACHE, COMPILES, AneKernel, default_loaded_program_budget
 from anekit.backends.reference import compile as reference_compile
+from anekit.bundles import compare
 from anekit.mil import ct, dumps, mb, types
-from anekit.record import compare
 
 pytestmark = pytest.mark.requires_ane
 

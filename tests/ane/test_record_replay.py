@@ -13,9 +13,7 @@ from typer.testing import CliRunner
 
 from anekit.backends import BackendUnavailable
 from anekit.backends.base import Kernel, TensorSpec
-from anekit.cli import app
-from anekit.mil import ct, dumps, mb, types
-from anekit.record import (
+from anekit.bundles import (
     SOURCES,
     BundleError,
     _source_of,
@@ -26,6 +24,8 @@ from anekit.record import (
     replay,
     save_bundle,
 )
+from anekit.cli import app
+from anekit.mil import ct, dumps, mb, types
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ane"
 BUNDLES = sorted(p for p in FIXTURES.iterdir() if p.is_dir()) if FIXTURES.is_dir() else []

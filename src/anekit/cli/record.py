@@ -13,7 +13,7 @@ from rich.table import Table
 from .common import check_creatable_dir, fail, load_program, output_console, print_json, stdout_console
 from .run import _parse_inputs
 
-#: Bundle "source" -> what its timings are (anekit.record.SOURCES names the sources).
+#: Bundle "source" -> what its timings are (anekit.bundles.SOURCES names the sources).
 MEASUREMENT = {"ane-hardware": "engine", "coreml-backend": "engine (through Core ML)"}
 EMULATED = "cpu-emulation"
 
@@ -71,8 +71,8 @@ def record(
     """Run a program once (or --repeat times) and store program, inputs, outputs, chip, macOS
     build and timings in a bundle directory, whose meta.json says where the outputs came from."""
     from ..backends import BackendUnavailable, KernelInputError, resolve
-    from ..record import BundleError, save_bundle
-    from ..record import record as record_run
+    from ..bundles import BundleError, save_bundle
+    from ..bundles import record as record_run
 
     target = out or Path(f"bundle-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     _check_bundle_dir(target, overwrite)
@@ -115,7 +115,7 @@ def replay(
 ) -> None:
     """Run a bundle's program on its inputs and compare with its recorded outputs (fp16 tolerance)."""
     from ..backends import BackendUnavailable
-    from ..record import BundleError, check_replay, load_bundle
+    from ..bundles import BundleError, check_replay, load_bundle
 
     if not bundle.exists():
         raise fail(f"{bundle} does not exist")

@@ -1,7 +1,7 @@
 """Fuzz target `bundle`: record bundles, damaged, then loaded and replayed.
 
 The seed is a real bundle: a small program (two inputs, two BLOBFILE weights, two outputs) recorded
-with `anekit.record` on the reference backend into a temporary directory, once per process. Each case
+with `anekit.bundles` on the reference backend into a temporary directory, once per process. Each case
 copies it and applies one to four mutations: to `meta.json` (fields deleted or set to other JSON
 values, nested fields, raw bytes: truncated, not UTF-8, deeply nested, flipped), to the `.npz` files
 (members replaced by forged `.npy` headers claiming huge, negative or object arrays, by other valid
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ..bundles import BundleError, check_replay, load_bundle
 from ..mil.blob import BlobWarning
-from ..record import BundleError, check_replay, load_bundle
 
 FILES = ["meta.json", "inputs.npz", "outputs.npz", "model.mil", "weights/w.bin", "weights/s.bin", "weights"]
 META_KEYS = [
@@ -119,8 +119,8 @@ def _workdir() -> Path:
 @functools.cache
 def seed_bundle() -> Path:
     """A real bundle recorded on the reference backend (made once per process)."""
+    from ..bundles import record, save_bundle
     from ..mil import ct, dumps, mb, types
-    from ..record import record, save_bundle
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((8, 8, 1, 1)) / 4).astype(np.float16)
