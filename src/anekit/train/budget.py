@@ -123,20 +123,15 @@ def estimate_memory(
 
 
 def predict_engine_step_ms(config: ModelConfig, batch: int, accum: int = 1, chip: str = "m4") -> float:
-    """The cost model's time for the kernels of one optimizer step on `chip`'s engine, in ms: each of
-    a layer's four kernels once per layer per micro-batch (the whole batch per call, as
-    `ModelRunner` schedules it). CPU work (classifier, dW, AdamW) is not included."""
-    from ..kernels.attention import attention_backward, attention_forward
-    from ..kernels.ffn import ffn_backward, ffn_forward
+    """The cost model's time for the kernels of one optimizer step on `chip`'s engine, in ms: each
+    kernel of a layer (`anekit.train.step.LAYER_KERNELS`) once per layer per micro-batch (the
+    whole batch per call, as `ModelRunner` schedules it). CPU work (classifier, dW, AdamW) is not
+    included."""
     from ..kernels.layout import ROW_ALIGN, round_up
     from ..perf import count_ops, predict
+    from .step import LAYER_KERNELS
 
     s = round_up(config.seq_len, ROW_ALIGN)
-    specs = (
-        attention_forward(config, batch, s),
-        ffn_forward(config, batch, s),
-        ffn_backward(config, batch, s),
-        attention_backward(config, batch, s),
-    )
+    specs = [make(config, batch, s) for make in LAYER_KERNELS.values()]
     per_layer = sum(predict(count_ops(spec.program), chip).time_ms for spec in specs)
     return per_layer * config.n_layers * accum
