@@ -45,8 +45,6 @@ META = "meta.json"
 FILES = ("model.mil", "inputs.npz", "outputs.npz", META)
 #: meta.json is a few kB; anything near this is not one.
 MAX_META_BYTES = 1 << 20
-#: Reference-backend numerics a bundle may ask for (anekit.backends.reference).
-NUMERICS = ("ane", "exact")
 #: rtol/atol beyond this would accept any output.
 MAX_TOLERANCE = 1.0
 
@@ -287,12 +285,19 @@ def _check_format(meta: dict[str, Any], where: Path) -> None:
 
 def _check_fields(meta: dict[str, Any], where: Path) -> None:
     """The fields a replay or the `replay` command reads: their types and ranges."""
+    # The numerics a bundle may ask for are the reference backend's (loading it costs nothing more
+    # here: `load_bundle` has already loaded coremltools to read the program).
+    from .backends.reference import NUMERICS as REFERENCE_NUMERICS
+
+    numerics_names = tuple(REFERENCE_NUMERICS)  # a tuple: JSON may hold an unhashable value
     for key in ("options", "tolerance", "machine", "timings"):
         if key in meta and not isinstance(meta[key], dict):
             raise BundleError(f"{where}: {key!r} must be a JSON object, not {_kind(meta[key])}")
     numerics = meta.get("options", {}).get("numerics", "ane")
-    if numerics not in NUMERICS:
-        raise BundleError(f"{where}: options.numerics is {numerics!r}; expected one of {', '.join(NUMERICS)}")
+    if numerics not in numerics_names:
+        raise BundleError(
+            f"{where}: options.numerics is {numerics!r}; expected one of {', '.join(numerics_names)}"
+        )
     for key, value in meta.get("tolerance", {}).items():
         if key in ("rtol", "atol") and not (
             type(value) in (int, float) and math.isfinite(value) and 0 <= value <= MAX_TOLERANCE

@@ -18,8 +18,11 @@ from ..errors import AnekitError
 from ..model.config import ModelConfig, preset
 
 DEFAULT_PRESET = "tiny"
-#: The reference backend's numerics (`anekit.backends.reference.NUMERICS`, which imports coremltools;
-#: a test checks the two agree). The engine has its own, which is what "ane" emulates.
+#: The reference backend's numerics. Their owner is `anekit.backends.reference.NUMERICS`; this is the
+#: one copy of their names outside it, because `anekit.cli.train` needs them for its help text when
+#: the `anekit` command starts and loading the reference backend loads coremltools (~2.5 s).
+#: tests/train/test_train_cli_defaults.py checks the two agree. The engine has its own numerics,
+#: which is what "ane" emulates.
 NUMERICS = ("ane", "exact")
 
 
