@@ -156,6 +156,7 @@ CASES: list[Case] = [
     unary("threshold", alpha=_f16(0.5)),
     unary("clip", alpha=_f16(-0.5), beta=_f16(0.5)),
     unary("scaled_tanh", alpha=_f16(1.5), beta=_f16(0.5)),
+    unary("clamped_relu", alpha=_f16(0.1), beta=_f16(1.5)),
     unary("linear_activation", alpha=_f16(2.0), beta=_f16(0.5)),
     Case("prelu", lambda x: mb.prelu(x=x, alpha=_f16(np.linspace(0.05, 0.4, 8))), _x()),
     Case("cast", lambda x: mb.cast(x=x, dtype="fp32"), _x()),

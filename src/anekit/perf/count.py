@@ -3,8 +3,10 @@
 The cost model never looks at a coremltools program directly; it reads the `ProgramCost` this module
 derives from one (or one written by hand for a published benchmark, `anekit.perf.workloads`).
 
-FLOP conventions (one multiply-add = 2 FLOPs, the convention of every published ANE benchmark,
-ane-private-api.md §4 first paragraph: a 1x1 conv over S positions is `2*C*C*S`):
+Each op's cost rule is its entry in the op table (`anekit.mil.optable`: kind, value preservation,
+cost rule and FLOPs per element); this module applies the rules. FLOP conventions (one multiply-add
+= 2 FLOPs, the convention of every published ANE benchmark, ane-private-api.md §4 first paragraph:
+a 1x1 conv over S positions is `2*C*C*S`):
 
 | op | FLOPs |
 |---|---|
@@ -34,107 +36,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..mil import optable
+
 #: MAC-array ops: run at the engine's peak rate (conv) or a fraction of it (matmul), cost-model kinds.
 MAC_KINDS = ("conv", "matmul")
-
-_UNARY = {
-    "abs",
-    "acos",
-    "asin",
-    "atan",
-    "atanh",
-    "ceil",
-    "clip",
-    "cos",
-    "cosh",
-    "elu",
-    "erf",
-    "exp",
-    "exp2",
-    "floor",
-    "gelu",
-    "inverse",
-    "leaky_relu",
-    "linear_activation",
-    "log",
-    "logical_not",
-    "prelu",
-    "relu",
-    "relu6",
-    "round",
-    "rsqrt",
-    "scaled_tanh",
-    "sigmoid",
-    "sigmoid_hard",
-    "sign",
-    "silu",
-    "sin",
-    "sinh",
-    "softplus",
-    "softsign",
-    "sqrt",
-    "square",
-    "tan",
-    "tanh",
-    "threshold",
-}
-_BINARY = {
-    "add",
-    "sub",
-    "mul",
-    "real_div",
-    "pow",
-    "maximum",
-    "minimum",
-    "floor_div",
-    "mod",
-    "equal",
-    "not_equal",
-    "greater",
-    "greater_equal",
-    "less",
-    "less_equal",
-    "logical_and",
-    "logical_or",
-    "logical_xor",
-    "select",
-    "band_part",
-}
-_REDUCE = {
-    "reduce_sum",
-    "reduce_mean",
-    "reduce_max",
-    "reduce_min",
-    "reduce_prod",
-    "reduce_sum_square",
-    "reduce_l1_norm",
-    "reduce_l2_norm",
-    "reduce_log_sum",
-    "reduce_log_sum_exp",
-    "reduce_argmax",
-    "reduce_argmin",
-    "topk",
-}
-_NORM_FLOPS = {"layer_norm": 7, "instance_norm": 7, "batch_norm": 2, "l2_norm": 3}
-#: Free views on the engine (no data is moved).
-_VIEWS = {"squeeze", "expand_dims", "identity", "shape"}
-#: Data movement: 0 FLOPs, costs the bytes it writes. `reshape` is here: on the engine a reshape that
-#: regroups channels is a copy (Apple's ANE principle "minimize memory copies: no reshapes",
-#: landscape.md §3).
-_MOVES = {
-    "reshape",
-    "transpose",
-    "slice_by_index",
-    "slice_by_size",
-    "concat",
-    "split",
-    "stack",
-    "tile",
-    "pad",
-    "gather",
-    "gather_along_axis",
-    "cast",
-}
 
 
 @dataclass(frozen=True)
@@ -142,7 +47,7 @@ class OpCost:
     """The work of one op (or of `count` identical ops, for hand-written workloads).
 
     kind: "conv" | "matmul" | "vector" (elementwise, reductions, softmax, norms, quantization)
-        | "move" (data movement) | "view" (free).
+        | "move" (data movement) | "view" (free), from the op's cost rule in `anekit.mil.optable`.
     weight_bytes: bytes of constant operands as stored (int8 = 1 byte), read once per evaluation.
     operand_bytes: bytes of the second MAC operand (the weight, constant or not): what the engine reads
         into its MAC array per op, the cost that makes small-spatial ops slow (see model.py).
@@ -258,10 +163,11 @@ def _val(op, name, default=None):
 
 def _flops(op) -> tuple[str, float, object]:
     """(kind, FLOPs, the MAC op's weight operand Var or None)."""
-    t = op.op_type
+    entry = optable.info(op.op_type)
+    rule = entry.cost if entry is not None else "none"
     out = op.outputs[0]
     n_out = _numel(out.shape)
-    if t == "conv":
+    if rule == "conv":
         w = op.inputs["weight"]
         ws = _shape(w)
         osh = _shape(out)  # weight.shape[1] is already Cin/groups
@@ -269,43 +175,35 @@ def _flops(op) -> tuple[str, float, object]:
         if "bias" in op.inputs:
             flops += n_out
         return "conv", flops, w
-    if t == "conv_transpose":
+    if rule == "conv_transpose":
         w = op.inputs["weight"]
         ws = _shape(w)
         ish = _shape(op.inputs["x"])
         return "conv", 2.0 * ish[0] * ish[1] * ws[1] * math.prod(ws[2:]) * math.prod(ish[2:]), w
-    if t == "matmul":
+    if rule == "matmul":
         x, y = op.inputs["x"], op.inputs["y"]
         xs = _shape(x)
         k = xs[-2] if bool(_val(op, "transpose_x", False)) else xs[-1]
         if len(xs) == 1:
             k = xs[0]
         return "matmul", 2.0 * n_out * k, y
-    if t == "linear":
+    if rule == "linear":
         x, w = op.inputs["x"], op.inputs["weight"]
         din = _shape(x)[-1]
         flops = 2.0 * n_out * din + (n_out if "bias" in op.inputs else 0)
         return "matmul", flops, w
-    if t == "scaled_dot_product_attention":
+    if rule == "sdpa":
         q, k, v = (_shape(op.inputs[n]) for n in ("query", "key", "value"))
         lq, e = q[-2], q[-1]
         s, ev = k[-2], v[-1]
         batch = math.prod(q[:-2])
         return "matmul", batch * (2.0 * lq * s * e + 2.0 * lq * s * ev + 7.0 * lq * s), op.inputs["key"]
-    if t in _UNARY or t in _BINARY:
-        return "vector", n_out, None
-    if t in ("quantize", "dequantize"):
-        return "vector", 2.0 * n_out, None
-    if t in _REDUCE:
-        return "vector", _numel(op.inputs["x"].shape), None
-    if t == "softmax":
-        return "vector", 5.0 * n_out, None
-    if t in _NORM_FLOPS:
-        return "vector", _NORM_FLOPS[t] * n_out, None
-    if t in _VIEWS:
-        return "view", 0.0, None
-    if t in _MOVES:
-        return "move", 0.0, None
+    if rule == "per_output":
+        return "vector", entry.flops * n_out, None
+    if rule == "per_input":
+        return "vector", entry.flops * _numel(op.inputs["x"].shape), None
+    if rule in ("move", "view"):
+        return rule, 0.0, None
     return "other", n_out, None
 
 

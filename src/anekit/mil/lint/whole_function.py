@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..optable import LAYOUT_KINDS, names
 from .engine import _rule
 from .program import _Fn, _Hit
 
-#: Ops that move data without computing; a program made of these plus one op is a single-op program.
-_LAYOUT_OPS = frozenset(
-    {
-        "const", "identity", "cast", "reshape", "transpose", "squeeze", "expand_dims", "slice_by_size",
-        "slice_by_index", "concat", "split", "stack", "read_state", "coreml_update_state",
-    }
-)  # fmt: skip
+#: Ops that move data without computing (kinds the op table calls layout: constants, views,
+#: movements, conversions, state); a program made of these plus one op is a single-op program.
+_LAYOUT_OPS = names(kinds=LAYOUT_KINDS)
 
 
 @_rule(

@@ -319,3 +319,10 @@ def scaled_tanh(ctx: OpContext, x: Array, alpha: Array, beta: Array) -> Array:
 @op("linear_activation")
 def linear_activation(ctx: OpContext, x: Array, alpha: Array, beta: Array) -> Array:
     return ctx.f(alpha) * ctx.f(x) + ctx.f(beta)
+
+
+@op("clamped_relu")
+def clamped_relu(ctx: OpContext, x: Array, alpha: Array, beta: Array) -> Array:
+    """min(beta, x) for x >= 0, min(beta, alpha * x) below (coremltools' clamped_relu spec)."""
+    x = ctx.f(x)
+    return np.minimum(np.where(x >= 0, x, ctx.f(alpha) * x), ctx.f(beta))
