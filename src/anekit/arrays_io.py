@@ -27,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib import format as npy_format
 
+from .engine_limits import HOST_TENSOR_BYTES
 from .errors import AnekitError
 from .safe_dir import not_regular
 
@@ -34,7 +35,8 @@ __all__ = ["ArrayFileError", "MAX_ARRAY_BYTES", "read_npy", "read_npz"]
 
 #: Largest array (and, for an .npz, the largest total) read by default: 4 GiB. A kernel's inputs and
 #: outputs are activations, far below this; a header claiming more is almost certainly damaged.
-MAX_ARRAY_BYTES = 1 << 32
+#: The same host-memory limit as the reference backend's tensors (anekit.engine_limits).
+MAX_ARRAY_BYTES = HOST_TENSOR_BYTES
 #: Dtype kinds accepted: bool, signed and unsigned integers, floats, complex (numpy `dtype.kind`).
 NUMERIC_KINDS = "biufc"
 #: numpy.lib.format's own default limit on the header text (a header is ~128 bytes in practice).

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine_limits import DEFAULT_LOADED_PROGRAM_BUDGET
 from ..errors import AnekitError
 from .base import Binding, EvalTiming, Kernel, KernelInputError, TensorSpec, check_inputs
 
@@ -53,9 +54,9 @@ DEFAULT_TIMEOUT = 600.0
 #: Seconds a worker gets to exit cleanly before it is killed.
 EXIT_GRACE = 5.0
 #: Live kernels one worker holds at most: the ane runtime's default loaded-program budget
-#: (`anekit.backends.ane.runtime.DEFAULT_LOADED_PROGRAM_BUDGET`), under the engine's 128 loaded
+#: (`anekit.engine_limits.DEFAULT_LOADED_PROGRAM_BUDGET`), under the engine's 128 loaded
 #: programs per process (ane-private-api.md §10.1).
-DEFAULT_MAX_KERNELS = 120
+DEFAULT_MAX_KERNELS = DEFAULT_LOADED_PROGRAM_BUDGET
 
 _IN_WORKER = False
 

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .._coreml import Function, Program, ct, mb, types
+from ..engine_limits import MASK_VALUE
 from .layout import Layout
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "ops_shadowing_inputs",
 ]
 
-#: Additive causal-mask value: the most negative finite fp16 (mil-text.md §5 #17; never -inf).
-MASK_VALUE = -65504.0
 #: How float constant tables are baked. "fp16" (the default): baked as fp16 constants, which every
 #: chip runs. "fp32": an fp32 const `cast` to fp16 in the graph, which M1/M2 engines cannot run
 #: (`cast` fails to compile there, ane-private-api.md §1.8, PR #6); only the float64 "exact"

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine_limits import ROW_ALIGN
 from ..errors import AnekitError
 
 __all__ = ["Segment", "Layout", "LayoutError", "ROW_ALIGN", "round_up"]
 
-#: The engine's rows are multiples of 64 bytes = 32 fp16 elements (ane-private-api.md §1.7, §6;
-#: mil-text.md §5 #4): layouts pad their width to this by default.
-ROW_ALIGN = 32
+# ROW_ALIGN (anekit.engine_limits, 32 fp16 elements = 64 bytes): layouts pad their width to it by default.
 
 
 class LayoutError(AnekitError, ValueError):

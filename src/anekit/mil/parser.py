@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .._coreml import OPSET_ALIASES, OPSETS, Function, Program, mb, types
+from ..engine_limits import WEIGHT_FILE_BYTES
 from ..errors import AnekitError
 from ..safe_dir import read_inside
 from .blob import BlobError, read_blob
@@ -98,7 +99,7 @@ MAX_NESTING = 64
 MAX_TOKEN_CHARS = 1024
 #: Largest tensor a text may declare (elements x bytes per element), checked before anything is built
 #: or read: Core ML models with more than about 2 GB of weights fail to compile (mil-text.md §2.7).
-MAX_TENSOR_BYTES = 2**31
+MAX_TENSOR_BYTES = WEIGHT_FILE_BYTES
 #: Longest BLOBFILE path and path component, in UTF-8 bytes: PATH_MAX and NAME_MAX on macOS
 #: (<sys/syslimits.h>), where the compiler resolves `@model_path` (mil-text.md §1.9).
 MAX_PATH_BYTES = 1024

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..engine_limits import SRAM_MB
+
 API = "shared/reference/ane-private-api.md"
 LAND = "shared/reference/landscape.md"
 
@@ -129,7 +131,7 @@ CHIPS: dict[str, Chip] = {
             peak_fp16_tflops=18.6,
             peak_config="128 chained 1x1 convs, 512 ch, 64x64 spatial (ane_int8_bench FP16); blog: ~19",
             int8_tops=35.1,
-            sram_mb=32.0,
+            sram_mb=SRAM_MB,
             dispatch_floor_ms=0.095,
             sources={
                 "peak_fp16_tflops": f"{API} §4.4; {LAND} §8",
@@ -155,7 +157,7 @@ CHIPS: dict[str, Chip] = {
             38.0,
             peak_fp16_tflops=11.14,
             peak_config="128 chained 1x1 convs, 512 ch, spatial 64 (dev-erik fork; report: 10.93)",
-            sram_mb=32.0,
+            sram_mb=SRAM_MB,
             ane_bandwidth_gbs=118.88,
             sources={
                 "peak_fp16_tflops": f"{API} §4.1",

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import engine_limits
 from .chips import CHIPS
 from .model import ChipParams, GlobalParams, Params, predict
 from .published import Row, published_rows
 
 LN2 = math.log(2.0)
-SRAM_MB = 32.0
+SRAM_MB = engine_limits.SRAM_MB  # assumed for chips without a published value
 VECTOR_EFF = 1.0 / 16.0
 
 #: Chips without rows of their own take a sibling's engine parameters: same ANE core count and the same

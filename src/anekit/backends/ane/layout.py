@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from ...engine_limits import ROW_ALIGN_BYTES
 from ...errors import AnekitError
 from ..base import TensorSpec
 
-#: §1.7: the innermost dimension must span a multiple of 64 bytes (32 fp16 elements) when the
-#: engine does not report strides. For fp32 I/O the same 64 bytes are 16 elements (my reading).
-ROW_ALIGN_BYTES = 64
+# ROW_ALIGN_BYTES (anekit.engine_limits, §1.7): the innermost dimension must span a multiple of 64
+# bytes (32 fp16 elements) when the engine does not report strides. For fp32 I/O the same 64 bytes
+# are 16 elements (my reading).
 #: §1.8: element types a surface can carry.
 IO_DTYPES: dict[str, np.dtype] = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
 

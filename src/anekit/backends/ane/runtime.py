@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ...engine_limits import DEFAULT_LOADED_PROGRAM_BUDGET, ENGINE_PROGRAM_CAP
 from ...errors import AnekitError
 from ..base import (
     Binding,
@@ -61,12 +62,8 @@ _log = logging.getLogger("anekit.ane")
 
 #: §1.2: QoS 21 (QOS_CLASS_DEFAULT) everywhere in maderix; §4.7: every value works alike.
 DEFAULT_QOS = 21
-#: §10.1: the driver refuses more than 128 program objects per client (process) at once.
-ENGINE_PROGRAM_CAP = 128
-#: Programs anekit keeps loaded per process at most: §10.1's cap less headroom for programs loaded
-#: by other code in the same process (Core ML, another library), which anekit cannot count; §10.1
-#: names ~120 as the point past which worker processes are needed.
-DEFAULT_LOADED_PROGRAM_BUDGET = 120
+# ENGINE_PROGRAM_CAP (128 per process, §10.1) and DEFAULT_LOADED_PROGRAM_BUDGET (120) are imported
+# from anekit.engine_limits, which states why.
 BUDGET_ENV = "ANEKIT_LOADED_PROGRAM_BUDGET"
 #: The names the compile budget had; asking for them is an error that names the replacement.
 RENAMED_ENV = {"ANEKIT_COMPILE_BUDGET": BUDGET_ENV}

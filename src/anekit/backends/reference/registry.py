@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...engine_limits import HOST_TENSOR_BYTES
 from ...errors import AnekitError
-from ...mil import optable as _optable
 from .fp16 import from_half, round_fp16, to_half
 
 #: The largest tensor, in bytes of its storage while a program runs, the reference backend will
 #: hold: 4 GiB, twice the ~2 GB at which a whole Core ML weight file already fails to load
 #: (mil-text.md §2.7), so no tensor of a real model comes near it, while a program (or a mutated
-#: shape) asking for terabytes is refused with a message instead of attempted.
-MAX_TENSOR_BYTES = 1 << 32
+#: shape) asking for terabytes is refused with a message instead of attempted (anekit.engine_limits).
+MAX_TENSOR_BYTES = HOST_TENSOR_BYTES
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,10 @@ class OpContext:
 
 #: Ops whose outputs are copies of input elements: their results need no rounding when the
 #: input and output dtypes agree (the interpreter skips it; a measurable share of a kernel's time).
-#: Read from the op table (anekit.mil.optable), where each op states whether it preserves values.
-VALUE_PRESERVING = _optable.VALUE_PRESERVING
+VALUE_PRESERVING = frozenset(
+    "reshape transpose slice_by_size slice_by_index concat split stack expand_dims squeeze tile identity "
+    "gather gather_along_axis pad band_part select constexpr_lut_to_dense constexpr_sparse_to_dense".split()
+)
 
 OpImpl = Callable[..., object]
 OPS: dict[str, OpImpl] = {}

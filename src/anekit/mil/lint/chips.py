@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..._coreml import ct, types
+from ...engine_limits import M3_CONV_CHANNELS
 from .engine import _rule
 from .program import _conv_cin, _Fn, _Hit, _input_value, _is_const, _ops, _shape
 
 # Thresholds. Each number is the one the cited reference gives; tests may patch them in this module.
-_M3_CHANNELS = 512  # mil-text.md §5 #11
+_M3_CHANNELS = M3_CONV_CHANNELS  # mil-text.md §5 #11
 
 
 @_rule(

@@ -8,14 +8,15 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..._coreml import types
+from ...engine_limits import CONV_CIN_LARGE, CONV_CIN_REJECTED, MAX_ARG_AXIS, MAX_KERNEL_WIDTH
 from .engine import _rule
 from .program import _conv_cin, _Fn, _Hit, _input_value, _is_const, _ops, _shape
 
 # Thresholds. Each number is the one the cited reference gives; tests may patch them in this module.
-_CONV_CIN_REJECTED = 32000  # ane-private-api.md §1.7
-_CONV_CIN_LARGE = 16384
-_MAX_KERNEL_WIDTH = 13  # mil-text.md §5 #12
-_MAX_ARG_AXIS = 2048  # mil-text.md §5 #12
+_CONV_CIN_REJECTED = CONV_CIN_REJECTED  # ane-private-api.md §1.7
+_CONV_CIN_LARGE = CONV_CIN_LARGE
+_MAX_KERNEL_WIDTH = MAX_KERNEL_WIDTH  # mil-text.md §5 #12
+_MAX_ARG_AXIS = MAX_ARG_AXIS  # mil-text.md §5 #12
 
 
 @_rule(

@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..._coreml import types
+from ...engine_limits import MAX_AXIS, MAX_RANK, MAX_SPATIAL, WIDTH_0X1D_BAND
 from .engine import _rule
 from .program import _fmt_shape, _Fn, _Hit, _is_static, _shape
 
 # Thresholds. Each number is the one the cited reference gives; tests may patch them in this module.
-_MAX_AXIS = 65536  # per-axis cap (ane-private-api.md §1.7; mil-text.md §5 #12)
-_MAX_SPATIAL = 16384  # W, H measured on M1 (mil-text.md §5 #12)
-_MAX_RANK = 5  # mil-text.md §5 #12
-_BAND_0X1D = (14593, 14622)  # mil-text.md §5 #13
+_MAX_AXIS = MAX_AXIS  # per-axis cap (ane-private-api.md §1.7; mil-text.md §5 #12)
+_MAX_SPATIAL = MAX_SPATIAL  # W, H measured on M1 (mil-text.md §5 #12)
+_MAX_RANK = MAX_RANK  # mil-text.md §5 #12
+_BAND_0X1D = WIDTH_0X1D_BAND  # mil-text.md §5 #13
 
 
 def _spatial_axes(shape: tuple) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ...engine_limits import ROW_ALIGN_BYTES
 from .engine import _rule
 from .program import (
     _bits,
@@ -20,7 +21,7 @@ from .program import (
 )
 
 # Thresholds. Each number is the one the cited reference gives; tests may patch them in this module.
-_ROW_BYTES = 64  # hardware strides are multiples of 64 bytes (mil-text.md §5 #4)
+_ROW_BYTES = ROW_ALIGN_BYTES  # hardware strides are multiples of 64 bytes (mil-text.md §5 #4)
 
 
 def _io(fn: _Fn) -> Iterator[tuple[str, object, int | None]]:

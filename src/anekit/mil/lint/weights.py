@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ...engine_limits import FP16_MAX, OPERAND_BYTES, SRAM_BYTES, WEIGHT_FILE_BYTES
 from .engine import _rule
 from .program import (
     _distinct,
@@ -23,10 +24,10 @@ from .program import (
 )
 
 # Thresholds. Each number is the one the cited reference gives; tests may patch them in this module.
-_FP16_MAX = 65504.0
-_SRAM_BYTES = 32 * 2**20  # "4096 ch (32 MB) collapses" (ane-private-api.md §4.3)
-_OPERAND_BYTES = 2 * 2**20  # mil-text.md §5 #14
-_BLOB_LIMIT_BYTES = 2**31  # "weight.bin larger than about 2 GB failed" (mil-text.md §2.7)
+_FP16_MAX = FP16_MAX
+_SRAM_BYTES = SRAM_BYTES  # "4096 ch (32 MB) collapses" (ane-private-api.md §4.3)
+_OPERAND_BYTES = OPERAND_BYTES  # mil-text.md §5 #14
+_BLOB_LIMIT_BYTES = WEIGHT_FILE_BYTES  # "weight.bin larger than about 2 GB failed" (mil-text.md §2.7)
 
 
 def _float_consts(fn: _Fn) -> Iterator[tuple[object, np.ndarray]]:
