@@ -22,6 +22,7 @@ import numpy as np
 
 from ...engine_limits import HOST_TENSOR_BYTES
 from ...errors import AnekitError
+from ...mil import optable as _optable
 from .fp16 import from_half, round_fp16, to_half
 
 #: The largest tensor, in bytes of its storage while a program runs, the reference backend will
@@ -127,10 +128,8 @@ class OpContext:
 
 #: Ops whose outputs are copies of input elements: their results need no rounding when the
 #: input and output dtypes agree (the interpreter skips it; a measurable share of a kernel's time).
-VALUE_PRESERVING = frozenset(
-    "reshape transpose slice_by_size slice_by_index concat split stack expand_dims squeeze tile identity "
-    "gather gather_along_axis pad band_part select constexpr_lut_to_dense constexpr_sparse_to_dense".split()
-)
+#: Read from the op table (anekit.mil.optable), where each op states whether it preserves values.
+VALUE_PRESERVING = _optable.VALUE_PRESERVING
 
 OpImpl = Callable[..., object]
 OPS: dict[str, OpImpl] = {}
