@@ -161,43 +161,65 @@ def _val(op, name, default=None):
     return default if v is None or v.val is None else v.val
 
 
+def _conv_flops(op, out, n_out: float) -> tuple[str, float, object]:
+    w = op.inputs["weight"]
+    ws = _shape(w)
+    osh = _shape(out)  # weight.shape[1] is already Cin/groups
+    flops = 2.0 * osh[0] * ws[0] * ws[1] * math.prod(ws[2:]) * math.prod(osh[2:])
+    if "bias" in op.inputs:
+        flops += n_out
+    return "conv", flops, w
+
+
+def _conv_transpose_flops(op, out, n_out: float) -> tuple[str, float, object]:
+    w = op.inputs["weight"]
+    ws = _shape(w)
+    ish = _shape(op.inputs["x"])
+    return "conv", 2.0 * ish[0] * ish[1] * ws[1] * math.prod(ws[2:]) * math.prod(ish[2:]), w
+
+
+def _matmul_flops(op, out, n_out: float) -> tuple[str, float, object]:
+    x, y = op.inputs["x"], op.inputs["y"]
+    xs = _shape(x)
+    k = xs[-2] if bool(_val(op, "transpose_x", False)) else xs[-1]
+    if len(xs) == 1:
+        k = xs[0]
+    return "matmul", 2.0 * n_out * k, y
+
+
+def _linear_flops(op, out, n_out: float) -> tuple[str, float, object]:
+    x, w = op.inputs["x"], op.inputs["weight"]
+    din = _shape(x)[-1]
+    flops = 2.0 * n_out * din + (n_out if "bias" in op.inputs else 0)
+    return "matmul", flops, w
+
+
+def _sdpa_flops(op, out, n_out: float) -> tuple[str, float, object]:
+    q, k, v = (_shape(op.inputs[n]) for n in ("query", "key", "value"))
+    lq, e = q[-2], q[-1]
+    s, ev = k[-2], v[-1]
+    batch = math.prod(q[:-2])
+    return "matmul", batch * (2.0 * lq * s * e + 2.0 * lq * s * ev + 7.0 * lq * s), op.inputs["key"]
+
+
+#: The MAC-array cost rules of the op table: (kind, FLOPs, the weight operand) of one op.
+_MAC_RULES = {
+    "conv": _conv_flops,
+    "conv_transpose": _conv_transpose_flops,
+    "matmul": _matmul_flops,
+    "linear": _linear_flops,
+    "sdpa": _sdpa_flops,
+}
+
+
 def _flops(op) -> tuple[str, float, object]:
-    """(kind, FLOPs, the MAC op's weight operand Var or None)."""
+    """(kind, FLOPs, the MAC op's weight operand Var or None), by the op's cost rule in the op table."""
     entry = optable.info(op.op_type)
     rule = entry.cost if entry is not None else "none"
     out = op.outputs[0]
     n_out = _numel(out.shape)
-    if rule == "conv":
-        w = op.inputs["weight"]
-        ws = _shape(w)
-        osh = _shape(out)  # weight.shape[1] is already Cin/groups
-        flops = 2.0 * osh[0] * ws[0] * ws[1] * math.prod(ws[2:]) * math.prod(osh[2:])
-        if "bias" in op.inputs:
-            flops += n_out
-        return "conv", flops, w
-    if rule == "conv_transpose":
-        w = op.inputs["weight"]
-        ws = _shape(w)
-        ish = _shape(op.inputs["x"])
-        return "conv", 2.0 * ish[0] * ish[1] * ws[1] * math.prod(ws[2:]) * math.prod(ish[2:]), w
-    if rule == "matmul":
-        x, y = op.inputs["x"], op.inputs["y"]
-        xs = _shape(x)
-        k = xs[-2] if bool(_val(op, "transpose_x", False)) else xs[-1]
-        if len(xs) == 1:
-            k = xs[0]
-        return "matmul", 2.0 * n_out * k, y
-    if rule == "linear":
-        x, w = op.inputs["x"], op.inputs["weight"]
-        din = _shape(x)[-1]
-        flops = 2.0 * n_out * din + (n_out if "bias" in op.inputs else 0)
-        return "matmul", flops, w
-    if rule == "sdpa":
-        q, k, v = (_shape(op.inputs[n]) for n in ("query", "key", "value"))
-        lq, e = q[-2], q[-1]
-        s, ev = k[-2], v[-1]
-        batch = math.prod(q[:-2])
-        return "matmul", batch * (2.0 * lq * s * e + 2.0 * lq * s * ev + 7.0 * lq * s), op.inputs["key"]
+    if rule in _MAC_RULES:
+        return _MAC_RULES[rule](op, out, n_out)
     if rule == "per_output":
         return "vector", entry.flops * n_out, None
     if rule == "per_input":
@@ -216,12 +238,31 @@ def _int8_activation(op) -> bool:
     return False
 
 
+def _weight_and_act_bytes(op) -> tuple[float, float]:
+    """(bytes of its constant operands as stored, bytes of its other inputs plus its outputs); an
+    operand bound twice counts once."""
+    weight = act = 0.0
+    seen: set[int] = set()
+    for v in _input_vars(op):
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if _is_const(v):
+            # small parameters (strides, axes, scalars) are part of the instruction, not weights
+            if len(v.shape or ()) > 0 and _numel(v.shape) > 4:
+                weight += _const_bytes(v)
+        else:
+            act += _nbytes(v)
+    act += sum(_nbytes(o) for o in op.outputs)
+    return weight, act
+
+
 def count_ops(program, function: str = "main") -> ProgramCost:
     """Count FLOPs and bytes of every op of `program` (a coremltools Program or an `anekit.mil.MilModel`).
 
     `const` and `constexpr_*` ops are folded into their consumers' weights; everything else becomes one
-    `OpCost`. Ops this table does not know are counted as 1 FLOP per output element and named in
-    `notes`, so an estimate never silently ignores work.
+    `OpCost`. Ops without a FLOP rule in the op table (`anekit.mil.optable`) are counted as 1 FLOP
+    per output element and named in `notes`, so an estimate never silently ignores work.
     """
     from ..mil.model import MilModel
 
@@ -238,19 +279,7 @@ def count_ops(program, function: str = "main") -> ProgramCost:
         if kind == "other":
             unknown.add(t)
             kind = "vector"
-        weight = act = 0.0
-        seen: set[int] = set()
-        for v in _input_vars(op):
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            if _is_const(v):
-                # small parameters (strides, axes, scalars) are part of the instruction, not weights
-                if len(v.shape or ()) > 0 and _numel(v.shape) > 4:
-                    weight += _const_bytes(v)
-            else:
-                act += _nbytes(v)
-        act += sum(_nbytes(o) for o in op.outputs)
+        weight, act = _weight_and_act_bytes(op)
         operand_bytes = 0.0
         if operand is not None:
             operand_bytes = _const_bytes(operand) if _is_const(operand) else _nbytes(operand)
