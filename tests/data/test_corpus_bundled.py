@@ -19,9 +19,17 @@ from anekit.train.corpus import (
     corpus_text,
     data_path,
     generate_stories,
-    sha256_file,
     train_tokenizer,
 )
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (only this test hashes shipped files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

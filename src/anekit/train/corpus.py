@@ -555,14 +555,6 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files("anekit") / "data" / name))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_corpus(out: str | Path, n: int = DEFAULT_STORIES, seed: int = DEFAULT_SEED) -> dict:
     """Write ``stories.txt`` and ``tokenizer.json`` into directory `out`; returns a few stats."""
     out = Path(out)
