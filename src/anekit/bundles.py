@@ -285,41 +285,50 @@ def _check_format(meta: dict[str, Any], where: Path) -> None:
 
 def _check_fields(meta: dict[str, Any], where: Path) -> None:
     """The fields a replay or the `replay` command reads: their types and ranges."""
+    for key in ("options", "tolerance", "machine", "timings"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise BundleError(f"{where}: {key!r} must be a JSON object, not {_kind(meta[key])}")
+    _check_numerics(meta.get("options", {}).get("numerics", "ane"), where)
+    _check_tolerance(meta.get("tolerance", {}), where)
+    for kind in ("inputs", "outputs"):
+        _check_specs(meta.get(kind), kind, where)
+
+
+def _check_numerics(numerics: Any, where: Path) -> None:
     # The numerics a bundle may ask for are the reference backend's (loading it costs nothing more
     # here: `load_bundle` has already loaded coremltools to read the program).
     from .backends.reference import NUMERICS as REFERENCE_NUMERICS
 
     numerics_names = tuple(REFERENCE_NUMERICS)  # a tuple: JSON may hold an unhashable value
-    for key in ("options", "tolerance", "machine", "timings"):
-        if key in meta and not isinstance(meta[key], dict):
-            raise BundleError(f"{where}: {key!r} must be a JSON object, not {_kind(meta[key])}")
-    numerics = meta.get("options", {}).get("numerics", "ane")
     if numerics not in numerics_names:
         raise BundleError(
             f"{where}: options.numerics is {numerics!r}; expected one of {', '.join(numerics_names)}"
         )
-    for key, value in meta.get("tolerance", {}).items():
+
+
+def _check_tolerance(tolerance: dict[str, Any], where: Path) -> None:
+    for key, value in tolerance.items():
         if key in ("rtol", "atol") and not (
             type(value) in (int, float) and math.isfinite(value) and 0 <= value <= MAX_TOLERANCE
         ):
             raise BundleError(
                 f"{where}: tolerance.{key} is {value!r}; expected a number in [0, {MAX_TOLERANCE}]"
             )
-    for kind in ("inputs", "outputs"):
-        specs = meta.get(kind)
-        if specs is None:
-            continue
-        if not isinstance(specs, dict):
-            raise BundleError(f"{where}: {kind!r} must be a JSON object of name -> spec, not {_kind(specs)}")
-        for name, spec in specs.items():
-            shape = spec.get("shape") if isinstance(spec, dict) else None
-            if not isinstance(shape, list) or not all(
-                d is None or (type(d) is int and 0 <= d) for d in shape
-            ):
-                raise BundleError(
-                    f'{where}: {kind}.{name} must be {{"shape": [dims], "dtype": ...}} with non-negative '
-                    f"integer (or null) dims, not {spec!r}"
-                )
+
+
+def _check_specs(specs: Any, kind: str, where: Path) -> None:
+    """meta.json's "inputs" or "outputs" (`kind`): name -> {"shape": [dims], ...}, if present."""
+    if specs is None:
+        return
+    if not isinstance(specs, dict):
+        raise BundleError(f"{where}: {kind!r} must be a JSON object of name -> spec, not {_kind(specs)}")
+    for name, spec in specs.items():
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(shape, list) or not all(d is None or (type(d) is int and 0 <= d) for d in shape):
+            raise BundleError(
+                f'{where}: {kind}.{name} must be {{"shape": [dims], "dtype": ...}} with non-negative '
+                f"integer (or null) dims, not {spec!r}"
+            )
 
 
 def _read_arrays(root: Path, name: str, specs: Any, kind: str) -> dict[str, np.ndarray]:
