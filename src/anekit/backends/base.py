@@ -9,6 +9,11 @@ import numpy as np
 
 from ..errors import AnekitError
 
+#: The reference backend's numerics, by name: "ane" (fp16 storage, fp32 math, as the engine does,
+#: ane-private-api.md §10.4) and "exact" (float64). Stated here, where importing is cheap, so that the
+#: command line can list them without loading the backend; `reference.NUMERICS` is built from it.
+NUMERICS_NAMES = ("ane", "exact")
+
 
 class BackendUnavailable(AnekitError, RuntimeError):
     """The requested backend cannot run on this machine; the message says what is missing."""

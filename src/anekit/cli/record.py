@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..backends.base import NUMERICS_NAMES
 from .common import check_creatable_dir, fail, load_program, output_console, print_json, stdout_console
 from .run import _parse_inputs
 
@@ -66,7 +67,10 @@ def record(
         "the bundle's meta.json says which ran.",
     ),
     repeat: int = typer.Option(1, min=1, help="Runs to time (the outputs of run 1 are kept)."),
-    numerics: str = typer.Option("ane", help="Reference backend numerics: ane (fp16) or exact."),
+    numerics: str = typer.Option(
+        NUMERICS_NAMES[0],
+        help=f"Reference backend numerics: {' or '.join(NUMERICS_NAMES)} (ane: fp16 as on the engine).",
+    ),
 ) -> None:
     """Run a program once (or --repeat times) and store program, inputs, outputs, chip, macOS
     build and timings in a bundle directory, whose meta.json says where the outputs came from."""

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..backends.base import NUMERICS_NAMES
 from .common import check_output_file, fail, load_program, stdout_console, write_atomically
 
 
@@ -49,7 +50,10 @@ def run(
         None, "--out", "-o", help="Write all outputs to this file, as .npz (the name is used as given)."
     ),
     backend: str = typer.Option("auto", help="auto, reference, ane or coreml."),
-    numerics: str = typer.Option("ane", help="Reference backend numerics: ane (fp16) or exact (float64)."),
+    numerics: str = typer.Option(
+        NUMERICS_NAMES[0],
+        help=f"Reference backend numerics: {' or '.join(NUMERICS_NAMES)} (ane: fp16 as on the engine).",
+    ),
     function: str = typer.Option(
         None, help="Function of a multi-function program to run (default: main, or the program's default)."
     ),

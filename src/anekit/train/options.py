@@ -14,16 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.base import NUMERICS_NAMES
 from ..errors import AnekitError
 from ..model.config import ModelConfig, preset
 
 DEFAULT_PRESET = "tiny"
-#: The reference backend's numerics. Their owner is `anekit.backends.reference.NUMERICS`; this is the
-#: one copy of their names outside it, because `anekit.cli.train` needs them for its help text when
-#: the `anekit` command starts and loading the reference backend loads coremltools (~2.5 s).
-#: tests/train/test_train_cli_defaults.py checks the two agree. The engine has its own numerics,
-#: which is what "ane" emulates.
-NUMERICS = ("ane", "exact")
+#: The reference backend's numerics (stated once, in `backends.base`, cheap to import at start-up).
+NUMERICS = NUMERICS_NAMES
 
 
 class OptionError(AnekitError, ValueError):

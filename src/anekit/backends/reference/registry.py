@@ -23,6 +23,7 @@ import numpy as np
 from ...engine_limits import HOST_TENSOR_BYTES
 from ...errors import AnekitError
 from ...mil import optable as _optable
+from ..base import NUMERICS_NAMES
 from .fp16 import from_half, round_fp16, to_half
 
 #: The largest tensor, in bytes of its storage while a program runs, the reference backend will
@@ -76,7 +77,8 @@ class Numerics:
         return value
 
 
-NUMERICS = {"ane": Numerics("ane", np.float32), "exact": Numerics("exact", np.float64)}
+_COMPUTE_DTYPES = {"ane": np.float32, "exact": np.float64}
+NUMERICS = {name: Numerics(name, _COMPUTE_DTYPES[name]) for name in NUMERICS_NAMES}
 
 
 @dataclass
