@@ -449,29 +449,32 @@ _ROPE_KEYS = {
 _HF_DEFAULT_THETA = 10000.0  # transformers' default_theta when a config names none
 
 
-def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
-    """(rope_theta, scaling) from a Llama ``config.json``: ``rope_parameters`` (transformers 5),
-    ``rope_theta`` + ``rope_scaling`` (4.x), or both (they must agree). As transformers does, a
-    "llama3" entry without ``original_max_position_embeddings`` takes ``max_position_embeddings``.
-    Scaling types other than "llama3", per-layer RoPE and partial rotary dims are refused."""
+def _rope_part(key: str, part: object) -> dict:
+    """One of ``rope_parameters`` / ``rope_scaling``, checked, with "type" spelled "rope_type"."""
+    if not isinstance(part, dict):
+        raise ModelFileError(f"{key} must be a JSON object or null, got {part!r}")
+    part = dict(part)
+    if "type" in part:  # the oldest spelling of rope_type
+        old = part.pop("type")
+        if part.setdefault("rope_type", old) != old:
+            raise ModelFileError(f"{key} gives type {old!r} and rope_type {part['rope_type']!r}")
+    nested = [k for k, v in part.items() if isinstance(v, dict)]
+    if nested:
+        raise ModelFileError(
+            f"{key} gives RoPE parameters per layer type ({', '.join(nested)}); Llama uses one set"
+        )
+    return part
+
+
+def _merged_rope_params(cfg: dict) -> dict:
+    """``rope_parameters``, ``rope_scaling`` and top-level ``rope_theta`` / ``partial_rotary_factor``
+    as one dict; any two that give the same key must agree."""
     merged: dict = {}
     for key in ("rope_parameters", "rope_scaling"):
         part = cfg.get(key)
         if part is None:
             continue
-        if not isinstance(part, dict):
-            raise ModelFileError(f"{key} must be a JSON object or null, got {part!r}")
-        part = dict(part)
-        if "type" in part:  # the oldest spelling of rope_type
-            old = part.pop("type")
-            if part.setdefault("rope_type", old) != old:
-                raise ModelFileError(f"{key} gives type {old!r} and rope_type {part['rope_type']!r}")
-        nested = [k for k, v in part.items() if isinstance(v, dict)]
-        if nested:
-            raise ModelFileError(
-                f"{key} gives RoPE parameters per layer type ({', '.join(nested)}); Llama uses one set"
-            )
-        for k, v in part.items():
+        for k, v in _rope_part(key, part).items():
             if k in merged and merged[k] != v:
                 raise ModelFileError(
                     f"rope_parameters and rope_scaling disagree on {k}: {merged[k]!r} vs {v!r}"
@@ -482,7 +485,11 @@ def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
             raise ModelFileError(f"{k} {cfg[k]!r} disagrees with the {merged[k]!r} in rope_parameters")
         if k in cfg:
             merged.setdefault(k, cfg[k])
-    rope_type = merged.pop("rope_type", None) or "default"
+    return merged
+
+
+def _check_rope_keys(rope_type: str, merged: dict) -> None:
+    """Refuse an unsupported scaling type or a key that type does not take."""
     allowed = _ROPE_KEYS.get(rope_type)
     if allowed is None:
         raise ModelFileError(
@@ -494,6 +501,16 @@ def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
         raise ModelFileError(
             f"RoPE parameters {', '.join(extra)} are not understood for rope_type {rope_type!r}"
         )
+
+
+def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from a Llama ``config.json``: ``rope_parameters`` (transformers 5),
+    ``rope_theta`` + ``rope_scaling`` (4.x), or both (they must agree). As transformers does, a
+    "llama3" entry without ``original_max_position_embeddings`` takes ``max_position_embeddings``.
+    Scaling types other than "llama3", per-layer RoPE and partial rotary dims are refused."""
+    merged = _merged_rope_params(cfg)
+    rope_type = merged.pop("rope_type", None) or "default"
+    _check_rope_keys(rope_type, merged)
     if merged.pop("partial_rotary_factor", 1.0) != 1.0:
         raise ModelFileError("partial_rotary_factor other than 1 is not supported (RoPE on every head dim)")
     theta = merged.pop("rope_theta", _HF_DEFAULT_THETA)
