@@ -744,20 +744,30 @@ class _Parser:
         if d.numpy is None:
             raise self.error(f"literals of dtype {dt} are not supported", pos)
         if dt == "bool":
-            if not all(isinstance(x, bool) or x in (0, 1) for x in leaves):
-                raise self.error("a bool literal holds true/false", pos)
-            return np.array(leaves, dtype=np.bool_)
+            return self._bool_array(leaves, pos)
         if d.is_int:
-            bad = [x for x in leaves if isinstance(x, float) and not x.is_integer()]
-            if bad:
-                raise self.error(f"{dt} literal holds a non-integer value {bad[0]!r}", pos)
-            ints = [int(x) for x in leaves]
-            lo, hi = _int_range(dt)
-            out = [x for x in ints if not lo <= x <= hi]
-            if out:
-                raise self.error(f"value {_clip(str(out[0]))} is out of range for {dt} ([{lo}, {hi}])", pos)
-            arr = np.array(ints, dtype=d.numpy)
-            return arr.view(_SUB_BYTE_NUMPY[dt]) if dt in _SUB_BYTE_NUMPY else arr
+            return self._int_array(dt, d, leaves, pos)
+        return self._float_array(dt, d, leaves, pos)
+
+    def _bool_array(self, leaves: list, pos: int) -> np.ndarray:
+        if not all(isinstance(x, bool) or x in (0, 1) for x in leaves):
+            raise self.error("a bool literal holds true/false", pos)
+        return np.array(leaves, dtype=np.bool_)
+
+    def _int_array(self, dt: str, d, leaves: list, pos: int) -> np.ndarray:
+        bad = [x for x in leaves if isinstance(x, float) and not x.is_integer()]
+        if bad:
+            raise self.error(f"{dt} literal holds a non-integer value {bad[0]!r}", pos)
+        ints = [int(x) for x in leaves]
+        lo, hi = _int_range(dt)
+        out = [x for x in ints if not lo <= x <= hi]
+        if out:
+            raise self.error(f"value {_clip(str(out[0]))} is out of range for {dt} ([{lo}, {hi}])", pos)
+        arr = np.array(ints, dtype=d.numpy)
+        return arr.view(_SUB_BYTE_NUMPY[dt]) if dt in _SUB_BYTE_NUMPY else arr
+
+    def _float_array(self, dt: str, d, leaves: list, pos: int) -> np.ndarray:
+        """Floats as `dt`; a finite value that would round to inf is an error."""
         try:
             wide = np.array([float(x) for x in leaves], dtype=np.float64)
         except OverflowError:  # an int beyond float64
