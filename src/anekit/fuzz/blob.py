@@ -109,78 +109,182 @@ def _u64(rng: np.random.Generator) -> int:
     return BIG[int(rng.integers(len(BIG)))] if rng.random() < 0.7 else int(rng.integers(0, 2**63 - 1))
 
 
+def _header_count(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < 8:
+        return False
+    value = int(rng.choice([0, 1, 2, 3, 4, 2**31, 2**32 - 1]))
+    struct.pack_into("<I", data, 0, value)
+    mutations.append(f"header count = {value}")
+    return True
+
+
+def _header_version(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < 8:
+        return False
+    value = int(rng.choice([0, 1, 3, 0xDEADBEEF, 2**32 - 1]))
+    struct.pack_into("<I", data, 4, value)
+    mutations.append(f"header version = {value}")
+    return True
+
+
+def _header_reserved(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < 64:
+        return False
+    at = int(rng.integers(8, 64))
+    data[at] = int(rng.integers(1, 256))
+    mutations.append(f"header reserved byte {at} set")
+    return True
+
+
+def _sentinel(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 8:
+        return False
+    value = int(rng.choice([0, 0xDEADBEEE, 0xEFBEADDE]))
+    struct.pack_into("<I", data, meta, value)
+    mutations.append(f"sentinel at {meta} = {value:#x}")
+    return True
+
+
+def _dtype_code(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 8:
+        return False
+    value = (
+        int(rng.choice([0, 5, 16, 17, 255, 2**31, 2**32 - 1]))
+        if rng.random() < 0.4
+        else int(rng.integers(1, 16))
+    )
+    struct.pack_into("<I", data, meta + 4, value)
+    mutations.append(f"dtype code at {meta + 4} = {value}")
+    return True
+
+
+def _size_in_bytes(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 16:
+        return False
+    value = _u64(rng)
+    struct.pack_into("<Q", data, meta + 8, value)
+    mutations.append(f"sizeInBytes at {meta + 8} = {value}")
+    return True
+
+
+def _data_offset(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 24:
+        return False
+    value = _u64(rng)
+    struct.pack_into("<Q", data, meta + 16, value)
+    mutations.append(f"data offset at {meta + 16} = {value}")
+    return True
+
+
+def _padding_bits(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 32:
+        return False
+    value = [0, 1, 4, 7, 8, 9, 63, 2**63][int(rng.integers(8))]
+    struct.pack_into("<Q", data, meta + 24, value)
+    mutations.append(f"padding bits at {meta + 24} = {value}")
+    return True
+
+
+def _meta_reserved(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if len(data) < meta + 64:
+        return False
+    at = int(rng.integers(meta + 32, meta + 64))
+    data[at] = int(rng.integers(1, 256))
+    mutations.append(f"metadata reserved byte {at} set")
+    return True
+
+
+def _bit_flips(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if not data:
+        return False
+    for _ in range(int(rng.integers(1, 5))):
+        at = int(rng.integers(0, len(data)))
+        data[at] ^= 1 << int(rng.integers(0, 8))
+    mutations.append("bit flips")
+    return True
+
+
+def _truncate(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    cut = int(rng.integers(0, len(data) + 1))
+    del data[cut:]
+    mutations.append(f"truncated to {cut} bytes")
+    return True
+
+
+def _append(rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]) -> bool:
+    extra = int(rng.integers(1, 200))
+    data += bytes(rng.integers(0, 256, extra, dtype=np.uint8))  # in place: data is a bytearray
+    mutations.append(f"{extra} bytes appended")
+    return True
+
+
+def _redeclare(
+    rng: np.random.Generator, data: bytearray, reads: list, meta: int, mutations: list[str]
+) -> bool:
+    if not reads:
+        return False
+    i = int(rng.integers(0, len(reads)))
+    offset, name, shape = reads[i]
+    how = int(rng.integers(0, 3))
+    if how == 0:
+        name = str(rng.choice(DTYPES + ["bf16", "fp64", "int64", "bool", "string", "nope"]))
+    elif how == 1:
+        dims = [0, 1, 2, 3, 7, -1, 2**20, 2**31, 2**40, 2**62]
+        shape = tuple(dims[int(rng.integers(len(dims)))] for _ in range(int(rng.integers(0, 5))))
+    else:
+        choices = [-1, 0, 1, 63, 65, 100, len(data), len(data) + 64, 2**63, 2**64]
+        offset = choices[int(rng.integers(len(choices)))]
+    reads[i] = (offset, name, shape)
+    mutations.append(f"read {i} declared as offset {offset}, {name}, shape {shape}")
+    return True
+
+
+#: Mutation `choice` -> handler; a handler returns False (drawing nothing) when it cannot apply, and
+#: choice 13, like any mutation that cannot apply, keeps only the storage header.
+_MUTATIONS = [
+    _header_count,
+    _header_version,
+    _header_reserved,
+    _sentinel,
+    _dtype_code,
+    _size_in_bytes,
+    _data_offset,
+    _padding_bits,
+    _meta_reserved,
+    _bit_flips,
+    _truncate,
+    _append,
+    _redeclare,
+]
+
+
 def _mutate(rng: np.random.Generator, data: bytearray, reads: list, mutations: list[str]) -> bytearray:
     offsets = [r[0] for r in reads if 0 <= r[0] < len(data)]  # declarations may have been mutated
     meta = int(rng.choice(offsets)) if offsets else 64
     choice = int(rng.integers(0, 14))
-    if choice == 0 and len(data) >= 8:
-        value = int(rng.choice([0, 1, 2, 3, 4, 2**31, 2**32 - 1]))
-        struct.pack_into("<I", data, 0, value)
-        mutations.append(f"header count = {value}")
-    elif choice == 1 and len(data) >= 8:
-        value = int(rng.choice([0, 1, 3, 0xDEADBEEF, 2**32 - 1]))
-        struct.pack_into("<I", data, 4, value)
-        mutations.append(f"header version = {value}")
-    elif choice == 2 and len(data) >= 64:
-        at = int(rng.integers(8, 64))
-        data[at] = int(rng.integers(1, 256))
-        mutations.append(f"header reserved byte {at} set")
-    elif choice == 3 and len(data) >= meta + 8:
-        value = int(rng.choice([0, 0xDEADBEEE, 0xEFBEADDE]))
-        struct.pack_into("<I", data, meta, value)
-        mutations.append(f"sentinel at {meta} = {value:#x}")
-    elif choice == 4 and len(data) >= meta + 8:
-        value = (
-            int(rng.choice([0, 5, 16, 17, 255, 2**31, 2**32 - 1]))
-            if rng.random() < 0.4
-            else int(rng.integers(1, 16))
-        )
-        struct.pack_into("<I", data, meta + 4, value)
-        mutations.append(f"dtype code at {meta + 4} = {value}")
-    elif choice == 5 and len(data) >= meta + 16:
-        value = _u64(rng)
-        struct.pack_into("<Q", data, meta + 8, value)
-        mutations.append(f"sizeInBytes at {meta + 8} = {value}")
-    elif choice == 6 and len(data) >= meta + 24:
-        value = _u64(rng)
-        struct.pack_into("<Q", data, meta + 16, value)
-        mutations.append(f"data offset at {meta + 16} = {value}")
-    elif choice == 7 and len(data) >= meta + 32:
-        value = [0, 1, 4, 7, 8, 9, 63, 2**63][int(rng.integers(8))]
-        struct.pack_into("<Q", data, meta + 24, value)
-        mutations.append(f"padding bits at {meta + 24} = {value}")
-    elif choice == 8 and len(data) >= meta + 64:
-        at = int(rng.integers(meta + 32, meta + 64))
-        data[at] = int(rng.integers(1, 256))
-        mutations.append(f"metadata reserved byte {at} set")
-    elif choice == 9 and data:
-        for _ in range(int(rng.integers(1, 5))):
-            at = int(rng.integers(0, len(data)))
-            data[at] ^= 1 << int(rng.integers(0, 8))
-        mutations.append("bit flips")
-    elif choice == 10:
-        cut = int(rng.integers(0, len(data) + 1))
-        del data[cut:]
-        mutations.append(f"truncated to {cut} bytes")
-    elif choice == 11:
-        extra = int(rng.integers(1, 200))
-        data += bytes(rng.integers(0, 256, extra, dtype=np.uint8))
-        mutations.append(f"{extra} bytes appended")
-    elif choice == 12 and reads:
-        i = int(rng.integers(0, len(reads)))
-        offset, name, shape = reads[i]
-        how = int(rng.integers(0, 3))
-        if how == 0:
-            name = str(rng.choice(DTYPES + ["bf16", "fp64", "int64", "bool", "string", "nope"]))
-        elif how == 1:
-            dims = [0, 1, 2, 3, 7, -1, 2**20, 2**31, 2**40, 2**62]
-            shape = tuple(dims[int(rng.integers(len(dims)))] for _ in range(int(rng.integers(0, 5))))
-        else:
-            choices = [-1, 0, 1, 63, 65, 100, len(data), len(data) + 64, 2**63, 2**64]
-            offset = choices[int(rng.integers(len(choices)))]
-        reads[i] = (offset, name, shape)
-        mutations.append(f"read {i} declared as offset {offset}, {name}, shape {shape}")
-    else:
+    if choice >= len(_MUTATIONS) or not _MUTATIONS[choice](rng, data, reads, meta, mutations):
         data[:] = data[:64]
         mutations.append("only the storage header")
     return data
