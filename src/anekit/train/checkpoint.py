@@ -286,28 +286,11 @@ def _tokenizer_record(tokenizer, where: str) -> tuple[Path, dict]:
     return src, record | {"_sha256": digest}
 
 
-def save_checkpoint(
-    path: str | Path,
-    config: ModelConfig,
-    params: dict[str, np.ndarray],
-    optimizer: OptimizerState | tuple[dict[str, np.ndarray], dict] | None = None,
-    train_state: TrainState | None = None,
-    *,
-    tokenizer=None,
-    keep_previous: bool = True,
-) -> Path:
-    """Write a checkpoint directory at `path` atomically (see module docstring); returns the path.
-
-    `optimizer` is what `AdamW.state_dict()` returns. Weights and moments are stored as fp32.
-    `tokenizer` (one loaded from a file, `anekit.train.tokenizers.load_tokenizer`) is copied in.
-    `keep_previous=False` deletes the checkpoint this one replaces (a run started afresh over an old
-    one). Everything, finiteness included, is validated before the first byte is written; an I/O
-    failure is a `CheckpointWriteError` and leaves the previous checkpoint as it was.
-    """
+def _prepared_state(config, params, optimizer, train_state, tokenizer, where: str):
+    """Validate everything a save needs, before any byte is written; returns (optimizer state or
+    None, tokenizer source or None, tokenizer record or None, the state.json dict to fill in)."""
     from .. import __version__
 
-    path = Path(path)
-    where = str(path)
     _check_params(config, params, where)
     _check_finite(params, where, "model")
     opt = OptimizerState(*optimizer) if optimizer is not None else None
@@ -333,35 +316,71 @@ def save_checkpoint(
         json.dumps(state, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: training state is not JSON-serialisable: {e}") from e
+    return opt, tok_src, tok_record, state
 
+
+def _check_replaceable(path: Path, where: str) -> None:
+    """Refuse to replace anything at `path` but a directory that is empty or a checkpoint."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise CheckpointError(f"{where}: exists and is not a directory; refusing to replace it")
     if path.exists() and not (path / STATE_FILE).is_file() and any(path.iterdir()):
         raise CheckpointError(
             f"{where}: exists and is not an anekit checkpoint (no {STATE_FILE}); refusing to replace it"
         )
+
+
+def _write_payload(tmp: Path, params, opt, tok_src, tok_record, state: dict, where: str) -> None:
+    """Write the model, optimizer and tokenizer files into `tmp` (in that order) and fill in
+    ``state["files"]`` / ``state["tokenizer_file"]``; state.json itself is the caller's, last."""
+    _write_safetensors(tmp / MODEL_FILE, params, "model")
+    files = [MODEL_FILE]
+    if opt is not None:
+        _write_safetensors(tmp / OPTIMIZER_FILE, opt.tensors, "optimizer")
+        files.append(OPTIMIZER_FILE)
+    if tok_src is not None:
+        digest = tok_record.pop("_sha256")
+        shutil.copyfile(tok_src, tmp / tok_record["name"])
+        _fsync_path(tmp / tok_record["name"])
+        files.append(tok_record["name"])
+        state["tokenizer_file"] = tok_record
+    state["files"] = {name: _file_entry(tmp / name) for name in files}
+    if tok_src is not None and digest and state["files"][tok_record["name"]]["sha256"] != digest:
+        raise CheckpointError(
+            f"{where}: the tokenizer file {tok_src} changed since the run loaded it; the checkpoint "
+            "would not hold the tokenizer the weights were trained with"
+        )
+
+
+def save_checkpoint(
+    path: str | Path,
+    config: ModelConfig,
+    params: dict[str, np.ndarray],
+    optimizer: OptimizerState | tuple[dict[str, np.ndarray], dict] | None = None,
+    train_state: TrainState | None = None,
+    *,
+    tokenizer=None,
+    keep_previous: bool = True,
+) -> Path:
+    """Write a checkpoint directory at `path` atomically (see module docstring); returns the path.
+
+    `optimizer` is what `AdamW.state_dict()` returns. Weights and moments are stored as fp32.
+    `tokenizer` (one loaded from a file, `anekit.train.tokenizers.load_tokenizer`) is copied in.
+    `keep_previous=False` deletes the checkpoint this one replaces (a run started afresh over an old
+    one). Everything, finiteness included, is validated before the first byte is written; an I/O
+    failure is a `CheckpointWriteError` and leaves the previous checkpoint as it was.
+    """
+    path = Path(path)
+    where = str(path)
+    opt, tok_src, tok_record, state = _prepared_state(
+        config, params, optimizer, train_state, tokenizer, where
+    )
+    _check_replaceable(path, where)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        _write_safetensors(tmp / MODEL_FILE, params, "model")
-        files = [MODEL_FILE]
-        if opt is not None:
-            _write_safetensors(tmp / OPTIMIZER_FILE, opt.tensors, "optimizer")
-            files.append(OPTIMIZER_FILE)
-        if tok_src is not None:
-            digest = tok_record.pop("_sha256")
-            shutil.copyfile(tok_src, tmp / tok_record["name"])
-            _fsync_path(tmp / tok_record["name"])
-            files.append(tok_record["name"])
-            state["tokenizer_file"] = tok_record
-        state["files"] = {name: _file_entry(tmp / name) for name in files}
-        if tok_src is not None and digest and state["files"][tok_record["name"]]["sha256"] != digest:
-            raise CheckpointError(
-                f"{where}: the tokenizer file {tok_src} changed since the run loaded it; the checkpoint "
-                "would not hold the tokenizer the weights were trained with"
-            )
+        _write_payload(tmp, params, opt, tok_src, tok_record, state, where)
         _write_json(tmp / STATE_FILE, state)  # last: its presence marks a complete checkpoint
         _fsync_path(tmp)
         _swap_in(tmp, path, keep_previous)
