@@ -169,17 +169,9 @@ def levenberg_marquardt(fun, x0: np.ndarray, iters: int = 200, tol: float = 1e-1
     return x
 
 
-def fit(rows: list[Row] | None = None) -> Params:
-    """Fit every parameter to `rows` (default: all published rows) and return them with provenance."""
-    rows = rows if rows is not None else published_rows()
-    sp = specs(rows)
-    x0 = np.log([s.init for s in sp])
-    x = levenberg_marquardt(lambda v: _residuals(v, sp, rows), x0)
-    used = [r for r in rows if r.fit]
-    per_chip: dict[str, list[str]] = {}
-    for r in used:
-        per_chip.setdefault(r.chip, []).append(r.dataset)
-    info = {
+def _fit_info(rows: list[Row], used: list[Row], sp: list[Spec]) -> dict:
+    """The provenance record of a fit: objective, row counts, date, priors and fixed values."""
+    return {
         "objective": "sum of squared log errors over fitted rows + weak log-normal priors",
         "rows_fitted": len(used),
         "rows_shown_not_fitted": len(rows) - len(used),
@@ -190,7 +182,10 @@ def fit(rows: list[Row] | None = None) -> Params:
             "vector_eff": f"{VECTOR_EFF} (assumed; nothing published isolates elementwise throughput)",
         },
     }
-    params = build(x, sp, rows, info)
+
+
+def _fitted_chips(params: Params, sp: list[Spec], per_chip: dict[str, list[str]]) -> dict[str, ChipParams]:
+    """The fitted chips' parameters, each with where every value came from."""
     prior_of = {s.key: s.why for s in sp}
     chips = {}
     for cid, cp in params.chips.items():
@@ -214,30 +209,51 @@ def fit(rows: list[Row] | None = None) -> Params:
             ),
         }
         chips[cid] = ChipParams(cp.peak_tflops, cp.bandwidth_gbs, cp.dispatch_ms, cp.sram_mb, prov)
+    return chips
+
+
+def _sibling_params(cid: str, sib: str, base: ChipParams) -> ChipParams:
+    """Parameters for chip `cid`, not fitted, assumed from its sibling `sib` (same engine) except
+    where `cid` has its own published bandwidth or dispatch floor."""
+    chip = CHIPS[cid]
+    bw = chip.ane_bandwidth_gbs or base.bandwidth_gbs
+    return ChipParams(
+        base.peak_tflops,
+        bw,
+        chip.dispatch_floor_ms or base.dispatch_ms,
+        base.sram_mb,
+        {
+            "all": f"assumed from {sib} (same engine: landscape.md §6)",
+            **(
+                {"bandwidth_gbs": f"published: {chip.source('ane_bandwidth_gbs')}"}
+                if chip.ane_bandwidth_gbs
+                else {}
+            ),
+            **(
+                {"dispatch_ms": f"published: {chip.source('dispatch_floor_ms')}"}
+                if chip.dispatch_floor_ms
+                else {}
+            ),
+        },
+        assumed_from=sib,
+    )
+
+
+def fit(rows: list[Row] | None = None) -> Params:
+    """Fit every parameter to `rows` (default: all published rows) and return them with provenance."""
+    rows = rows if rows is not None else published_rows()
+    sp = specs(rows)
+    x0 = np.log([s.init for s in sp])
+    x = levenberg_marquardt(lambda v: _residuals(v, sp, rows), x0)
+    used = [r for r in rows if r.fit]
+    per_chip: dict[str, list[str]] = {}
+    for r in used:
+        per_chip.setdefault(r.chip, []).append(r.dataset)
+    info = _fit_info(rows, used, sp)
+    params = build(x, sp, rows, info)
+    chips = _fitted_chips(params, sp, per_chip)
     for cid, sib in SIBLINGS.items():
         if cid in chips or sib not in chips:
             continue
-        base = chips[sib]
-        chip = CHIPS[cid]
-        bw = chip.ane_bandwidth_gbs or base.bandwidth_gbs
-        chips[cid] = ChipParams(
-            base.peak_tflops,
-            bw,
-            chip.dispatch_floor_ms or base.dispatch_ms,
-            base.sram_mb,
-            {
-                "all": f"assumed from {sib} (same engine: landscape.md §6)",
-                **(
-                    {"bandwidth_gbs": f"published: {chip.source('ane_bandwidth_gbs')}"}
-                    if chip.ane_bandwidth_gbs
-                    else {}
-                ),
-                **(
-                    {"dispatch_ms": f"published: {chip.source('dispatch_floor_ms')}"}
-                    if chip.dispatch_floor_ms
-                    else {}
-                ),
-            },
-            assumed_from=sib,
-        )
+        chips[cid] = _sibling_params(cid, sib, chips[sib])
     return Params(params.globals, dict(sorted(chips.items())), params.setups, info)
