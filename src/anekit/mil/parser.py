@@ -841,6 +841,25 @@ class _Parser:
 
     # -- building ops --------------------------------------------------------------------------
     def build(self, op_type, op_pos, start, decls, args, attrs, symbols) -> None:
+        op_name = self._merge_attrs(op_type, args, attrs)
+        if op_name is None:
+            op_name = decls[0][1] if decls else f"{op_type}_{start}"
+        for _, vname, vpos in decls:
+            if vname in symbols:
+                raise self.error(f"variable {vname!r} is already defined", vpos)
+        if op_type == "const":
+            outputs = self._build_const(op_pos, decls, args, op_name)
+        else:
+            outputs = self._build_op(op_type, op_pos, args, symbols, op_name)
+        if decls and len(outputs) != len(decls):
+            raise self.error(f"{op_type} produces {len(outputs)} output(s), {len(decls)} declared", start)
+        for decl, var in zip(decls, outputs):
+            self.check_type(decl, type_of_sym(var.sym_type), decl[2], f"{op_type} computes")
+            var.set_name(decl[1])
+            symbols[decl[1]] = var
+
+    def _merge_attrs(self, op_type, args, attrs) -> str | None:
+        """Move the attributes other than `name` into `args`; the name attribute's value, if any."""
         op_name = None
         for aname, value in attrs:
             if aname == "name":
@@ -853,34 +872,26 @@ class _Parser:
                 raise self.error(f"{aname!r} given both as input and attribute", value.pos)
             else:  # constexpr attribute form: parameters live in [...] (mil-text.md §1.6)
                 args[aname] = value
-        if op_name is None:
-            op_name = decls[0][1] if decls else f"{op_type}_{start}"
-        for _, vname, vpos in decls:
-            if vname in symbols:
-                raise self.error(f"variable {vname!r} is already defined", vpos)
-        if op_type == "const":
-            lit = args.get("val")
-            if not isinstance(lit, _Literal) or set(args) != {"val"}:
-                raise self.error("const takes exactly one attribute val = <literal>", op_pos)
-            if isinstance(lit.value, (dict, tuple, list)):
-                raise self.error(f"const of type {format_type(lit.type)} is not supported", lit.pos)
-            value = lit.value
-            if len(decls) != 1:
-                raise self.error("const has exactly one output", op_pos)
-            self.check_type(decls[0], lit.type, lit.pos, "the literal is")
-            outputs = (self.call(op_pos, "const", {"val": value}, op_name),)
-        else:
-            if not _is_op(op_type):
-                raise self.error(f"unknown op {op_type!r}", op_pos)
-            kwargs = {name: self.resolve(b, symbols, f"{op_name}_{name}") for name, b in args.items()}
-            result = self.call(op_pos, op_type, kwargs, op_name)
-            outputs = tuple(result) if isinstance(result, (tuple, list)) else (result,)
-        if decls and len(outputs) != len(decls):
-            raise self.error(f"{op_type} produces {len(outputs)} output(s), {len(decls)} declared", start)
-        for decl, var in zip(decls, outputs):
-            self.check_type(decl, type_of_sym(var.sym_type), decl[2], f"{op_type} computes")
-            var.set_name(decl[1])
-            symbols[decl[1]] = var
+        return op_name
+
+    def _build_const(self, op_pos, decls, args, op_name) -> tuple:
+        lit = args.get("val")
+        if not isinstance(lit, _Literal) or set(args) != {"val"}:
+            raise self.error("const takes exactly one attribute val = <literal>", op_pos)
+        if isinstance(lit.value, (dict, tuple, list)):
+            raise self.error(f"const of type {format_type(lit.type)} is not supported", lit.pos)
+        value = lit.value
+        if len(decls) != 1:
+            raise self.error("const has exactly one output", op_pos)
+        self.check_type(decls[0], lit.type, lit.pos, "the literal is")
+        return (self.call(op_pos, "const", {"val": value}, op_name),)
+
+    def _build_op(self, op_type, op_pos, args, symbols, op_name) -> tuple:
+        if not _is_op(op_type):
+            raise self.error(f"unknown op {op_type!r}", op_pos)
+        kwargs = {name: self.resolve(b, symbols, f"{op_name}_{name}") for name, b in args.items()}
+        result = self.call(op_pos, op_type, kwargs, op_name)
+        return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
     def call(self, pos: int, op_type: str, kwargs: dict, name: str):
         return self.builder_call(pos, op_type, getattr(mb, op_type), name=name, **kwargs)
