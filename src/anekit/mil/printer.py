@@ -74,6 +74,30 @@ def _sanitize(name: str, limit: int = _MAX_NAME) -> str:
     return out
 
 
+def _checked_options(
+    version: str, scalars: str | None, weight_files: str, opset: str | None
+) -> tuple[str, str | None]:
+    """`dumps`' (scalars, opset) with their defaults and aliases resolved; bad values are ValueErrors."""
+    if scalars is None:
+        scalars = "canonical" if version.startswith("1.0") or version == "1" else "shorthand"
+    if scalars not in ("shorthand", "canonical"):
+        raise ValueError(f"scalars must be 'shorthand' or 'canonical', not {scalars!r}")
+    if weight_files not in ("per-tensor", "single"):
+        raise ValueError(f"weight_files must be 'per-tensor' or 'single', not {weight_files!r}")
+    if opset is not None:
+        opset = OPSET_ALIASES.get(opset, opset)
+        if opset not in OPSETS:
+            raise ValueError(f"opset must be one of {', '.join(OPSETS)}, not {opset!r}")
+    return scalars, opset
+
+
+def _build_info_line(build_info: dict[str, str], canonical: bool) -> str:
+    """The `[buildInfo = ...]` line after `program(...)`."""
+    t = "dict<tensor<string, []>, tensor<string, []>>" if canonical else "dict<string, string>"
+    items = ", ".join("{" + format_string(k) + ", " + format_string(v) + "}" for k, v in build_info.items())
+    return f"[buildInfo = {t}({{{items}}})]"
+
+
 def dumps(
     program,
     *,
@@ -96,26 +120,13 @@ def dumps(
     """
     info: TextInfo | None = getattr(program, TEXT_INFO_ATTR, None)
     version = version or (info.version if info else "1.3")
-    if scalars is None:
-        scalars = "canonical" if version.startswith("1.0") or version == "1" else "shorthand"
-    if scalars not in ("shorthand", "canonical"):
-        raise ValueError(f"scalars must be 'shorthand' or 'canonical', not {scalars!r}")
-    if weight_files not in ("per-tensor", "single"):
-        raise ValueError(f"weight_files must be 'per-tensor' or 'single', not {weight_files!r}")
-    if opset is not None:
-        opset = OPSET_ALIASES.get(opset, opset)
-        if opset not in OPSETS:
-            raise ValueError(f"opset must be one of {', '.join(OPSETS)}, not {opset!r}")
+    scalars, opset = _checked_options(version, scalars, weight_files, opset)
     if build_info is True:
         build_info = info.build_info if info else DEFAULT_BUILD_INFO
     printer = _Printer(scalars == "canonical", weight_files, blob_threshold)
     lines = [f"program({version})"]
     if build_info:
-        t = "dict<tensor<string, []>, tensor<string, []>>" if printer.canonical else "dict<string, string>"
-        items = ", ".join(
-            "{" + format_string(k) + ", " + format_string(v) + "}" for k, v in build_info.items()
-        )
-        lines.append(f"[buildInfo = {t}({{{items}}})]")
+        lines.append(_build_info_line(build_info, printer.canonical))
     lines.append("{")
     for name, func in program.functions.items():
         attrs = info.function_attrs.get(name, []) if info else []
