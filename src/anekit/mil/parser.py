@@ -690,26 +690,35 @@ class _Parser:
                 return self.load_blob(t, raw, pos)
             return self.tensor_value(t, raw, pos)
         if isinstance(t, DictType):
-            if not isinstance(raw, _Raw) or raw.kind != "{":
-                raise self.error(f"a {format_type(t)} literal is written {{{{key, value}}, ...}}", pos)
-            out = {}
-            for item in raw.items:
-                if not isinstance(item, _Raw) or item.kind != "{" or len(item.items) != 2:
-                    raise self.error("each dict entry is written {key, value}", getattr(item, "pos", pos))
-                key = self.convert(t.key, item.items[0], pos)
-                if isinstance(key, np.ndarray) or not isinstance(key, Hashable):
-                    raise self.error(f"a dict key must be a scalar, not {format_type(t.key)}", item.pos)
-                out[key] = self.convert(t.value, item.items[1], pos)
-            return out
+            return self._convert_dict(t, raw, pos)
         if isinstance(t, TupleType):
-            if not isinstance(raw, _Raw) or raw.kind != "(" or len(raw.items) != len(t.elems):
-                raise self.error(f"a {format_type(t)} literal needs {len(t.elems)} elements in ( )", pos)
-            return tuple(self.convert(et, v, pos) for et, v in zip(t.elems, raw.items))
+            return self._convert_tuple(t, raw, pos)
         if isinstance(t, ListType):
-            if not isinstance(raw, _Raw) or raw.kind != "[":
-                raise self.error(f"a {format_type(t)} literal is written [ ... ]", pos)
-            return [self.convert(t.elem, v, pos) for v in raw.items]
+            return self._convert_list(t, raw, pos)
         raise self.error(f"literals of type {format_type(t)} are not supported", pos)
+
+    def _convert_dict(self, t: DictType, raw, pos: int) -> dict:
+        if not isinstance(raw, _Raw) or raw.kind != "{":
+            raise self.error(f"a {format_type(t)} literal is written {{{{key, value}}, ...}}", pos)
+        out = {}
+        for item in raw.items:
+            if not isinstance(item, _Raw) or item.kind != "{" or len(item.items) != 2:
+                raise self.error("each dict entry is written {key, value}", getattr(item, "pos", pos))
+            key = self.convert(t.key, item.items[0], pos)
+            if isinstance(key, np.ndarray) or not isinstance(key, Hashable):
+                raise self.error(f"a dict key must be a scalar, not {format_type(t.key)}", item.pos)
+            out[key] = self.convert(t.value, item.items[1], pos)
+        return out
+
+    def _convert_tuple(self, t: TupleType, raw, pos: int) -> tuple:
+        if not isinstance(raw, _Raw) or raw.kind != "(" or len(raw.items) != len(t.elems):
+            raise self.error(f"a {format_type(t)} literal needs {len(t.elems)} elements in ( )", pos)
+        return tuple(self.convert(et, v, pos) for et, v in zip(t.elems, raw.items))
+
+    def _convert_list(self, t: ListType, raw, pos: int) -> list:
+        if not isinstance(raw, _Raw) or raw.kind != "[":
+            raise self.error(f"a {format_type(t)} literal is written [ ... ]", pos)
+        return [self.convert(t.elem, v, pos) for v in raw.items]
 
     def tensor_value(self, t: TensorType, raw, pos: int):
         if isinstance(raw, _Literal):  # a typed element inside a bare list
