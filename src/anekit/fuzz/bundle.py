@@ -400,41 +400,76 @@ def _edit_mil(path: Path, kind: str, rng: np.random.Generator) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def _replace_file(root: Path, name: str, kind: str, outside: Path) -> bool:
-    """Replace bundle file `name` by something else; True when it became a symlink leaving the bundle."""
-    path = root / name
-    original = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+def _remove_for_replacement(path: Path, name: str, outside: Path) -> None:
+    """Take `path` out of the bundle; a directory is kept as a copy in `outside` first."""
     if path.is_dir() and not path.is_symlink():
         saved = outside / f"copy-of-{name.replace('/', '_')}"
         shutil.copytree(path, saved, symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-    if kind == "missing":
-        return False
-    if kind == "directory":
-        path.mkdir()
-    elif kind == "fifo":
-        if not hasattr(os, "mkfifo"):
-            return False
-        os.mkfifo(path)
-    elif kind == "symlink-outside":
-        target = outside / f"copy-of-{name.replace('/', '_')}"
-        if original is not None:
-            target.write_bytes(original)
-        path.symlink_to(target, target_is_directory=target.is_dir())
-        return name in ("meta.json", "inputs.npz", "outputs.npz", "model.mil") and original is not None
-    elif kind == "symlink-inside":
-        if original is None:
-            return False
-        copy = root / f"inside-{name.replace('/', '_')}"
-        copy.write_bytes(original)
-        path.symlink_to(os.path.relpath(copy, path.parent))
-    elif kind == "dangling":
-        path.symlink_to(path.parent / "nothing-here")
-    elif kind == "loop":
-        path.symlink_to(path.name)
+
+
+def _make_directory(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    (root / name).mkdir()
     return False
+
+
+def _make_fifo(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / name)
+    return False
+
+
+def _make_symlink_outside(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    path = root / name
+    target = outside / f"copy-of-{name.replace('/', '_')}"
+    if original is not None:
+        target.write_bytes(original)
+    path.symlink_to(target, target_is_directory=target.is_dir())
+    return name in ("meta.json", "inputs.npz", "outputs.npz", "model.mil") and original is not None
+
+
+def _make_symlink_inside(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    if original is None:
+        return False
+    path = root / name
+    copy = root / f"inside-{name.replace('/', '_')}"
+    copy.write_bytes(original)
+    path.symlink_to(os.path.relpath(copy, path.parent))
+    return False
+
+
+def _make_dangling(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    path = root / name
+    path.symlink_to(path.parent / "nothing-here")
+    return False
+
+
+def _make_loop(root: Path, name: str, outside: Path, original: bytes | None) -> bool:
+    path = root / name
+    path.symlink_to(path.name)
+    return False
+
+
+#: `_replace_file` kind -> what takes the file's place ("missing": nothing); True when it escapes.
+_REPLACEMENTS = {
+    "directory": _make_directory,
+    "fifo": _make_fifo,
+    "symlink-outside": _make_symlink_outside,
+    "symlink-inside": _make_symlink_inside,
+    "dangling": _make_dangling,
+    "loop": _make_loop,
+}
+
+
+def _replace_file(root: Path, name: str, kind: str, outside: Path) -> bool:
+    """Replace bundle file `name` by something else; True when it became a symlink leaving the bundle."""
+    path = root / name
+    original = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    _remove_for_replacement(path, name, outside)
+    make = _REPLACEMENTS.get(kind)
+    return make(root, name, outside, original) if make is not None else False
 
 
 def _apply(case: Case, work: Path) -> tuple[Path, bool]:
