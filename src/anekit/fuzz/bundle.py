@@ -282,23 +282,30 @@ def _member_bytes(kind: str, rng: np.random.Generator) -> bytes | None:
     }.get(kind, lambda: None)()
 
 
+def _without(entries: list, name: str) -> list:
+    return [(k, v) for k, v in entries if k != name]
+
+
+def _edited_entries(entries: list, name: str, kind: str, rng: np.random.Generator) -> list:
+    """The archive's (member name, bytes) list after `kind` is done to member `name`."""
+    if kind == "drop":
+        return _without(entries, name)
+    if kind == "rename":
+        return [(f"r{k}" if k == name else k, v) for k, v in entries]
+    if kind == "extra":
+        return [*entries, (name, _npy(np.ones(3, np.float16)))]
+    if kind == "not-npy":
+        return [*entries, ("notes.txt", b"hello")]
+    if kind == "duplicate":
+        return entries + [(k, v) for k, v in entries if k == name]
+    return _without(entries, name) + [(name, _member_bytes(kind, rng) or b"")]
+
+
 def _edit_npz(path: Path, member: str, kind: str, rng: np.random.Generator) -> None:
     with zipfile.ZipFile(path) as z:
         members = {i.filename: z.read(i) for i in z.infolist()}
     name = f"{member}.npy"
-    entries = list(members.items())
-    if kind == "drop":
-        entries = [(k, v) for k, v in entries if k != name]
-    elif kind == "rename":
-        entries = [(f"r{k}" if k == name else k, v) for k, v in entries]
-    elif kind == "extra":
-        entries.append((name, _npy(np.ones(3, np.float16))))
-    elif kind == "not-npy":
-        entries.append(("notes.txt", b"hello"))
-    elif kind == "duplicate":
-        entries += [(k, v) for k, v in entries if k == name]
-    else:
-        entries = [(k, v) for k, v in entries if k != name] + [(name, _member_bytes(kind, rng) or b"")]
+    entries = _edited_entries(list(members.items()), name, kind, rng)
     with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as z:
         warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the "duplicate" kind wants one
         for k, v in entries:
