@@ -534,31 +534,39 @@ class _Parser:
             fast = self._static_tensor_type(pos)
             if fast is not None:
                 return fast
-            self.expect("<")
-            dt, dpos = self.ident("a dtype")
-            if dt not in DTYPE_NAMES:
-                raise self.error(f"unknown dtype {dt!r}", dpos)
-            self.expect(",")
-            self.expect("[")
-            dims: list[int | None] = []
-            if self.peek()[1] != "]":
-                while True:
-                    if self.accept("?"):
-                        dims.append(None)
-                    else:
-                        d = self.integer("a dimension")
-                        if d < 0:
-                            raise self.error("a dimension cannot be negative", self.tokens[self.i - 1][2])
-                        dims.append(d)
-                    if not self.accept(","):
-                        break
-            self.expect("]", "',' or ']' in the shape")
-            self.expect(">")
-            t = TensorType(dt, tuple(dims))
-            self.check_size(t, pos)
-            return t
+            return self._tensor_type(pos)
         if word not in ("list", "tuple", "dict", "state"):
             raise self.error(f"expected a type, found {word!r}", pos)
+        return self._compound_type(word, pos)
+
+    def _tensor_type(self, pos: int) -> TensorType:
+        """`tensor<...>` after `tensor`, the general path (`?` dims, and the errors)."""
+        self.expect("<")
+        dt, dpos = self.ident("a dtype")
+        if dt not in DTYPE_NAMES:
+            raise self.error(f"unknown dtype {dt!r}", dpos)
+        self.expect(",")
+        self.expect("[")
+        dims: list[int | None] = []
+        if self.peek()[1] != "]":
+            while True:
+                if self.accept("?"):
+                    dims.append(None)
+                else:
+                    d = self.integer("a dimension")
+                    if d < 0:
+                        raise self.error("a dimension cannot be negative", self.tokens[self.i - 1][2])
+                    dims.append(d)
+                if not self.accept(","):
+                    break
+        self.expect("]", "',' or ']' in the shape")
+        self.expect(">")
+        t = TensorType(dt, tuple(dims))
+        self.check_size(t, pos)
+        return t
+
+    def _compound_type(self, word: str, pos: int) -> TextType:
+        """`list<...>`, `tuple<...>`, `dict<...>` or `state<...>` after the word."""
         self.expect("<")
         self.nest(pos)
         if word == "list":
