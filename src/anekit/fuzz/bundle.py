@@ -349,62 +349,71 @@ def _edit_bytes(path: Path, kind: str, rng: np.random.Generator) -> None:
     path.write_bytes(bytes(data))
 
 
+def _edit_mil_bytes(path: Path, raw: bytes, kind: str, rng: np.random.Generator) -> bool:
+    """The kinds that damage model.mil as bytes; False when `kind` is not one of them."""
+    if kind == "flip":
+        path.write_bytes(bytes(_flip(bytearray(raw), rng)))
+    elif kind == "truncate":
+        path.write_bytes(raw[: int(rng.integers(0, len(raw) + 1))])
+    elif kind == "latin1":
+        at = int(rng.integers(0, len(raw) + 1))
+        path.write_bytes(raw[:at] + b"\xff\xfe" + raw[at:])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        return False
+    return True
+
+
+_MIL_PATHS = [
+    "@model_path/../meta.json",
+    "/etc/passwd",
+    "@model_path/weights/none.bin",
+    "@model_path/meta.json",
+    "@model_path/weights",
+    "@model_path/weights/s.bin",
+    "@model_path/./weights/w.bin",
+    "weights/w.bin",
+    "@model_path/" + "a/" * 500 + "w.bin",
+]
+
+
+def _swap_dtype(text: str, rng: np.random.Generator) -> str:
+    old, new = _pick(rng, [("fp16", "fp32"), ("fp16", "int8"), ("fp16", "uint4"), ("fp16", "bf16")])
+    pos = [i for i in range(len(text)) if text.startswith(old, i)]
+    if pos:
+        at = _pick(rng, pos)
+        text = text[:at] + new + text[at + len(old) :]
+    return text
+
+
+def _edited_mil_lines(text: str, lines: list[str], kind: str, rng: np.random.Generator) -> list[str]:
+    """model.mil's lines after a text edit `kind` (unchanged for a kind that does not apply)."""
+    if kind in ("drop-line", "dup-line") and lines:
+        i = int(rng.integers(len(lines)))
+        lines[i : i + 1] = [] if kind == "drop-line" else [lines[i], lines[i]]
+    elif kind == "offset":
+        new = _pick(rng, ["0", "63", "65", "128", "192", "999999", "18446744073709551615", "-1", "0x40"])
+        lines = [text.replace("uint64(64)", f"uint64({new})", 1)]
+    elif kind == "path":
+        lines = [text.replace("@model_path/weights/w.bin", _pick(rng, _MIL_PATHS), 1)]
+    elif kind == "dtype":
+        lines = [_swap_dtype(text, rng)]
+    elif kind == "shape":
+        new = _pick(rng, ["[1, 8, 1, 5]", "[1, 8]", "[]", "[1, 0, 1, 4]", "[?, 8, 1, 4]"])
+        lines = [text.replace("[1, 8, 1, 4]", new, 1)]
+    return lines
+
+
 def _edit_mil(path: Path, kind: str, rng: np.random.Generator) -> None:
     if not path.is_file() or path.is_symlink():
         return
     raw = path.read_bytes()
     text = raw.decode("utf-8", "replace")
     lines = text.splitlines(keepends=True)
-    if kind == "flip":
-        path.write_bytes(bytes(_flip(bytearray(raw), rng)))
+    if _edit_mil_bytes(path, raw, kind, rng):
         return
-    if kind == "truncate":
-        path.write_bytes(raw[: int(rng.integers(0, len(raw) + 1))])
-        return
-    if kind == "latin1":
-        at = int(rng.integers(0, len(raw) + 1))
-        path.write_bytes(raw[:at] + b"\xff\xfe" + raw[at:])
-        return
-    if kind == "empty":
-        path.write_bytes(b"")
-        return
-    if kind in ("drop-line", "dup-line") and lines:
-        i = int(rng.integers(len(lines)))
-        lines[i : i + 1] = [] if kind == "drop-line" else [lines[i], lines[i]]
-    elif kind == "offset":
-        new = _pick(rng, ["0", "63", "65", "128", "192", "999999", "18446744073709551615", "-1", "0x40"])
-        text = text.replace("uint64(64)", f"uint64({new})", 1)
-        lines = [text]
-    elif kind == "path":
-        new = _pick(
-            rng,
-            [
-                "@model_path/../meta.json",
-                "/etc/passwd",
-                "@model_path/weights/none.bin",
-                "@model_path/meta.json",
-                "@model_path/weights",
-                "@model_path/weights/s.bin",
-                "@model_path/./weights/w.bin",
-                "weights/w.bin",
-                "@model_path/" + "a/" * 500 + "w.bin",
-            ],
-        )
-        text = text.replace("@model_path/weights/w.bin", new, 1)
-        lines = [text]
-    elif kind == "dtype":
-        old, new = _pick(rng, [("fp16", "fp32"), ("fp16", "int8"), ("fp16", "uint4"), ("fp16", "bf16")])
-        pos = [i for i in range(len(text)) if text.startswith(old, i)]
-        if pos:
-            at = _pick(rng, pos)
-            text = text[:at] + new + text[at + len(old) :]
-        lines = [text]
-    elif kind == "shape":
-        text = text.replace(
-            "[1, 8, 1, 4]", _pick(rng, ["[1, 8, 1, 5]", "[1, 8]", "[]", "[1, 0, 1, 4]", "[?, 8, 1, 4]"]), 1
-        )
-        lines = [text]
-    path.write_text("".join(lines), encoding="utf-8")
+    path.write_text("".join(_edited_mil_lines(text, lines, kind, rng)), encoding="utf-8")
 
 
 def _remove_for_replacement(path: Path, name: str, outside: Path) -> None:
