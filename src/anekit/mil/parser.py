@@ -302,23 +302,8 @@ class _Parser:
         if opset not in OPSETS:
             raise self.error(f"unknown opset {opset!r}; expected one of {', '.join(OPSETS)}", opos)
         self.expect(">")
-        self.expect("(")
-        params: list[tuple[TextType, int, str, int]] = []
-        if self.peek()[1] != ")":
-            while True:
-                tpos = self.peek()[2]
-                t = self.type()
-                pname, ppos = self.ident("a parameter name")
-                params.append((t, tpos, pname, ppos))
-                if not self.accept(","):
-                    break
-        self.expect(")", "',' or ')' in the parameter list")
-        attrs = []
-        if self.peek()[1] == "[":
-            for aname, lit in self.attr_list():
-                if not isinstance(lit, _Literal):
-                    raise self.error(f"function attribute {aname!r} must be a literal", lit.pos)
-                attrs.append((aname, lit.type, lit.value))
+        params = self._params()
+        attrs = self._function_attrs()
         inputs = OrderedDict()
         for t, tpos, pname, ppos in params:
             if pname in inputs:
@@ -334,24 +319,53 @@ class _Parser:
             while self.peek()[1] != "}":
                 self.statement(symbols)
             self.expect("}")
-            self.expect("->", "'->' before the function outputs")
-            self.expect("(")
-            outs = []
-            if self.peek()[1] != ")":
-                while True:
-                    oname, opos = self.ident("an output variable")
-                    if oname not in symbols:
-                        raise self.error(f"output {oname!r} is not defined in function {name!r}", opos)
-                    outs.append(symbols[oname])
-                    if not self.accept(","):
-                        break
-            opos = self.expect(")", "',' or ')' in the output list")[2]
-            self.expect(";", "';' after the function outputs")
-            try:
-                func.set_outputs(outs)
-            except Exception as e:  # coremltools refusing the outputs
-                raise self.error(f"function {name!r} outputs: {_first_line(e)}", opos) from None
+            self._outputs(func, name, symbols)
         return name, func, attrs
+
+    def _params(self) -> list[tuple[TextType, int, str, int]]:
+        """`( type name, ... )`: each parameter's type, its position, name and the name's position."""
+        self.expect("(")
+        params: list[tuple[TextType, int, str, int]] = []
+        if self.peek()[1] != ")":
+            while True:
+                tpos = self.peek()[2]
+                t = self.type()
+                pname, ppos = self.ident("a parameter name")
+                params.append((t, tpos, pname, ppos))
+                if not self.accept(","):
+                    break
+        self.expect(")", "',' or ')' in the parameter list")
+        return params
+
+    def _function_attrs(self) -> list[tuple[str, TextType, object]]:
+        """The optional `[name = literal, ...]` after the parameters."""
+        attrs = []
+        if self.peek()[1] == "[":
+            for aname, lit in self.attr_list():
+                if not isinstance(lit, _Literal):
+                    raise self.error(f"function attribute {aname!r} must be a literal", lit.pos)
+                attrs.append((aname, lit.type, lit.value))
+        return attrs
+
+    def _outputs(self, func, name: str, symbols) -> None:
+        """`-> (var, ...);` after the body: set as the outputs of `func`."""
+        self.expect("->", "'->' before the function outputs")
+        self.expect("(")
+        outs = []
+        if self.peek()[1] != ")":
+            while True:
+                oname, opos = self.ident("an output variable")
+                if oname not in symbols:
+                    raise self.error(f"output {oname!r} is not defined in function {name!r}", opos)
+                outs.append(symbols[oname])
+                if not self.accept(","):
+                    break
+        opos = self.expect(")", "',' or ')' in the output list")[2]
+        self.expect(";", "';' after the function outputs")
+        try:
+            func.set_outputs(outs)
+        except Exception as e:  # coremltools refusing the outputs
+            raise self.error(f"function {name!r} outputs: {_first_line(e)}", opos) from None
 
     def placeholder(self, t: TextType, pos: int):
         from coremltools.converters.mil.mil import get_new_symbol
