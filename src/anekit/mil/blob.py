@@ -339,14 +339,8 @@ def _check_header(view: memoryview, name: str) -> int:
     return count
 
 
-def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, DType]:
-    """Validate the metadata record at `offset` and its data's bounds (mil-text.md §2.1, §2.4).
-
-    Checks that hold whatever tensor type the MIL text declares: the record fits, the sentinel,
-    a known dtype code, data right after the record, padding bits that fit the dtype, data
-    inside the file. Returns the record and its table entry.
-    """
-    where = f"blob metadata at offset {offset}"
+def _check_record_bounds(view: memoryview, offset: int, name: str, where: str) -> None:
+    """The metadata record at `offset` lies after the storage header and inside the file."""
     if offset < HEADER_SIZE:
         raise BlobError(
             f"{_where(name)}: blob offset {offset} points into the {HEADER_SIZE}-byte storage header; "
@@ -357,27 +351,10 @@ def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, 
             f"{_where(name)}: {where} needs bytes {offset}..{offset + METADATA_SIZE - 1} but the file is "
             f"{len(view)} bytes"
         )
-    sentinel, code, size, data_off, padding = _METADATA.unpack_from(view, offset)
-    if sentinel != SENTINEL:
-        raise _fail(
-            name,
-            f"{where}: sentinel",
-            offset,
-            f"0x{sentinel:08X}",
-            f"0x{SENTINEL:08X}",
-            "the offset does not point at a blob's metadata",
-        )
-    dt = BY_BLOB_CODE.get(code)
-    if dt is None:
-        known = ", ".join(f"{c} {d.name}" for c, d in BY_BLOB_CODE.items())
-        raise _fail(name, f"{where}: mil_dtype", offset + 4, str(code), f"one of {known} (mil-text.md §2.2)")
-    if data_off != offset + METADATA_SIZE:
-        hint = "the writer always puts the data right after its 64-byte metadata (mil-text.md §2.1, §2.3)"
-        if data_off == 0:
-            hint += "; maderix's benchmark files leave this field 0 (mil-text.md §2.6)"
-        raise _fail(
-            name, f"{where}: data offset", offset + 16, str(data_off), str(offset + METADATA_SIZE), hint
-        )
+
+
+def _check_padding_and_size(dt: DType, size: int, padding: int, offset: int, name: str, where: str) -> None:
+    """padding_size_in_bits and sizeInBytes fit the record's dtype (mil-text.md §2.5)."""
     if _is_sub_byte(dt):
         # mil-text.md §2.5: the unused high bits of the last byte; fewer than 8, and the used bits
         # must hold a whole number of elements.
@@ -406,8 +383,41 @@ def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, 
                 f"{_where(name)}: {where}: padding_size_in_bits (byte {offset + 24}) is {padding} for "
                 f"{dt.name}, expected 0; ignored (pre-iOS18 writers left this reserved field uninitialised)",
                 BlobWarning,
-                stacklevel=3,
+                stacklevel=4,  # one frame deeper than _read_metadata: still read_blob's or list_blobs' caller
             )
+
+
+def _read_metadata(view: memoryview, offset: int, name: str) -> tuple[BlobInfo, DType]:
+    """Validate the metadata record at `offset` and its data's bounds (mil-text.md §2.1, §2.4).
+
+    Checks that hold whatever tensor type the MIL text declares: the record fits, the sentinel,
+    a known dtype code, data right after the record, padding bits that fit the dtype, data
+    inside the file. Returns the record and its table entry.
+    """
+    where = f"blob metadata at offset {offset}"
+    _check_record_bounds(view, offset, name, where)
+    sentinel, code, size, data_off, padding = _METADATA.unpack_from(view, offset)
+    if sentinel != SENTINEL:
+        raise _fail(
+            name,
+            f"{where}: sentinel",
+            offset,
+            f"0x{sentinel:08X}",
+            f"0x{SENTINEL:08X}",
+            "the offset does not point at a blob's metadata",
+        )
+    dt = BY_BLOB_CODE.get(code)
+    if dt is None:
+        known = ", ".join(f"{c} {d.name}" for c, d in BY_BLOB_CODE.items())
+        raise _fail(name, f"{where}: mil_dtype", offset + 4, str(code), f"one of {known} (mil-text.md §2.2)")
+    if data_off != offset + METADATA_SIZE:
+        hint = "the writer always puts the data right after its 64-byte metadata (mil-text.md §2.1, §2.3)"
+        if data_off == 0:
+            hint += "; maderix's benchmark files leave this field 0 (mil-text.md §2.6)"
+        raise _fail(
+            name, f"{where}: data offset", offset + 16, str(data_off), str(offset + METADATA_SIZE), hint
+        )
+    _check_padding_and_size(dt, size, padding, offset, name, where)
     if data_off + size > len(view):
         raise BlobError(
             f"{_where(name)}: {where}: data (bytes {data_off}..{data_off + size - 1}, sizeInBytes {size} "
