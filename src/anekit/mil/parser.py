@@ -751,6 +751,10 @@ class _Parser:
             raise self.error("only scalar string literals are supported", pos)
         if t.is_scalar and isinstance(raw, (int, float)):  # the common case: one number
             return _scalar(self.numeric_array(t.dtype, [raw], pos))
+        return self._array_value(t, raw, pos)
+
+    def _array_value(self, t: TensorType, raw, pos: int):
+        """A tensor literal other than one bare number: its leaves checked against the shape."""
         leaves: list = []
         _flatten(raw, leaves)
         if not all(isinstance(x, (int, float)) for x in leaves):
