@@ -453,26 +453,10 @@ class _Parser:
             or toks[i + 3][1] != "["
         ):
             return None
-        dt, j, dims, n = toks[i + 1][1], i + 4, [], 1
-        if toks[j][1] != "]":
-            while True:
-                kind, text, _ = toks[j]
-                if kind != "num" or not text.isdigit():
-                    return None
-                d = int(text)
-                dims.append(d)
-                n *= d
-                sep = toks[j + 1][1]
-                j += 2
-                if sep == "]":
-                    break
-                if sep != ",":
-                    return None
-        else:
-            j += 1
-        if toks[j][1] != ">":
+        dims, n, j = _static_dims(toks, i + 4)
+        if dims is None or toks[j][1] != ">":
             return None
-        t = TensorType(dt, tuple(dims))
+        t = TensorType(toks[i + 1][1], tuple(dims))
         if n > _MAX_ELEMENTS or (n == 0 and dims and max(dims) > _MAX_ELEMENTS):
             self.check_size(t, pos)  # the exact check, which raises
         self.i = j + 1
@@ -965,6 +949,27 @@ class _Parser:
         raise self.error(
             f"{decl[1]!r} is declared {format_type(declared)} but {what} {format_type(actual)}", pos
         )
+
+
+def _static_dims(toks: list, j: int) -> tuple[list[int] | None, int, int]:
+    """The fast path's `[int, ...]` from token j: (dims, their product, the index after `]`);
+    dims None if a token is anything else (a `?`, a sign, a missing separator)."""
+    dims, n = [], 1
+    if toks[j][1] == "]":
+        return dims, n, j + 1
+    while True:
+        kind, text, _ = toks[j]
+        if kind != "num" or not text.isdigit():
+            return None, n, j
+        d = int(text)
+        dims.append(d)
+        n *= d
+        sep = toks[j + 1][1]
+        j += 2
+        if sep == "]":
+            return dims, n, j
+        if sep != ",":
+            return None, n, j
 
 
 def _first_line(e: BaseException) -> str:
