@@ -1,6 +1,21 @@
-"""Test-wide setup: the `requires_ane` marker is deselected where no Neural Engine can be reached."""
+"""Test-wide setup: the `requires_ane` marker is deselected where no Neural Engine can be reached;
+the `micro_config` fixture shared by the training tests."""
 
 from __future__ import annotations
+
+import json
+
+import pytest
+
+from micro_model import MICRO
+
+
+@pytest.fixture
+def micro_config(tmp_path):
+    """The micro model (micro_model.MICRO) as a JSON config file."""
+    path = tmp_path / "micro.json"
+    path.write_text(json.dumps(MICRO))
+    return path
 
 
 def _ane_available() -> bool:

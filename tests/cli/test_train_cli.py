@@ -16,26 +16,9 @@ from typer.testing import CliRunner
 from anekit.cli import app
 from anekit.cli.train import make_progress, progress_line
 from anekit.train.loop import StepLog
-
-MICRO = {
-    "name": "micro",
-    "dim": 64,
-    "hidden_dim": 128,
-    "n_layers": 2,
-    "n_heads": 4,
-    "n_kv_heads": 2,
-    "vocab_size": 512,
-    "seq_len": 32,
-}
+from micro_model import MICRO
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def micro_config(tmp_path):
-    path = tmp_path / "micro.json"
-    path.write_text(json.dumps(MICRO))
-    return path
 
 
 def train_args(config: Path, out: Path, *extra: str) -> list[str]:

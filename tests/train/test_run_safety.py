@@ -39,24 +39,7 @@ from anekit.train.loop import (
     read_log,
 )
 from anekit.train.optim import AdamW
-
-MICRO = {
-    "name": "micro",
-    "dim": 64,
-    "hidden_dim": 128,
-    "n_layers": 2,
-    "n_heads": 4,
-    "n_kv_heads": 2,
-    "vocab_size": 512,
-    "seq_len": 32,
-}
-
-
-@pytest.fixture
-def micro_config(tmp_path):
-    path = tmp_path / "micro.json"
-    path.write_text(json.dumps(MICRO))
-    return path
+from micro_model import MICRO
 
 
 def options(tmp_path, config, **kw) -> TrainOptions:

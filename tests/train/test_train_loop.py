@@ -11,26 +11,7 @@ from typer.testing import CliRunner
 from anekit.cli import app
 from anekit.train.loop import RunInterrupted, Trainer, TrainOptions, read_log
 
-# A model small enough for CI: the bundled tokenizer's 512 ids, 2 layers, grouped-query heads.
-MICRO = {
-    "name": "micro",
-    "dim": 64,
-    "hidden_dim": 128,
-    "n_layers": 2,
-    "n_heads": 4,
-    "n_kv_heads": 2,
-    "vocab_size": 512,
-    "seq_len": 32,
-}
-
 runner = CliRunner()
-
-
-@pytest.fixture
-def micro_config(tmp_path):
-    path = tmp_path / "micro.json"
-    path.write_text(json.dumps(MICRO))
-    return path
 
 
 def options(tmp_path, config, **kw) -> TrainOptions:
