@@ -24,22 +24,6 @@ from anekit.mil import ct, dumps, mb, types
 runner = CliRunner()
 
 
-@pytest.fixture
-def model_dir(tmp_path):
-    w = (np.random.default_rng(0).standard_normal((32, 32, 1, 1)) / 8).astype(np.float16)
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18
-    )
-    def prog(x):
-        return mb.relu(x=mb.conv(x=x, weight=mb.const(val=w, name="w"), name="c"), name="y")
-
-    root = dumps(prog).save(tmp_path / "model")
-    x = np.random.default_rng(1).standard_normal((1, 32, 1, 32)).astype(np.float16)
-    np.save(tmp_path / "x.npy", x)
-    return root, tmp_path / "x.npy", w, x
-
-
 def anekit_cmd(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """The installed command in a subprocess: stdout and stderr are real pipes, not terminals."""
     env = {**os.environ, "COLUMNS": "80"}

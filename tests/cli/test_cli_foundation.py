@@ -15,20 +15,6 @@ from anekit.mil import ct, dumps, mb, types
 runner = CliRunner()
 
 
-@pytest.fixture
-def model_dir(tmp_path):
-    w = (np.random.default_rng(0).standard_normal((32, 32, 1, 1)) / 8).astype(np.float16)
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, 32, 1, 32), dtype=types.fp16)], opset_version=ct.target.iOS18
-    )
-    def prog(x):
-        return mb.relu(x=mb.conv(x=x, weight=mb.const(val=w, name="w"), name="c"), name="y")
-
-    root = dumps(prog).save(tmp_path / "model")
-    return root, w
-
-
 def test_doctor_lists_backends_and_why():
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
@@ -40,7 +26,7 @@ def test_doctor_lists_backends_and_why():
 
 
 def test_run_prints_and_saves_outputs(model_dir, tmp_path):
-    root, w = model_dir
+    root, _, w, _ = model_dir
     x = np.random.default_rng(1).standard_normal((1, 32, 1, 32)).astype(np.float16)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out.npz"
@@ -83,7 +69,7 @@ def test_run_prints_and_saves_outputs(model_dir, tmp_path):
     ],
 )
 def test_run_errors_are_actionable(model_dir, args, message, tmp_path, monkeypatch):
-    root, _ = model_dir
+    root, *_ = model_dir
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["run", str(root), *args])
     assert result.exit_code == 1
@@ -91,7 +77,7 @@ def test_run_errors_are_actionable(model_dir, args, message, tmp_path, monkeypat
 
 
 def test_run_wrong_shape_names_the_expected_input(model_dir, tmp_path):
-    root, _ = model_dir
+    root, *_ = model_dir
     np.save(tmp_path / "x.npy", np.zeros((1, 32, 1, 31), np.float16))
     result = runner.invoke(app, ["run", str(root), "-i", f"x={tmp_path / 'x.npy'}", "--backend", "reference"])
     assert result.exit_code == 1
@@ -119,7 +105,7 @@ def test_lint_reports_findings_with_sources_and_exit_status(tmp_path, model_dir)
     result = runner.invoke(app, ["lint", str(bad)])
     assert result.exit_code == 1
     assert "rsqrt" in result.output and "error" in result.output and ".md" in result.output
-    root, _ = model_dir
+    root, *_ = model_dir
     result = runner.invoke(app, ["lint", str(root), "--chip", "m4"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["lint", str(root), "--chip", "z80"])
