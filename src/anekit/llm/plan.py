@@ -1,0 +1,197 @@
+"""How a pretrained decoder is cut into engine programs: the `DecoderPlan`, and `choose_plan`.
+
+A plan fixes four things the runner (`anekit.llm.decoder.Decoder`) builds its programs from:
+
+- `layers_per_program`: transformer layers fused into one program (the decode program and the prefill
+  program of a group use the same grouping);
+- `residual`: where the residual stream lives between programs: ``"fp32-host"`` (each program takes the
+  residual in and returns it; the host keeps it in float32 between programs) or ``"fp16"`` (it stays
+  fp16 in the programs' I/O);
+- `vocab_chunk`: classifier rows per output chunk (the engine's axis, channel and SRAM limits);
+- `prefill_chunk`: prompt tokens per prefill call.
+
+`choose_plan` picks them from the cost model (`anekit.perf.decode`) and the engine's facts; its
+docstring gives the reasoning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine_limits import (
+    DEFAULT_LOADED_PROGRAM_BUDGET,
+    MAX_AXIS,
+    ROW_ALIGN,
+    SRAM_BYTES,
+    WEIGHT_FILE_BYTES,
+)
+from ..errors import AnekitError
+
+__all__ = [
+    "RESIDUALS",
+    "QUANTS",
+    "DecoderPlan",
+    "PlanError",
+    "choose_plan",
+    "default_plan",
+    "program_count",
+    "weight_bytes_per_element",
+]
+
+#: Where the residual stream can live between programs (see `DecoderPlan`).
+RESIDUALS = ("fp32-host", "fp16")
+#: Weight formats the decoder bakes (anekit.kernels.quant): fp16, or int8 / int4 through the
+#: constexpr dequantization ops (ane-private-api.md §10.4).
+QUANTS = ("fp16", "int8", "int4")
+
+#: An fp16 residual stream between dispatches failed past ~16 layers at dim 4096 (Llama 3.1 8B);
+#: ane-private-api.md §10.4 (MidasMulli/ane-compiler README). Beyond either bound the residual is
+#: kept in fp32 on the host.
+FP16_RESIDUAL_MAX_LAYERS = 16
+FP16_RESIDUAL_MAX_DIM = 4096
+#: Prompt tokens per prefill call unless max_len is shorter: a prefill program's activations are
+#: [dim, chunk]; 128 positions keep a 1x1 conv past the small-spatial, weight-read-bound regime
+#: (ane-private-api.md §4.1: M3 Pro 9.98 TFLOPS at S=64 vs 16.77 at S=2048) while a group's
+#: activations stay far below the SRAM (32 MB) for models up to dim 8192.
+DEFAULT_PREFILL_CHUNK = 128
+
+
+try:  # the package's error root for LLM errors, once it exists (anekit.llm.errors, helper H3)
+    from .errors import LLMError as _Base
+except ImportError:  # pragma: no cover - until llm/errors.py lands
+    _Base = AnekitError
+
+
+class PlanError(_Base, ValueError):
+    """A decoder plan that is malformed or does not fit the model / the engine; says which field."""
+
+
+def weight_bytes_per_element(quant: str) -> float:
+    """Stored bytes of one weight element (scales not included): fp16 2, int8 1, int4 0.5."""
+    try:
+        return {"fp16": 2.0, "int8": 1.0, "int4": 0.5}[quant]
+    except (KeyError, TypeError):
+        raise PlanError(f"weights {quant!r} is not supported; choose one of {', '.join(QUANTS)}") from None
+
+
+@dataclass(frozen=True)
+class DecoderPlan:
+    """How the decoder's layers are grouped into programs (see the module docstring)."""
+
+    layers_per_program: int  #: transformer layers fused into one program (decode and prefill)
+    residual: str  #: "fp32-host" or "fp16"
+    vocab_chunk: int  #: classifier rows per output chunk
+    prefill_chunk: int  #: prompt tokens per prefill call
+
+    def __post_init__(self):
+        for name in ("layers_per_program", "vocab_chunk", "prefill_chunk"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PlanError(f"DecoderPlan.{name} must be a positive integer, got {v!r}")
+        if self.residual not in RESIDUALS:
+            valid = ", ".join(map(repr, RESIDUALS))
+            raise PlanError(f"DecoderPlan.residual must be one of {valid}, got {self.residual!r}")
+        if self.vocab_chunk > MAX_AXIS:
+            # no tensor axis longer than MAX_AXIS (docs/ane-facts.md#axis-cap)
+            raise PlanError(
+                f"DecoderPlan.vocab_chunk {self.vocab_chunk} exceeds the engine's axis limit {MAX_AXIS}; "
+                "use a smaller chunk"
+            )
+
+    def n_groups(self, n_layers: int) -> int:
+        """Layer groups (= decode programs per token, before the classifier) for `n_layers` layers."""
+        return -(-n_layers // self.layers_per_program)
+
+    def n_vocab_chunks(self, vocab_size: int) -> int:
+        return -(-vocab_size // self.vocab_chunk)
+
+    def check(self, config, quant: str = "fp16") -> DecoderPlan:
+        """Raise `PlanError` if this plan does not fit `config` with `quant` weights; return self."""
+        if self.layers_per_program > config.n_layers:
+            raise PlanError(
+                f"DecoderPlan.layers_per_program {self.layers_per_program} exceeds the model's "
+                f"{config.n_layers} layers"
+            )
+        per_layer = _layer_weight_bytes(config, quant)
+        if per_layer * self.layers_per_program >= WEIGHT_FILE_BYTES:
+            raise PlanError(
+                f"DecoderPlan.layers_per_program {self.layers_per_program}: one program's weights "
+                f"({per_layer * self.layers_per_program / 2**30:.2f} GiB) reach the engine's 2 GiB "
+                "weight-file limit (mil-text.md §2.7); use fewer layers per program"
+            )
+        n = program_count(config, self)
+        if n > DEFAULT_LOADED_PROGRAM_BUDGET:
+            raise PlanError(
+                f"the plan needs {n} loaded programs, more than the {DEFAULT_LOADED_PROGRAM_BUDGET} anekit "
+                "keeps loaded per process (the driver's cap is 128, ane-private-api.md §10.1); use more "
+                "layers per program or a larger vocab_chunk"
+            )
+        return self
+
+
+def _layer_weight_bytes(config, quant: str) -> float:
+    """Stored bytes of one transformer layer's matrices at `quant` (norm vectors and scales excluded)."""
+    D, H, Q, KV = config.dim, config.hidden_dim, config.q_dim, config.kv_dim
+    return (D * Q + 2 * D * KV + Q * D + 3 * D * H) * weight_bytes_per_element(quant)
+
+
+def program_count(config, plan: DecoderPlan) -> int:
+    """Programs the decoder keeps loaded: a decode and a prefill program per layer group, plus the
+    classifier chunks (one program each, shared by decode and prefill)."""
+    return 2 * plan.n_groups(config.n_layers) + plan.n_vocab_chunks(config.vocab_size)
+
+
+def _vocab_chunk(config, quant: str) -> int:
+    """The largest classifier chunk whose weight stays within the SRAM (a MAC op whose working set
+    passes ~32 MB slows down, ane-private-api.md §4.3) and the axis limit, a multiple of ROW_ALIGN,
+    split evenly over the vocabulary."""
+    per_row = config.dim * weight_bytes_per_element(quant)
+    cap = min(MAX_AXIS, int(SRAM_BYTES // 2 // per_row), config.vocab_size)
+    cap = max(ROW_ALIGN, cap // ROW_ALIGN * ROW_ALIGN)
+    n = -(-config.vocab_size // cap)
+    even = -(-config.vocab_size // n)
+    return min(cap, -(-even // ROW_ALIGN) * ROW_ALIGN)
+
+
+def _residual(config) -> str:
+    deep = config.n_layers > FP16_RESIDUAL_MAX_LAYERS or config.dim >= FP16_RESIDUAL_MAX_DIM
+    return "fp32-host" if deep else "fp16"
+
+
+def default_plan(config, *, quant: str = "fp16", max_len: int | None = None) -> DecoderPlan:
+    """A plan from the facts alone (no cost model): every layer in as few programs as the weight-file
+    limit allows, the residual per §10.4, the classifier chunk per the SRAM."""
+    weight_bytes_per_element(quant)
+    per_layer = _layer_weight_bytes(config, quant)
+    lpp = max(1, min(config.n_layers, int((WEIGHT_FILE_BYTES - 1) // max(per_layer, 1))))
+    residual = _residual(config)
+    if residual == "fp32-host":
+        # inside a program the residual is fp16: no program carries it through more layers than §10.4 saw work
+        lpp = min(lpp, FP16_RESIDUAL_MAX_LAYERS)
+    prefill = DEFAULT_PREFILL_CHUNK if max_len is None else max(1, min(DEFAULT_PREFILL_CHUNK, max_len))
+    return DecoderPlan(lpp, residual, _vocab_chunk(config, quant), prefill)
+
+
+def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int | None = None) -> DecoderPlan:
+    """The plan the cost model predicts decodes fastest on `chip` (see `anekit.perf.decode`).
+
+    Reasoning (each step cites the fact it rests on):
+
+    1. Decode of one token moves every weight once and does ~2 FLOPs per weight: it is bandwidth-bound
+       on the engine (ane-private-api.md §10.4), and each program adds a fixed dispatch cost (~0.09 ms,
+       §4.1 / §10.5; fusing 40 -> 25 dispatches took Llama-3.2-1B from 42.2 to 50.2 tok/s). So fewer,
+       deeper programs win, up to the limits: one program's weights below the 2 GiB weight-file limit
+       (mil-text.md §2.7) and all programs within the loaded-program budget (§10.1).
+    2. The residual stream: an fp16 residual between dispatches fails past ~16 layers at dim 4096
+       (§10.4), so deep or wide models keep it in fp32 on the host; its cost is a few KB of I/O per
+       program, which the model shows is negligible next to the dispatch.
+    3. The classifier: the largest chunk whose weight fits the SRAM, within the axis limit.
+    4. Prefill chunk: see `DEFAULT_PREFILL_CHUNK`.
+
+    Until `anekit.perf.decode` is importable this is `default_plan`.
+    """
+    try:
+        from ..perf.decode import best_plan
+    except ImportError:  # pragma: no cover - first commit, before the decode model
+        return default_plan(config, quant=quant, max_len=max_len)
+    return best_plan(config, quant=quant, chip=chip, max_len=max_len)
