@@ -1,0 +1,278 @@
+"""Choosing the next token: the sampling options and the logits processors, one implementation for
+every caller (`anekit generate`, `anekit chat`, the server, the end-of-training sample).
+
+The processors follow the rules transformers applies, in the order its `generate` applies them
+(repetition penalty, then temperature, top-k, top-p, min-p; `GenerationMixin._get_logits_processor`,
+https://github.com/huggingface/transformers/blob/main/src/transformers/generation/utils.py), so a
+model gives here the distribution it gives there:
+
+- repetition penalty (CTRL, https://arxiv.org/abs/1909.05858 eq. 2, as transformers'
+  `RepetitionPenaltyLogitsProcessor`): for every token id seen in the prompt or the output so far,
+  a positive logit is divided by the penalty and a negative one multiplied by it;
+- temperature: logits / T; T = 0 means greedy (argmax of the penalised logits, as transformers'
+  greedy search still applies the repetition penalty);
+- top-k: keep the logits >= the k-th largest (ties at the boundary are kept);
+- top-p (nucleus): sort ascending, drop the tokens whose cumulative probability is <= 1 - p, always
+  keep the most likely one;
+- min-p (https://arxiv.org/abs/2407.01082): drop the tokens whose probability is below
+  min_p x the top token's.
+
+Dropped tokens get -inf. Arithmetic is float64 whatever the logits' dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from .errors import OptionError
+
+__all__ = [
+    "SamplingOptions",
+    "Sampler",
+    "StopMatcher",
+    "apply_repetition_penalty",
+    "apply_temperature",
+    "apply_top_k",
+    "apply_top_p",
+    "apply_min_p",
+    "process_logits",
+]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to pick tokens. Checked on construction: a value out of range raises `OptionError` (an
+    `LLMError`) naming the option. `stop` may be given as one string or any sequence of strings."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0  #: 0: greedy
+    top_k: int = 0  #: 0: all tokens
+    top_p: float = 1.0  #: 1: off
+    min_p: float = 0.0  #: 0: off
+    repetition_penalty: float = 1.0  #: 1: off
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  #: None: fresh entropy each call
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise OptionError("max_tokens", "must be an integer >= 1", self.max_tokens)
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise OptionError("temperature", "must be a finite number >= 0 (0: greedy)", self.temperature)
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise OptionError("top_k", "must be an integer >= 0 (0: all tokens)", self.top_k)
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise OptionError("top_p", "must be a number in (0, 1] (1: off)", self.top_p)
+        if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
+            raise OptionError("min_p", "must be a number in [0, 1] (0: off)", self.min_p)
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise OptionError(
+                "repetition_penalty", "must be a finite number > 0 (1: off)", self.repetition_penalty
+            )
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if stop is None:
+            stop = ()
+        if not isinstance(stop, Iterable) or isinstance(stop, (bytes, dict)):
+            raise OptionError("stop", "must be a string or a list of strings", self.stop)
+        stop = tuple(stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise OptionError("stop", "must hold non-empty strings only", self.stop)
+        object.__setattr__(self, "stop", stop)
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise OptionError("seed", "must be an integer >= 0 (or None: fresh entropy)", self.seed)
+        for name in ("max_tokens", "top_k") + (("seed",) if self.seed is not None else ()):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def updated(self, **changes) -> SamplingOptions:
+        """A copy with `changes` applied (and checked); unknown names are an `OptionError`."""
+        known = {f.name for f in fields(self)}
+        for name in changes:
+            if name not in known:
+                raise OptionError(name, f"is not a sampling option (known: {', '.join(sorted(known))})", None)
+        return replace(self, **changes) if changes else self
+
+
+# ---------------------------------------------------------------------------------------------
+# processors: each takes float64 scores [V] and returns new scores (the input is not modified)
+
+
+def apply_repetition_penalty(
+    scores: np.ndarray, seen: np.ndarray | Sequence[int], penalty: float
+) -> np.ndarray:
+    """Divide the positive and multiply the negative scores of the ids in `seen` (ids or a bool mask
+    [V]) by `penalty` (CTRL's rule, as transformers' `RepetitionPenaltyLogitsProcessor`)."""
+    out = np.array(scores, dtype=np.float64)
+    if penalty == 1.0:
+        return out
+    seen = np.asarray(seen)
+    idx = np.flatnonzero(seen) if seen.dtype == bool else np.unique(seen.astype(np.int64))
+    if idx.size:
+        s = out[idx]
+        out[idx] = np.where(s < 0, s * penalty, s / penalty)
+    return out
+
+
+def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Scores / temperature (temperature > 0; 0 is greedy and never reaches here)."""
+    return np.asarray(scores, dtype=np.float64) / temperature
+
+
+def apply_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Keep the scores >= the k-th largest (k <= 0 or >= V: all)."""
+    out = np.array(scores, dtype=np.float64)
+    if k <= 0 or k >= out.size:
+        return out
+    kth = np.partition(out, out.size - k)[out.size - k]
+    out[out < kth] = -np.inf
+    return out
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = np.exp(scores - scores.max())
+    return z / z.sum()
+
+
+def apply_top_p(scores: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus filtering: in ascending order, drop the tokens whose cumulative probability is <= 1 - p;
+    the most likely token always stays. Only the finite scores are sorted (after top-k, few are)."""
+    out = np.array(scores, dtype=np.float64)
+    if p >= 1.0:
+        return out
+    live = np.flatnonzero(np.isfinite(out))
+    if live.size <= 1:
+        return out
+    order = live[np.argsort(out[live], kind="stable")]  # ascending
+    cum = np.cumsum(_softmax(out[order]))
+    drop = cum <= 1.0 - p
+    drop[-1] = False
+    out[order[drop]] = -np.inf
+    return out
+
+
+def apply_min_p(scores: np.ndarray, min_p: float) -> np.ndarray:
+    """Drop the tokens whose probability is below `min_p` x the most likely token's."""
+    out = np.array(scores, dtype=np.float64)
+    if min_p <= 0.0:
+        return out
+    probs = _softmax(out)
+    drop = probs < min_p * probs.max()
+    drop[np.argmax(out)] = False
+    out[drop] = -np.inf
+    return out
+
+
+def process_logits(logits: np.ndarray, options: SamplingOptions, seen=None) -> np.ndarray:
+    """The scores the next token is drawn from (softmax of them), float64 [V]: every processor of
+    `options` in transformers' order. At temperature 0 only the repetition penalty applies."""
+    scores = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if options.repetition_penalty != 1.0 and seen is not None:
+        scores = apply_repetition_penalty(scores, seen, options.repetition_penalty)
+    if options.greedy:
+        return np.array(scores, dtype=np.float64)
+    scores = apply_temperature(scores, options.temperature)
+    scores = apply_top_k(scores, options.top_k)
+    scores = apply_top_p(scores, options.top_p)
+    return apply_min_p(scores, options.min_p)
+
+
+class Sampler:
+    """Picks tokens for one generation: the options, the random generator (`seed`) and the ids seen
+    so far (for the repetition penalty: the prompt's, then each one `observe`d)."""
+
+    def __init__(self, options: SamplingOptions, vocab_size: int, prompt: Sequence[int] = ()):
+        self.options = options
+        self.vocab_size = vocab_size
+        self.rng = np.random.default_rng(options.seed)
+        self.seen = np.zeros(vocab_size, dtype=bool)
+        ids = np.asarray(list(prompt), dtype=np.int64)
+        self.seen[ids[(ids >= 0) & (ids < vocab_size)]] = True
+
+    def observe(self, token: int) -> None:
+        if 0 <= token < self.vocab_size:
+            self.seen[token] = True
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token id from `logits` [V] (not yet observed: call `observe` once it is kept)."""
+        logits = np.asarray(logits).reshape(-1)
+        if logits.size != self.vocab_size:
+            raise ValueError(f"{logits.size} logits for a vocabulary of {self.vocab_size}")
+        scores = process_logits(logits, self.options, self.seen)
+        if self.options.greedy:
+            return int(np.argmax(scores))
+        live = np.flatnonzero(np.isfinite(scores))
+        if live.size == 0:  # every logit non-finite: nothing to sample from, take the argmax
+            return int(np.argmax(np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=-np.inf)))
+        probs = _softmax(scores[live])
+        cdf = np.cumsum(probs)
+        pick = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
+        return int(live[min(pick, live.size - 1)])
+
+
+# ---------------------------------------------------------------------------------------------
+# stop strings
+
+
+class StopMatcher:
+    """Holds generated text back until it cannot be the start of a stop string.
+
+    `feed(text)` takes the next decoded text and returns (safe_text, stopped): `safe_text` is what may
+    be shown now; once a stop string appears, `stopped` is True and the text before the stop string
+    is returned (the stop string and anything after it never are). `flush()` returns what is still
+    held at the end. Text already returned is never taken back: a stop string can only start in the
+    part not yet returned, since any part that could begin one is held.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = self._held_suffix()
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def _held_suffix(self) -> int:
+        """Length of the longest suffix of the pending text that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
