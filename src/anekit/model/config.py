@@ -3,8 +3,13 @@
 Architecture (ane-private-api.md §5.1): RMSNorm (eps 1e-5), RoPE on interleaved pairs (the llama2.c /
 Meta convention, §3.4 "RoPE"), SwiGLU FFN `W2 (silu(W1 x) * W3 x)`, multi-head or grouped-query
 attention where q head h uses kv head `h // (n_heads // n_kv_heads)` everywhere (§6: the maderix
-dynamic pipeline mixed two mappings; we keep one), no biases, tied or untied classifier. RoPE may
-carry Llama 3's frequency scaling (`RopeScaling`; the formula is in `anekit.kernels.rope`).
+dynamic pipeline mixed two mappings; we keep one), tied or untied classifier. RoPE may carry Llama 3's
+frequency scaling (`RopeScaling`; the formula is in `anekit.kernels.rope`). Three options cover the
+pretrained families anekit imports (`anekit.model.io`): `qkv_bias` (Qwen2/2.5: biases on the q, k and
+v projections), `qk_norm` (Qwen3: an RMSNorm over each head's q and k after the projection, before
+RoPE) and `sliding_window` (Mistral: a query sees only the last `sliding_window` positions). The
+training step implements none of the three (`anekit train` refuses them); the reference model and the
+inference path do.
 
 Every field is type- and range-checked when a config is made, so a bad value fails here with a
 `ConfigError` naming the field (and, from `ModelConfig.from_file`, the file), before any work or
@@ -148,6 +153,13 @@ class ModelConfig:
     tie_embeddings: bool = True
     #: Llama 3 RoPE frequency scaling, or None for plain RoPE (a table of RopeScaling's keys is accepted)
     rope_scaling: RopeScaling | None = None
+    #: q/k/v projection biases (Qwen2/2.5): params layers.{i}.bq (q_dim,), bk and bv (kv_dim,)
+    qkv_bias: bool = False
+    #: per-head RMSNorm of q and k (Qwen3), eps = norm_eps, after the projection, before RoPE:
+    #: params layers.{i}.q_norm and k_norm (head_dim,)
+    qk_norm: bool = False
+    #: a query at position p sees keys at positions in (p - sliding_window, p] (Mistral); None: all <= p
+    sliding_window: int | None = None
 
     def __post_init__(self):
         put = object.__setattr__
@@ -177,6 +189,11 @@ class ModelConfig:
             raise ConfigError(f"tie_embeddings must be true or false, got {_show(self.tie_embeddings)}")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             put(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
+        for f in ("qkv_bias", "qk_norm"):
+            if not isinstance(getattr(self, f), bool):
+                raise ConfigError(f"{f} must be true or false, got {_show(getattr(self, f))}")
+        if self.sliding_window is not None:
+            put(self, "sliding_window", _int("sliding_window", self.sliding_window))
 
     @property
     def q_dim(self) -> int:
@@ -206,6 +223,12 @@ class ModelConfig:
                 p + "wk": (KV, D),
                 p + "wv": (KV, D),
                 p + "wo": (D, Q),
+            }
+            if self.qkv_bias:
+                shapes |= {p + "bq": (Q,), p + "bk": (KV,), p + "bv": (KV,)}
+            if self.qk_norm:
+                shapes |= {p + "q_norm": (self.head_dim,), p + "k_norm": (self.head_dim,)}
+            shapes |= {
                 p + "ffn_norm": (D,),
                 p + "w1": (H, D),
                 p + "w2": (D, H),

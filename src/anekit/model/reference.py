@@ -4,11 +4,14 @@ decoding with a KV cache (used by tests and by `anekit generate`).
 Architecture (ane-private-api.md §5.1; `anekit.model.config`): token embedding; per layer
 `x += Wo·attn(rope(Wq·n1(x)), rope(Wk·n1(x)), Wv·n1(x))` and
 `x += W2·(silu(W1·n2(x)) ⊙ W3·n2(x))`, with RMSNorm `n(x) = x / sqrt(mean(x²) + eps) · γ`;
-final RMSNorm; classifier = the embedding (tied) or `lm_head`. Causal attention with query head h
-reading kv head h // (n_heads / n_kv_heads) (§6: one GQA mapping everywhere); RoPE on interleaved
-pairs (`anekit.kernels.rope`, with Llama 3 frequency scaling when the config has it). Arrays here are
-token-major (`[batch, seq, dim]`), the natural orientation for a reader; the training step works
-channel-major, as the engine does.
+final RMSNorm; classifier = the embedding (tied) or `lm_head`. With `qkv_bias` the projections add
+`bq`/`bk`/`bv`; with `qk_norm` each head of q and k is RMS-normalised over its head_dim (weights
+`q_norm`/`k_norm`, eps = norm_eps) after the projection and before RoPE, as Qwen3 does; with
+`sliding_window` W a query at position p sees keys at positions p-W+1 .. p (Mistral). Causal
+attention with query head h reading kv head h // (n_heads / n_kv_heads) (§6: one GQA mapping
+everywhere); RoPE on interleaved pairs (`anekit.kernels.rope`, with Llama 3 frequency scaling when
+the config has it). Arrays here are token-major (`[batch, seq, dim]`), the natural orientation for
+a reader; the training step works channel-major, as the engine does.
 
 This module is not the gradient oracle of the tests (PyTorch autograd is); it is the model the
 CPU runs.
@@ -26,6 +29,8 @@ from .config import ModelConfig
 __all__ = ["INIT_SCHEMES", "init_params", "forward", "KVCache", "new_cache", "decode_step"]
 
 INIT_SCHEMES = ("dynamic", "normal")
+_BIASES = ("bq", "bk", "bv")
+_LAYER_FIELDS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
 
 
 def init_params(
@@ -37,7 +42,8 @@ def init_params(
     (ane-private-api.md §5.1): uniform, Wq/Wk/Wv ~ U(±1/√D), Wo ~ U(±1/√Qd · 1/√(2L)),
     W1/W3 ~ U(±1/√H), W2 ~ U(±1/√D · 1/√(2L)), norms = 1, embedding (and an untied lm_head)
     ~ U(±0.02). Scheme "normal" is the GPT-2 style: N(0, 0.02²), with Wo and W2 scaled by
-    1/√(2L), norms = 1.
+    1/√(2L), norms = 1. In both, q/k/v biases start at 0 and q/k norms at 1 (an identity start, as
+    the norms).
     `rng`: a `np.random.Generator` or a seed, so runs are reproducible.
     """
     if scheme not in INIT_SCHEMES:
@@ -57,6 +63,8 @@ def init_params(
         kind = name.rsplit(".", 1)[-1]
         if kind.endswith("norm"):
             params[name] = np.ones(shape, dtype=dtype)
+        elif kind in _BIASES:
+            params[name] = np.zeros(shape, dtype=dtype)
         elif scheme == "dynamic":
             b = bounds[kind]
             params[name] = gen.uniform(-b, b, size=shape).astype(dtype)
@@ -92,24 +100,29 @@ def _classifier(params: dict[str, np.ndarray], config: ModelConfig) -> np.ndarra
     return params["embed"] if config.tie_embeddings else params["lm_head"]
 
 
-def _layer_params(params, i: int) -> dict[str, np.ndarray]:
+def _layer_params(params, i: int, config: ModelConfig) -> dict[str, np.ndarray]:
     p = f"layers.{i}."
-    return {k: np.asarray(params[p + k], dtype=np.float64) for k in
-            ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")}  # fmt: skip
+    names = _LAYER_FIELDS + (_BIASES if config.qkv_bias else ())
+    names += ("q_norm", "k_norm") if config.qk_norm else ()
+    return {k: np.asarray(params[p + k], dtype=np.float64) for k in names}
 
 
 def _attend(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, config: ModelConfig
 ) -> np.ndarray:
     """q `[B, Sq, nh, hd]` against k, v `[B, Sk, nkv, hd]` (keys at positions 0..Sk-1); query i sits
-    at position q_pos[i] and sees keys at positions <= it. Returns `[B, Sq, nh·hd]`."""
+    at position q_pos[i] and sees keys at positions <= it (and, with a sliding window W, > q_pos[i] - W).
+    Returns `[B, Sq, nh·hd]`."""
     ratio = config.gqa_ratio
     k = np.repeat(k, ratio, axis=2)  # kv head j serves q heads j·ratio .. j·ratio+ratio-1 (h // ratio)
     v = np.repeat(v, ratio, axis=2)
     qh, kh, vh = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
     scores = (qh @ kh) / np.sqrt(config.head_dim)  # [B, nh, Sq, Sk]
-    future = np.arange(k.shape[1])[None, :] > q_pos[:, None]
-    scores = np.where(future, -np.inf, scores)
+    key_pos = np.arange(k.shape[1])[None, :]
+    hidden = key_pos > q_pos[:, None]
+    if config.sliding_window is not None:
+        hidden |= key_pos <= q_pos[:, None] - config.sliding_window
+    scores = np.where(hidden, -np.inf, scores)
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
@@ -121,9 +134,14 @@ def _block(x, lp, config: ModelConfig, positions, cache_kv=None):
     """One transformer block on `x` `[B, S, D]`; `cache_kv` = (k_cache, v_cache, start) to append."""
     B, S, _ = x.shape
     h = _rmsnorm(x, lp["attn_norm"], config.norm_eps)
-    q = (h @ lp["wq"].T).reshape(B, S, config.n_heads, config.head_dim)
-    k = (h @ lp["wk"].T).reshape(B, S, config.n_kv_heads, config.head_dim)
-    v = (h @ lp["wv"].T).reshape(B, S, config.n_kv_heads, config.head_dim)
+    q, k, v = h @ lp["wq"].T, h @ lp["wk"].T, h @ lp["wv"].T
+    if config.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    q = q.reshape(B, S, config.n_heads, config.head_dim)
+    k = k.reshape(B, S, config.n_kv_heads, config.head_dim)
+    v = v.reshape(B, S, config.n_kv_heads, config.head_dim)
+    if config.qk_norm:  # per head, over head_dim; weights in the same interleaved order as the rows
+        q, k = _rmsnorm(q, lp["q_norm"], config.norm_eps), _rmsnorm(k, lp["k_norm"], config.norm_eps)
     q, k = _rope(q, positions, config), _rope(k, positions, config)
     if cache_kv is not None:
         kc, vc, start = cache_kv
@@ -142,7 +160,7 @@ def forward(params: dict[str, np.ndarray], config: ModelConfig, tokens) -> np.nd
     x = np.asarray(params["embed"], dtype=np.float64)[tok]
     positions = np.arange(tok.shape[1])
     for i in range(config.n_layers):
-        x = _block(x, _layer_params(params, i), config, positions)
+        x = _block(x, _layer_params(params, i, config), config, positions)
     x = _rmsnorm(x, np.asarray(params["final_norm"], dtype=np.float64), config.norm_eps)
     logits = x @ np.asarray(_classifier(params, config), dtype=np.float64).T
     return logits[0] if single else logits
@@ -180,7 +198,7 @@ def decode_step(params: dict[str, np.ndarray], config: ModelConfig, tokens, cach
     x = np.asarray(params["embed"], dtype=np.float64)[tok][:, None, :]
     positions = np.array([pos])
     for i in range(config.n_layers):
-        x = _block(x, _layer_params(params, i), config, positions, (cache.k[i], cache.v[i], pos))
+        x = _block(x, _layer_params(params, i, config), config, positions, (cache.k[i], cache.v[i], pos))
     cache.length = pos + 1
     x = _rmsnorm(x[:, 0], np.asarray(params["final_norm"], dtype=np.float64), config.norm_eps)
     return x @ np.asarray(_classifier(params, config), dtype=np.float64).T

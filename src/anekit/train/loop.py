@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnekitError
-from ..model.config import ModelConfig
+from ..model.config import ConfigError, ModelConfig
 from .checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -156,6 +156,7 @@ class Trainer:
         self.ckpt_path = self.out / CHECKPOINT_DIR
         self.backend = resolve(opts.backend)
         info, config = self._checkpoint_info(config)  # also sets self.replacing
+        _check_trainable(config)
         self.config = config
         self.start_step = info.train_state.step if info else 0
         self.run_id = (info.train_state.extra.get("run_id") if info else None) or uuid.uuid4().hex[:12]
@@ -573,6 +574,19 @@ def _make_out_dir(out: Path) -> None:
             pass
     except OSError as e:
         raise OptionError(f"--out {out}: cannot write there: {e}") from None
+
+
+def _check_trainable(config: ModelConfig) -> None:
+    """The training step (`anekit.train.step`) is the plain Llama block: refuse, before any work, the
+    options only imported models use (`anekit.model.config`)."""
+    used = [f for f in ("qkv_bias", "qk_norm") if getattr(config, f)]
+    if config.sliding_window is not None and config.sliding_window < config.seq_len:
+        used.append(f"sliding_window {config.sliding_window} (< seq_len {config.seq_len})")
+    if used:
+        raise ConfigError(
+            f"model {config.name!r} uses {', '.join(used)}, which anekit train does not implement (they "
+            "are for running imported Qwen2/Qwen3/Mistral models); remove them from the config to train"
+        )
 
 
 def _check_vocab(config: ModelConfig, tokenizer, opts: TrainOptions) -> None:
