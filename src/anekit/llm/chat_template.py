@@ -1,0 +1,192 @@
+"""Rendering a model's chat template (Jinja) the way transformers renders it.
+
+The environment follows transformers' `apply_chat_template` (documented in its chat templating guide,
+https://huggingface.co/docs/transformers/main/en/chat_templating_writing, and
+`utils/chat_template_utils.py`): an immutable sandboxed Jinja environment (templates come with
+downloaded models: they are untrusted code) with ``trim_blocks`` and ``lstrip_blocks``, the
+``loopcontrols`` extension (``break``/``continue``), a ``tojson`` filter that does not escape HTML
+(``json.dumps`` with ``ensure_ascii=False``, optional ``indent``/``separators``/``sort_keys``), the
+globals ``raise_exception(message)`` and ``strftime_now(format)``, and ``namespace`` refusing
+underscore-prefixed names. The variables: ``messages``, ``tools``, ``documents``,
+``add_generation_prompt``, the tokenizer's special tokens (``bos_token``, ``eos_token``, ...) and any
+extra keyword (``enable_thinking=False``), extras winning over special tokens.
+
+``tokenizer_config.json``'s ``chat_template`` is a string, or a list of ``{"name", "template"}``
+(several named templates: ``default`` is used, ``tool_use`` when tools are given). A template that
+fails to parse or raises while rendering is an `LLMError` naming the template and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+
+from .errors import LLMError
+
+__all__ = ["render_chat", "select_template", "ChatTemplateError"]
+
+
+class ChatTemplateError(LLMError):
+    """A chat template that cannot be parsed or that refused the conversation."""
+
+
+def select_template(template, name: str | None = None, tools=None) -> str:
+    """The template string to render: `template` itself, or from several named templates (a list of
+    {"name", "template"} as in tokenizer_config.json, or a dict) the one called `name`, else
+    "tool_use" when tools are given, else "default"."""
+    if isinstance(template, str):
+        return template
+    named: dict[str, str] = {}
+    if isinstance(template, Mapping):
+        named = {str(k): v for k, v in template.items()}
+    elif isinstance(template, Sequence):
+        for item in template:
+            if not isinstance(item, Mapping) or "name" not in item or "template" not in item:
+                raise ChatTemplateError(
+                    "chat_template is a list but an entry is not {'name': ..., 'template': ...}"
+                )
+            named[str(item["name"])] = item["template"]
+    else:
+        raise ChatTemplateError(
+            f"chat_template must be a string or a list of named templates, not {template!r}"
+        )
+    if name is not None:
+        if name not in named:
+            raise ChatTemplateError(
+                f"no chat template named {name!r}; the model has {', '.join(sorted(named))}"
+            )
+        chosen = named[name]
+    elif tools is not None and "tool_use" in named:
+        chosen = named["tool_use"]
+    elif "default" in named:
+        chosen = named["default"]
+    else:
+        raise ChatTemplateError(
+            f"the model has several chat templates ({', '.join(sorted(named))}) and none is 'default'; "
+            "name one"
+        )
+    if not isinstance(chosen, str):
+        raise ChatTemplateError(f"chat template {name or 'default'!r} is not a string")
+    return chosen
+
+
+def _raise_exception(message):
+    from jinja2.exceptions import TemplateError
+
+    raise TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import Namespace
+
+    class _Namespace(Namespace):
+        """`namespace()` without underscore-prefixed attributes (no reaching into Python internals)."""
+
+        def __init__(*args, **kwargs):  # Namespace's own signature trick: `self` may be a keyword
+            self, rest = args[0], args[1:]
+            attrs = dict(*rest, **kwargs)
+            for key in attrs:
+                _Namespace._check(key)
+            Namespace.__init__(self, attrs)
+
+        def __setitem__(self, key, value):
+            _Namespace._check(key)
+            Namespace.__setitem__(self, key, value)
+
+        @staticmethod
+        def _check(key):
+            if isinstance(key, str) and key.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"a chat template may not set {key!r} on a namespace")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+@lru_cache(maxsize=16)
+def _compile(source: str):
+    import jinja2
+
+    try:
+        return _environment().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"the chat template does not parse: line {e.lineno}: {e.message}") from None
+
+
+def _plain(value):
+    """Messages and variables as plain JSON-like data (what transformers hands the template)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _plain(value.item())
+    if isinstance(value, (int, float)):
+        return value
+    return str(value)
+
+
+def render_chat(
+    template,
+    messages: Sequence[Mapping],
+    *,
+    special_tokens: Mapping[str, str] | None = None,
+    add_generation_prompt: bool = True,
+    tools: Sequence[Mapping] | None = None,
+    documents: Sequence[Mapping] | None = None,
+    template_name: str | None = None,
+    **kwargs,
+) -> str:
+    """The text `template` renders for `messages` (a list of {"role", "content", ...} dicts).
+
+    Messages with None values lose those keys first (an API's ``content: null``), as transformers
+    does. `kwargs` are extra template variables (``enable_thinking=False``)."""
+    import jinja2
+
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        raise ChatTemplateError("messages must be a list of {'role': ..., 'content': ...} objects")
+    if not messages:
+        raise ChatTemplateError("the conversation is empty: give at least one message")
+    chat = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ChatTemplateError(f"message {i} is {type(m).__name__}, not an object with role and content")
+        chat.append({k: v for k, v in _plain(m).items() if v is not None})
+    source = select_template(template, template_name, tools)
+    compiled = _compile(source)
+    variables = {**dict(special_tokens or {}), **_plain(kwargs)}
+    try:
+        return compiled.render(
+            messages=chat,
+            tools=_plain(tools),
+            documents=_plain(documents),
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
+    except jinja2.TemplateError as e:
+        raise ChatTemplateError(f"the chat template refused the conversation: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
