@@ -1,0 +1,12 @@
+"""`anekit.serve`: an OpenAI-compatible HTTP server over one `anekit.llm.LanguageModel`.
+
+`create_app(model, queue_size=8, model_name=None)` gives the ASGI app (FastAPI); `anekit serve MODEL`
+runs it with uvicorn. One engine decodes one request at a time behind a bounded queue (`queue.py`).
+"""
+
+from __future__ import annotations
+
+from .app import APIError, create_app
+from .queue import EngineQueue, QueueClosed, QueueFull
+
+__all__ = ["APIError", "EngineQueue", "QueueClosed", "QueueFull", "create_app"]
