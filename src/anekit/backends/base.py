@@ -163,6 +163,23 @@ class Binding:
         arrays = check_inputs(self.kernel.inputs, inputs, partial=True)
         self._staged.update({name: np.array(a, copy=True) for name, a in arrays.items()})
 
+    def write_slice(self, name: str, index, values) -> None:
+        """Assign `values` into part of the staged input `name` in place: `staged[name][index] =
+        values` (NumPy indexing into the input's full shape), without copying the rest of it, e.g.
+        the new rows of a KV cache held in a bound input (ane-private-api.md §1.6: a binding's
+        inputs persist between requests). The input must have been written once before."""
+        staged = self._staged.get(name)
+        if staged is None:
+            known = ", ".join(self.kernel.inputs)
+            raise KernelInputError(
+                f"write_slice: input {name!r} has no staged value yet (write it whole first); the "
+                f"kernel takes {known}"
+            )
+        try:
+            staged[index] = values
+        except (IndexError, ValueError, TypeError) as e:
+            raise KernelInputError(f"write_slice into input {name!r} {tuple(staged.shape)}: {e}") from e
+
     def run(self, **inputs) -> dict[str, np.ndarray]:
         """Stage `inputs` (if any), then evaluate with everything staged so far."""
         if inputs:

@@ -612,6 +612,33 @@ class AneBinding(Binding):
         with self.kernel._lock:
             self._write_arrays(arrays)
 
+    def write_slice(self, name: str, index, values) -> None:
+        """Assign `values` into part of input `name` directly in this binding's input surface
+        (locked, through the tensor's strided view, `layout.view`): no other byte of the surface is
+        touched or copied, e.g. the new K/V rows of a cache bound once (§1.6). fp16 rounding as in
+        `pack`. The input must have been written once before."""
+        kernel = self.kernel
+        names = list(kernel.inputs)
+        if name not in names:
+            raise KernelInputError(f"write_slice: no input {name!r}; the kernel takes {', '.join(names)}")
+        if name not in self._written:
+            raise KernelInputError(f"write_slice: input {name!r} has no value yet (write it whole first)")
+        i = names.index(name)
+        lay = kernel._in_layouts[i]
+        with kernel._lock:
+            kernel._check_open()
+            if self._request is None:
+                raise RuntimeError("this binding is closed")
+            with self._surfaces[i].lock() as buf:
+                view = lay.view(buf)
+                try:
+                    if view.shape != lay.shape:  # engine NCHW for a lower MIL rank: index the logical shape
+                        view = view.reshape(lay.shape, copy=False)  # never a copy: the write must land
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        view[index] = values
+                except (IndexError, ValueError, TypeError) as e:
+                    raise KernelInputError(f"write_slice into input {name!r} {lay.shape}: {e}") from e
+
     def run(self, **inputs) -> dict[str, np.ndarray]:
         arrays = check_inputs(self.kernel.inputs, inputs, partial=True) if inputs else {}
         with self.kernel._lock:
