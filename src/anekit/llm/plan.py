@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ..engine_limits import (
     DEFAULT_LOADED_PROGRAM_BUDGET,
     MAX_AXIS,
+    MAX_SPATIAL,
     ROW_ALIGN,
     SRAM_BYTES,
     WEIGHT_FILE_BYTES,
@@ -124,7 +125,13 @@ class DecoderPlan:
             raise PlanError(
                 f"the plan needs {n} loaded programs, more than the {DEFAULT_LOADED_PROGRAM_BUDGET} anekit "
                 "keeps loaded per process (the driver's cap is 128, ane-private-api.md §10.1); use more "
-                "layers per program or a larger vocab_chunk"
+                "layers per program"
+            )
+        chunks = self.n_vocab_chunks(config.vocab_size)
+        if chunks * ROW_ALIGN > MAX_SPATIAL:
+            raise PlanError(
+                f"DecoderPlan.vocab_chunk {self.vocab_chunk}: {chunks} classifier chunks x width {ROW_ALIGN} "
+                f"exceed the engine's width limit {MAX_SPATIAL}; use a larger vocab_chunk"
             )
         return self
 
@@ -135,10 +142,13 @@ def _layer_weight_bytes(config, quant: str) -> float:
     return (D * Q + 2 * D * KV + Q * D + 3 * D * H) * weight_bytes_per_element(quant)
 
 
-def program_count(config, plan: DecoderPlan) -> int:
-    """Programs the decoder keeps loaded: a decode and a prefill program per layer group, plus the
-    classifier chunks (one program each, shared by decode and prefill)."""
-    return 2 * plan.n_groups(config.n_layers) + plan.n_vocab_chunks(config.vocab_size)
+def program_count(config, plan: DecoderPlan, max_len: int | None = None) -> int:
+    """Programs the decoder keeps loaded (as `anekit.llm.decoder.Decoder` builds them): per layer group
+    a decode program (width ROW_ALIGN) and a prefill program unless the prefill chunk rounds to that
+    width, plus one classifier program holding every vocabulary chunk."""
+    cache_len = max_len or config.seq_len
+    prefill = -(-max(1, min(plan.prefill_chunk, cache_len)) // ROW_ALIGN) * ROW_ALIGN
+    return plan.n_groups(config.n_layers) * (1 if prefill == ROW_ALIGN else 2) + 1
 
 
 def _vocab_chunk(config, quant: str) -> int:

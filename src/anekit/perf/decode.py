@@ -111,12 +111,20 @@ class DecodeOptions:
     #: "bytes": int8/int4 time follows the stored bytes (x Q4_SLOWDOWN for int4); "published": the
     #: measured per-layer ratios of §10.4 (int8 = fp16 / 0.974)
     quant_rates: str = "bytes"
+    #: "one": every classifier chunk is an op of one program (anekit); "per-chunk": a program per
+    #: chunk, one dispatch each (maderix PR #26 ran its LM head as 16 chunk kernels, §9 table)
+    classifier_programs: str = "one"
 
     def __post_init__(self):
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
             raise DecodeError(f"DecodeOptions.width must be a positive integer, got {self.width!r}")
         if self.mac_kind not in ("conv", "matmul"):
             raise DecodeError(f"DecodeOptions.mac_kind must be 'conv' or 'matmul', got {self.mac_kind!r}")
+        if self.classifier_programs not in ("one", "per-chunk"):
+            raise DecodeError(
+                "DecodeOptions.classifier_programs must be 'one' or 'per-chunk', "
+                f"got {self.classifier_programs!r}"
+            )
         if self.quant_rates not in ("bytes", "published"):
             raise DecodeError(
                 f"DecodeOptions.quant_rates must be 'bytes' or 'published', got {self.quant_rates!r}"
@@ -357,44 +365,45 @@ def decode_program_cost(
 ) -> tuple[ProgramCost, float]:
     """The `ProgramCost` of the decode program of `layers`, and the KV-cache bytes it reads.
 
-    Inputs: the residual (fp32 with "fp32-host", cast to fp16 inside; fp16 otherwise), the RoPE rows
-    and the attention mask for `width` positions, the group's K and V caches (read in place: bound
-    once, so they cross memory once per token as the program reads them). Outputs: the residual and
-    the new K/V rows (the runner writes them into the cache in place). Without `cache_in_place` the
-    whole cache is also an output.
+    As `anekit.kernels.decoder.group_program` builds it: one packed fp16 input (the residual, RoPE
+    rows and masks for `width` positions, and every layer's K and V cache, bound once and read in
+    place, so the cache crosses memory once per token as the program reads it) and one fp16 output
+    (the residual, or with "fp32-host" its change, which the host adds to its float32 copy: a few KB,
+    no program op; then each layer's new K/V rows, which the host writes into the cache in place).
+    Without `cache_in_place` the whole cache also goes back out every token.
     """
     o = options
     W, D, KV = o.width, config.dim, config.kv_dim
     span = _span(config, max_len)
     ops: list[OpCost] = []
-    res_bytes = FP32 if residual == "fp32-host" else FP16
-    if residual == "fp32-host":
-        ops.append(OpCost("cast_in", "cast", "move", 0.0, act_bytes=D * W * (FP32 + FP16)))
     for i in layers:
         ops += _layer_ops(config, i, quant, span, o)
-    if residual == "fp32-host":
-        ops.append(OpCost("cast_out", "cast", "move", 0.0, act_bytes=D * W * (FP32 + FP16)))
     n = len(layers)
     cache = n * 2 * span * KV * FP16
-    rope_mask = W * config.head_dim * FP16 + W * span * FP16
-    inputs = D * W * res_bytes + rope_mask + cache
-    outputs = D * W * res_bytes + n * 2 * KV * W * FP16
+    rope_mask = 2 * W * config.head_dim * FP16 + W * (span + W) * FP16
+    inputs = D * W * FP16 + rope_mask + cache
+    outputs = D * W * FP16 + n * 2 * KV * W * FP16
     if not o.cache_in_place:
         outputs += cache
     return ProgramCost(tuple(ops), float(inputs), float(outputs)), float(cache)
 
 
 def classifier_program_cost(
-    config, rows: int, *, quant: str, residual: str, options: DecodeOptions
+    config,
+    vocab_chunk: int,
+    *,
+    quant: str,
+    options: DecodeOptions = DecodeOptions(),
+    chunks: int | None = None,
 ) -> ProgramCost:
-    """One classifier chunk: final RMSNorm of the residual, `rows` logits (fp16 out)."""
+    """The classifier program (`anekit.kernels.decoder.classifier_program`): final RMSNorm, then one
+    1x1 conv per `vocab_chunk` rows (the last chunk padded to full size), logits out in fp16.
+    chunks: how many chunks the program holds (default: all of the vocabulary)."""
     o, D = options, config.dim
-    res_bytes = FP32 if residual == "fp32-host" else FP16
-    ops = [
-        _vector("final_norm", RMSNORM_FLOPS, D * o.width, "rms_norm"),
-        _mac("classifier", rows, D, quant, o.width, o.mac_kind),
-    ]
-    return ProgramCost(tuple(ops), float(D * o.width * res_bytes), float(rows * o.width * FP16))
+    n = chunks or -(-config.vocab_size // vocab_chunk)
+    ops = [_vector("final_norm", RMSNORM_FLOPS, D * o.width, "rms_norm")]
+    ops += [_mac(f"cls{j}", vocab_chunk, D, quant, o.width, o.mac_kind) for j in range(n)]
+    return ProgramCost(tuple(ops), float(D * o.width * FP16), float(n * vocab_chunk * o.width * FP16))
 
 
 def _time(cost: ProgramCost, streamed: float, chip: str, params: Params) -> tuple[float, dict, list]:
@@ -450,14 +459,16 @@ class _Timer:
                     c, range(n), quant=q, max_len=self.max_len, residual=self.residual, options=self.options
                 )
                 return pc, pc.weight_bytes + kv
-            pc = classifier_program_cost(c, n, quant=q, residual=self.residual, options=self.options)
+            pc = classifier_program_cost(
+                c, n, quant=q, options=self.options, chunks=1 if what == "chunk" else None
+            )
             return pc, pc.weight_bytes
 
         return cost
 
     def __call__(self, what: str, n: int):
         """(ms, breakdown, notes, weight bytes, cache bytes, flops) of a group of `n` layers
-        (what="group") or a classifier chunk of `n` rows (what="chunk")."""
+        (what="group") or of the classifier program in chunks of `n` rows (what="classifier")."""
         key = (what, n)
         if key not in self._memo:
             cost = self._costs(what, n)
@@ -486,8 +497,8 @@ def predict_decode(
     attending over a cache of `max_len` positions (the programs are compiled for that length, so the
     cost does not depend on how full the cache is), grouped as `plan` (default: `choose_plan`'s).
 
-    Per token the runner evaluates one program per layer group, then one per classifier chunk; the
-    embedding row is gathered on the host (a few KB)."""
+    Per token the runner evaluates one program per layer group, then the classifier program (all its
+    chunks in one program); the embedding row is gathered on the host (a few KB)."""
     from ..llm.plan import choose_plan, program_count
 
     _check_quant(quant)
@@ -502,7 +513,10 @@ def predict_decode(
     parts: dict[str, float] = {}
     notes: list[str] = []
     programs = [("group", n) for n in _split(config.n_layers, plan.layers_per_program)]
-    programs += [("chunk", n) for n in _split(config.vocab_size, plan.vocab_chunk)]
+    if options.classifier_programs == "one":
+        programs.append(("classifier", plan.vocab_chunk))
+    else:
+        programs += [("chunk", plan.vocab_chunk)] * -(-config.vocab_size // plan.vocab_chunk)
     for what, n in programs:
         t, b, ns, w, kv, f = timer(what, n)
         total += t
@@ -524,7 +538,7 @@ def predict_decode(
         plan=plan,
         ms_per_token=total,
         dispatches=len(programs),
-        programs=program_count(config, plan),
+        programs=program_count(config, plan, max_len),
         weight_bytes=weights,
         cache_bytes=cache,
         flops=flops,
@@ -541,7 +555,7 @@ def predict_decode(
 def _vocab_candidates(vocab: int) -> list[int]:
     """Classifier chunk sizes worth trying: the vocabulary split into n even, row-aligned chunks."""
     out = []
-    for n in range(1, 65):
+    for n in range(1, 129):
         per = -(-vocab // n)
         c = -(-per // ROW_ALIGN) * ROW_ALIGN
         if c <= MAX_AXIS and c not in out:
@@ -583,9 +597,10 @@ def best_plan(
         groups[lpp] = sum(timer("group", n)[0] for n in _split(config.n_layers, lpp))
     chunks = {}
     for chunk in _vocab_candidates(config.vocab_size):
-        if chunk * config.dim * matrix_bytes(1, 1, quant) >= WEIGHT_FILE_BYTES:
+        n_chunks = -(-config.vocab_size // chunk)
+        if matrix_bytes(n_chunks * chunk, config.dim, quant) >= WEIGHT_FILE_BYTES:
             continue
-        chunks[chunk] = sum(timer("chunk", n)[0] for n in _split(config.vocab_size, chunk))
+        chunks[chunk] = timer("classifier", chunk)[0]
     best = None
     for lpp, tg in groups.items():
         for chunk, tc in chunks.items():
@@ -605,12 +620,14 @@ def best_plan(
 
 
 def design_choices(config, *, quant: str = "int8", chip: str = "m4", max_len: int = 512) -> list[dict]:
-    """Each design choice with its predicted effect: the prediction with anekit's choice, and with the
-    choice toggled (everything else kept), as tokens/s. Predictions, not measurements."""
-    from ..llm.plan import DecoderPlan
+    """Each design choice with its predicted effect: the prediction with anekit's choice and with the
+    choice toggled (everything else kept), as tokens/s; `effect` = ours / alternative. Predictions of
+    the cost model, not measurements."""
+    from ..llm.plan import FP16_RESIDUAL_MAX_LAYERS, DecoderPlan
 
-    base_plan = best_plan(config, quant=quant, chip=chip, max_len=max_len)
-    base = predict_decode(config, quant=quant, chip=chip, max_len=max_len, plan=base_plan)
+    kw = dict(quant=quant, chip=chip, max_len=max_len)
+    base_plan = best_plan(config, **kw)
+    base = predict_decode(config, plan=base_plan, **kw)
     rows = []
 
     def row(choice, ours, alternative, pred):
@@ -627,104 +644,72 @@ def design_choices(config, *, quant: str = "int8", chip: str = "m4", max_len: in
             }
         )
 
-    one = replace(base_plan, layers_per_program=1)
+    lpp = base_plan.layers_per_program
     row(
         "layers per program",
-        f"{base_plan.layers_per_program}",
+        f"{lpp}",
         "1 (a program per layer)",
-        predict_decode(config, quant=quant, chip=chip, max_len=max_len, plan=one),
+        predict_decode(config, plan=replace(base_plan, layers_per_program=1), **kw),
     )
     row(
         "no GQA head repeat",
         "each query group reads its kv head",
         "kv heads repeated (tile) first",
-        predict_decode(
-            config,
-            quant=quant,
-            chip=chip,
-            max_len=max_len,
-            plan=base_plan,
-            options=DecodeOptions(gqa_repeat=True),
-        ),
+        predict_decode(config, plan=base_plan, options=DecodeOptions(gqa_repeat=True), **kw),
     )
     for q in ("fp16", "int8", "int4"):
-        if q == quant:
-            continue
-        alt_plan = best_plan(config, quant=q, chip=chip, max_len=max_len)
-        row("weights", quant, q, predict_decode(config, quant=q, chip=chip, max_len=max_len, plan=alt_plan))
-    alt_res = "fp16" if base_plan.residual == "fp32-host" else "fp32-host"
-    alt = DecoderPlan(
-        config.n_layers if alt_res == "fp16" else min(base_plan.layers_per_program, 16),
-        alt_res,
-        base_plan.vocab_chunk,
-        base_plan.prefill_chunk,
-    )
+        if q != quant:
+            alt = predict_decode(config, quant=q, chip=chip, max_len=max_len)
+            row("weights", quant, q, alt)
+    if base_plan.residual == "fp32-host":
+        alt_plan = DecoderPlan(config.n_layers, "fp16", base_plan.vocab_chunk, base_plan.prefill_chunk)
+    else:
+        alt_plan = replace(
+            base_plan, residual="fp32-host", layers_per_program=min(lpp, FP16_RESIDUAL_MAX_LAYERS)
+        )
     row(
-        "residual",
-        f"{base_plan.residual} (x{base_plan.layers_per_program} layers/program)",
-        f"{alt_res} (x{alt.layers_per_program} layers/program)",
-        predict_decode(config, quant=quant, chip=chip, max_len=max_len, plan=alt),
+        "residual between programs",
+        f"{base_plan.residual} ({lpp} layers/program)",
+        f"{alt_plan.residual} ({alt_plan.layers_per_program} layers/program)",
+        predict_decode(config, plan=alt_plan, **kw),
     )
-    big = replace(base_plan, vocab_chunk=min(MAX_AXIS, -(-config.vocab_size // ROW_ALIGN) * ROW_ALIGN))
-    small = replace(base_plan, vocab_chunk=4096)
     row(
         "classifier chunking",
-        f"{base_plan.vocab_chunk} rows/chunk",
-        "4096 rows/chunk",
-        predict_decode(config, quant=quant, chip=chip, max_len=max_len, plan=small),
+        f"{base_plan.vocab_chunk}-row chunks, one program",
+        f"{base_plan.vocab_chunk}-row chunks, a program each",
+        predict_decode(config, plan=base_plan, options=DecodeOptions(classifier_programs="per-chunk"), **kw),
     )
-    if big.vocab_chunk != base_plan.vocab_chunk:
+    if base_plan.vocab_chunk != MAX_AXIS:
         row(
             "classifier chunking",
-            f"{base_plan.vocab_chunk} rows/chunk",
-            f"{big.vocab_chunk} rows/chunk",
-            predict_decode(config, quant=quant, chip=chip, max_len=max_len, plan=big),
+            f"{base_plan.vocab_chunk}-row chunks",
+            f"{MAX_AXIS}-row chunks (the axis limit)",
+            predict_decode(config, plan=replace(base_plan, vocab_chunk=MAX_AXIS), **kw),
         )
     row(
         "cache written in place",
         "bound once, new rows written in place",
-        "whole cache in and out per token",
-        predict_decode(
-            config,
-            quant=quant,
-            chip=chip,
-            max_len=max_len,
-            plan=base_plan,
-            options=DecodeOptions(cache_in_place=False),
-        ),
+        "whole cache in and out every token",
+        predict_decode(config, plan=base_plan, options=DecodeOptions(cache_in_place=False), **kw),
     )
     row(
         "decode width",
-        f"{ROW_ALIGN} (1 token in a 64-byte row)",
-        "1 (unpadded; not a legal layout)",
-        predict_decode(
-            config, quant=quant, chip=chip, max_len=max_len, plan=base_plan, options=DecodeOptions(width=1)
-        ),
+        f"{ROW_ALIGN} columns, 1 real token (64-byte rows)",
+        "1 column (not a legal layout: shows the padding's cost)",
+        predict_decode(config, plan=base_plan, options=DecodeOptions(width=1), **kw),
     )
     row(
-        "baked weights as",
+        "baked weights applied as",
         "1x1 conv",
         "matmul",
-        predict_decode(
-            config,
-            quant=quant,
-            chip=chip,
-            max_len=max_len,
-            plan=base_plan,
-            options=DecodeOptions(mac_kind="matmul"),
-        ),
+        predict_decode(config, plan=base_plan, options=DecodeOptions(mac_kind="matmul"), **kw),
     )
-    row(
-        "int8/int4 rate",
-        "stored bytes (cost model)",
-        "published per-layer ratios (§10.4)",
-        predict_decode(
-            config,
-            quant=quant,
-            chip=chip,
-            max_len=max_len,
-            plan=base_plan,
-            options=DecodeOptions(quant_rates="published"),
-        ),
-    )
+    if quant != "fp16":
+        pub = DecodeOptions(quant_rates="published")
+        row(
+            f"{quant} rate assumed",
+            "stored bytes at the bandwidth (cost model)",
+            "published per-layer ratios (§10.4: Q8 97.4% of FP16)",
+            predict_decode(config, plan=best_plan(config, options=pub, **kw), options=pub, **kw),
+        )
     return rows
