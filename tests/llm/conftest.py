@@ -157,9 +157,10 @@ def build_tiny_hf(arch: str, directory: Path) -> TinyHF:
     _randomise(model, ARCHS.index(arch))
     shard = "60KB" if arch in ("llama3", "llama3_bf16", "qwen3") else "50MB"
     if arch == "llama3_bf16":
-        model = model.to(torch.bfloat16)
-        model.save_pretrained(directory, max_shard_size=shard)
-        model = model.float().eval()
+        model.to(torch.bfloat16).save_pretrained(directory, max_shard_size=shard)
+        # the oracle reads the bf16 files back in float32 (widening model.float() would keep the RoPE
+        # inv_freq buffer rounded to bf16)
+        model = cls.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
     else:
         model.save_pretrained(directory, max_shard_size=shard)
     build_tokenizer(directory)

@@ -284,7 +284,8 @@ def test_import_errors(tmp_path):
     load_hf(tmp_path)  # RoPE buffers of old exports are ignored
 
     for change, msg in (
-        ({"model_type": "qwen3"}, "model_type 'qwen3' is not 'llama'"),
+        ({"model_type": "gemma"}, "model_type 'gemma' is not supported; anekit imports 'llama'"),
+        ({"model_type": "qwen3"}, "missing tensor model.layers.0.self_attn.q_norm.weight"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
         ({"attention_bias": True}, "biases"),
         ({"hidden_act": "gelu"}, "hidden_act"),
