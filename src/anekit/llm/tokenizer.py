@@ -110,36 +110,16 @@ class TextTokenizer:
 
 
 class _HFTextTokenizer(TextTokenizer):
-    def __init__(self, raw, add_bos: bool | None, add_eos: bool | None, **kw):
+    def __init__(self, raw, **kw):
         super().__init__(**kw)
         self._raw = raw
-        self._add_bos, self._add_eos = add_bos, add_eos
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        plain = list(self._raw.encode(text, add_special_tokens=False).ids)
-        if not add_special_tokens:
-            return plain
-        ids = list(self._raw.encode(text, add_special_tokens=True).ids)
-        # tokenizer_config.json's add_bos_token / add_eos_token override what tokenizer.json's
-        # post-processor does (transformers rebuilds the post-processor from them:
-        # LlamaTokenizerFast.update_post_processor)
-        bos, eos = self.bos_id, self._eos_token_id
-        if bos is not None and self._add_bos is not None:
-            if self._add_bos and ids[:1] != [bos]:
-                ids.insert(0, bos)
-            elif not self._add_bos and ids[:1] == [bos] and plain[:1] != [bos]:
-                ids.pop(0)
-        if eos is not None and self._add_eos is not None:
-            if self._add_eos and ids[-1:] != [eos]:
-                ids.append(eos)
-            elif not self._add_eos and ids[-1:] == [eos] and plain[-1:] != [eos]:
-                ids.pop()
-        return ids
-
-    @property
-    def _eos_token_id(self) -> int | None:
-        name = self.special_tokens.get("eos_token")
-        return self._raw.token_to_id(name) if name else None
+        # What is added around a prompt (BOS, sometimes EOS) is tokenizer.json's post-processor's
+        # choice, as in transformers 5, whose AutoTokenizer ignores tokenizer_config.json's
+        # add_bos_token/add_eos_token when tokenizer.json is present (tests/llm/test_tokenizer.py
+        # checks both settings against it)
+        return list(self._raw.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._raw.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -218,11 +198,8 @@ def hf_tokenizer(
             template = jinja.read_text(encoding="utf-8")
         except (OSError, UnicodeError) as e:
             raise LLMError(f"{jinja}: cannot read the chat template: {e}") from None
-    add_bos, add_eos = cfg.get("add_bos_token"), cfg.get("add_eos_token")
     return _HFTextTokenizer(
         raw,
-        add_bos if isinstance(add_bos, bool) else None,
-        add_eos if isinstance(add_eos, bool) else None,
         vocab_size=vocab,
         bos_id=bos_id,
         eos_ids={i for i in eos if 0 <= i < vocab},
