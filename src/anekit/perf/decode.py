@@ -82,6 +82,8 @@ Q8_RELATIVE_THROUGHPUT = 0.974
 #: int4 weights carry one fp16 scale per this many input elements (blockwise, the layout of
 #: `constexpr_blockwise_shift_scale`, mil-text.md); int8 one per output channel.
 INT4_BLOCK = 32
+#: Plans predicted within this fraction of the fastest count as equally fast (`best_plan`).
+TIE_TOLERANCE = 0.005
 #: Elementwise FLOPs per element of an RMSNorm built from MIL ops (square, mean, add eps, rsqrt, two
 #: multiplies) and of RoPE on interleaved pairs (two multiplies, one add).
 RMSNORM_FLOPS, ROPE_FLOPS = 6.0, 3.0
@@ -296,19 +298,25 @@ def _move(name: str, written_bytes: float) -> OpCost:
     return OpCost(name, "tile", "move", 0.0, act_bytes=2 * written_bytes)
 
 
-def _span(config, max_len: int) -> int:
-    window = getattr(config, "sliding_window", None)
-    return min(max_len, window) if window else max_len
+def _cache_columns(max_len: int) -> int:
+    """Cache positions a program attends over: max_len rounded up to 64-byte rows. The programs are
+    compiled for it and a sliding window is only a mask (`anekit.kernels.decoder`), so the cost does
+    not depend on how full the cache is or on the window."""
+    return -(-max_len // ROW_ALIGN) * ROW_ALIGN
 
 
 def _layer_ops(config, i: int, quant: str, span: int, o: DecodeOptions) -> list[OpCost]:
-    """The ops of one transformer layer decoding `o.width` positions against a cache of `span` keys."""
+    """The ops of one transformer layer decoding `o.width` positions against a cache of `span` keys
+    (plus the `width` new keys of the call itself, scored by a second matmul pair)."""
     D, H, Q, KV, W = config.dim, config.hidden_dim, config.q_dim, config.kv_dim, o.width
-    hd, nh = config.head_dim, config.n_heads
+    nh = config.n_heads
+    # q and k head dims are padded to whole 64-byte rows before the score matmul (kernels.decoder)
+    hd = -(-config.head_dim // ROW_ALIGN) * ROW_ALIGN
     k = o.mac_kind
     p = f"l{i}."
+    norm_w = D * FP16
     ops = [
-        _vector(p + "attn_norm", RMSNORM_FLOPS, D * W, "rms_norm"),
+        replace(_vector(p + "attn_norm", RMSNORM_FLOPS, D * W, "rms_norm"), weight_bytes=norm_w),
         _mac(p + "wq", Q, D, quant, W, k),
         _mac(p + "wk", KV, D, quant, W, k),
         _mac(p + "wv", KV, D, quant, W, k),
@@ -318,33 +326,38 @@ def _layer_ops(config, i: int, quant: str, span: int, o: DecodeOptions) -> list[
     if getattr(config, "qk_norm", False):
         ops.append(_vector(p + "qk_norm", RMSNORM_FLOPS, (Q + KV) * W, "rms_norm"))
     ops.append(_vector(p + "rope", ROPE_FLOPS, (Q + KV) * W, "rope"))
-    cache = span * KV * FP16  # one of K or V, as cached
-    if o.gqa_repeat and config.gqa_ratio > 1:
-        ops.append(_move(p + "repeat_k", span * Q * FP16))
-        ops.append(_move(p + "repeat_v", span * Q * FP16))
-        cache = span * Q * FP16
-    scores = nh * W * span
+    for tag, keys in (("cache", span), ("new", W)):
+        kv_bytes = keys * KV * FP16  # K or V of these keys, as stored
+        if o.gqa_repeat and config.gqa_ratio > 1:
+            # each kv head materialised once per query head of its group before the matmuls
+            ops.append(_move(p + f"repeat_k_{tag}", keys * Q * FP16))
+            ops.append(_move(p + f"repeat_v_{tag}", keys * Q * FP16))
+            kv_bytes = keys * Q * FP16
+        scores = nh * W * keys
+        ops += [
+            OpCost(
+                p + f"qk_{tag}",
+                "matmul",
+                "matmul",
+                2.0 * scores * hd,
+                operand_bytes=kv_bytes,
+                act_bytes=Q * W * FP16 + kv_bytes + scores * FP16,
+            ),
+            OpCost(
+                p + f"av_{tag}",
+                "matmul",
+                "matmul",
+                2.0 * scores * config.head_dim,
+                operand_bytes=kv_bytes,
+                act_bytes=scores * FP16 + kv_bytes + Q * W * FP16,
+            ),
+        ]
+    # scale, mask, softmax over the cache and new keys together (count.py's sdpa rule: 7 per score)
+    ops.append(_vector(p + "softmax", 7.0, nh * W * (span + W), "softmax"))
     ops += [
-        OpCost(
-            p + "qk",
-            "matmul",
-            "matmul",
-            2.0 * scores * hd,
-            operand_bytes=cache,
-            act_bytes=Q * W * FP16 + cache + scores * FP16,
-        ),
-        _vector(p + "softmax", 7.0, scores, "softmax"),  # scale, mask, softmax (count.py's sdpa rule)
-        OpCost(
-            p + "av",
-            "matmul",
-            "matmul",
-            2.0 * scores * hd,
-            operand_bytes=cache,
-            act_bytes=scores * FP16 + cache + Q * W * FP16,
-        ),
         _mac(p + "wo", D, Q, quant, W, k),
         _vector(p + "residual_attn", 1.0, D * W, "add"),
-        _vector(p + "ffn_norm", RMSNORM_FLOPS, D * W, "rms_norm"),
+        replace(_vector(p + "ffn_norm", RMSNORM_FLOPS, D * W, "rms_norm"), weight_bytes=norm_w),
         _mac(p + "w1", H, D, quant, W, k),
         _mac(p + "w3", H, D, quant, W, k),
         _vector(p + "silu_mul", 2.0, H * W, "silu"),
@@ -374,15 +387,18 @@ def decode_program_cost(
     """
     o = options
     W, D, KV = o.width, config.dim, config.kv_dim
-    span = _span(config, max_len)
+    span = _cache_columns(max_len)
     ops: list[OpCost] = []
     for i in layers:
         ops += _layer_ops(config, i, quant, span, o)
     n = len(layers)
     cache = n * 2 * span * KV * FP16
-    rope_mask = 2 * W * config.head_dim * FP16 + W * (span + W) * FP16
-    inputs = D * W * FP16 + rope_mask + cache
-    outputs = D * W * FP16 + n * 2 * KV * W * FP16
+    # the packed input `[1, rows, 1, cols]` (kernels.decoder.group_input_layout): the caches stacked
+    # on channels beside the mask rows, the residual / RoPE / mask columns before them
+    rows = max(D, config.head_dim, 2 * n * KV + W)
+    cols = -(-(4 * W + span) // ROW_ALIGN) * ROW_ALIGN
+    inputs = rows * cols * FP16
+    outputs = (D + n * 2 * KV) * W * FP16
     if not o.cache_in_place:
         outputs += cache
     return ProgramCost(tuple(ops), float(inputs), float(outputs)), float(cache)
@@ -401,7 +417,7 @@ def classifier_program_cost(
     chunks: how many chunks the program holds (default: all of the vocabulary)."""
     o, D = options, config.dim
     n = chunks or -(-config.vocab_size // vocab_chunk)
-    ops = [_vector("final_norm", RMSNORM_FLOPS, D * o.width, "rms_norm")]
+    ops = [replace(_vector("final_norm", RMSNORM_FLOPS, D * o.width, "rms_norm"), weight_bytes=D * FP16)]
     ops += [_mac(f"cls{j}", vocab_chunk, D, quant, o.width, o.mac_kind) for j in range(n)]
     return ProgramCost(tuple(ops), float(D * o.width * FP16), float(n * vocab_chunk * o.width * FP16))
 
@@ -601,16 +617,20 @@ def best_plan(
         if matrix_bytes(n_chunks * chunk, config.dim, quant) >= WEIGHT_FILE_BYTES:
             continue
         chunks[chunk] = timer("classifier", chunk)[0]
-    best = None
+    found = []
     for lpp, tg in groups.items():
         for chunk, tc in chunks.items():
             plan = DecoderPlan(lpp, residual, chunk, base.prefill_chunk)
-            n_prog = program_count(config, plan)
-            if n_prog > DEFAULT_LOADED_PROGRAM_BUDGET:
-                continue
-            key = (round(tg + tc, 6), n_prog, lpp, chunk)
-            if best is None or key < best[0]:
-                best = (key, plan)
+            n_prog = program_count(config, plan, max_len)
+            if n_prog <= DEFAULT_LOADED_PROGRAM_BUDGET:
+                found.append((tg + tc, n_prog, plan.n_vocab_chunks(config.vocab_size), lpp, plan))
+    best = None
+    if found:
+        # within TIE_TOLERANCE of the fastest, the fewest programs, then the fewest classifier ops: the
+        # model's finer differences (e.g. a smaller first op exposing less of its load) are below its error
+        fastest = min(f[0] for f in found)
+        close = [f for f in found if f[0] <= fastest * (1 + TIE_TOLERANCE)]
+        best = (None, min(close, key=lambda f: (f[1], f[2], f[3], f[0]))[4])
     return base if best is None else best[1]
 
 
