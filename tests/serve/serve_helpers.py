@@ -71,7 +71,6 @@ class GatedModel:
     context_length = 64
     chat_template = None
     config = SimpleNamespace(vocab_size=100)
-    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=True: text.split())
 
     def __init__(self, *, endless: bool = False):
         self.gate = threading.Event()
@@ -92,6 +91,9 @@ class GatedModel:
                 yield Event(f"t{i} ", i, "length" if last else None)
         finally:
             self.closed += 1
+
+    def encode(self, prompt, add_special_tokens=True):
+        return prompt.split() if isinstance(prompt, str) else list(prompt)
 
     def stream(self, prompt, options=None, **kw):
         return self._events(options)

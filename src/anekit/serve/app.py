@@ -135,9 +135,39 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
     return APIError(400, message, "invalid_request_error", param, code)
 
 
+def _refused(e: Exception, prompt_param: str) -> APIError:
+    """An `LLMError` the model raised for this request: a prompt longer than the context (OpenAI's
+    code `context_length_exceeded`), a token id outside the vocabulary, an empty prompt."""
+    return _invalid(
+        str(e), prompt_param, "context_length_exceeded" if _is_context_full(e) else "invalid_value"
+    )
+
+
+def _is_context_full(e: Exception) -> bool:
+    from ..llm.errors import ContextFull
+
+    return isinstance(e, ContextFull)
+
+
 def _busy(e: QueueFull | QueueClosed) -> APIError:
     code = "queue_full" if isinstance(e, QueueFull) else "shutting_down"
     return APIError(503, str(e), "server_error", None, code)
+
+
+#: what pydantic appends to an error's location for the member of a union that failed
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _field_path(loc) -> str:
+    """`messages[0].role` from pydantic's ('body', 'messages', 0, 'role'), without union type tags
+    (('body', 'stop', 'str')) such as `str` or `list[constrained-int]`."""
+    path = ""
+    for part in list(loc)[1:]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_TAGS:
+            path += f".{part}" if path else part
+    return path
 
 
 def _validation_message(exc: RequestValidationError) -> APIError:
@@ -147,7 +177,7 @@ def _validation_message(exc: RequestValidationError) -> APIError:
         return _invalid("the request body is invalid")
     first = errors[0]
     kind = first.get("type", "")
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [str(part) for part in first.get("loc", ())[1:]]
     if kind == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return _invalid(
@@ -161,7 +191,7 @@ def _validation_message(exc: RequestValidationError) -> APIError:
         )
     # union members append their type to the location (`prompt.str`); the field is the first part
     param = loc[0]
-    where = ".".join(p for p in loc if not p.startswith(("list[", "str", "int", "Strict", "function-")))
+    where = _field_path(first.get("loc", ()))
     if kind == "missing":
         return _invalid(f"'{where}' is required", param=param, code="missing_required_parameter")
     got = first.get("input")
@@ -176,11 +206,6 @@ def _validation_message(exc: RequestValidationError) -> APIError:
 # -------------------------------------------------------------------------------------------------
 # What the engine thread sends the HTTP side
 # -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Started:
-    prompt_tokens: int
 
 
 @dataclass
@@ -207,12 +232,11 @@ class _Tally:
         }
 
 
-def _decode_work(open_stream: Callable[[], Iterator[Any]], count_prompt: Callable[[], int]):
-    """The engine-thread side of one request: count the prompt, then decode token by token, handing
-    each `StreamEvent` over, until the last one or until the job is cancelled (the client left)."""
+def _decode_work(open_stream: Callable[[], Iterator[Any]]):
+    """The engine-thread side of one request: decode token by token, handing each `StreamEvent` over,
+    until the last one or until the job is cancelled (the client left, the server stops)."""
 
     def work(job: Job) -> None:
-        job.emit(_Started(count_prompt()))
         events = open_stream()
         try:
             while not job.cancelled:
@@ -297,7 +321,9 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
 
     def refuse(param: str, why: str) -> APIError:
         return _invalid(
-            f"'{param}' {why} is not supported by this server", param=param, code="unsupported_parameter"
+            f"'{param}'{' ' + why if why else ''} is not supported by this server",
+            param=param,
+            code="unsupported_parameter",
         )
 
     def common_checks(body: _GenerationRequest) -> None:
@@ -314,26 +340,24 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         if body.stream_options is not None and not body.stream:
             raise _invalid("'stream_options' is only allowed with 'stream': true", "stream_options")
 
+    defaults = getattr(model, "default_options", None) or SamplingOptions()
+
     def sampling(body: _GenerationRequest, max_tokens: int | None, default_max: int) -> Any:
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        fields = {
-            "max_tokens": max_tokens if max_tokens is not None else default_max,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "top_p": 1.0 if body.top_p is None else body.top_p,
-            "top_k": body.top_k or 0,
-            "min_p": body.min_p or 0.0,
-            "repetition_penalty": 1.0 if body.repetition_penalty is None else body.repetition_penalty,
-            "stop": stop,
-            "seed": body.seed,
+        """The request's options; a field it leaves out (or null) takes the model's default from
+        generation_config.json (LanguageModel.default_options), as vLLM does, since the model's
+        authors chose them for it; without one, the OpenAI defaults (temperature 1, top_p 1)."""
+        given = {
+            field: getattr(body, field)
+            for field in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+            if getattr(body, field) is not None
         }
+        given["max_tokens"] = max_tokens if max_tokens is not None else default_max
+        given["stop"] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        given["seed"] = body.seed
         try:
-            return SamplingOptions(**fields)
+            return defaults.updated(**given)
         except LLMError as e:  # OptionError names the option: the request field of the same name
             raise _invalid(str(e), getattr(e, "option", None), "invalid_value") from None
-
-    def vocab_size() -> int | None:
-        config = getattr(model, "config", None)
-        return getattr(config, "vocab_size", None)
 
     def completion_prompt(body: CompletionRequest) -> str | list[int]:
         prompt = body.prompt
@@ -345,15 +369,6 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
                     "unsupported_value",
                 )
             prompt = prompt[0]
-        if isinstance(prompt, list):
-            limit = vocab_size()
-            bad = [t for t in prompt if limit is not None and t >= limit]
-            if bad:
-                raise _invalid(
-                    f"'prompt' holds token id {bad[0]}, outside the vocabulary (0..{limit - 1})",
-                    "prompt",
-                    "invalid_value",
-                )
         return prompt
 
     def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -380,10 +395,14 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
             messages.append(entry)
         return messages
 
-    def count_tokens(text_or_ids: str | list[int]) -> int:
-        if isinstance(text_or_ids, list):
-            return len(text_or_ids)
-        return len(model.tokenizer.encode(text_or_ids))
+    def count_tokens(prompt: str | list[int], param: str, add_special_tokens: bool = True) -> int:
+        """The prompt's length in tokens, as `LanguageModel` encodes it: a plain prompt with the
+        tokenizer's special tokens (BOS), a rendered chat template without (the template writes its
+        own, as transformers' apply_chat_template encodes). Checked before the request is queued."""
+        try:
+            return len(model.encode(prompt, add_special_tokens=add_special_tokens))
+        except LLMError as e:  # a token id outside the vocabulary
+            raise _refused(e, param) from None
 
     # -- running a request ------------------------------------------------------------------------
 
@@ -391,6 +410,8 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         request: Request,
         work: Callable[[Job], None],
         *,
+        prompt_param: str,
+        prompt_tokens: int,
         stream: bool,
         chunks: Callable[[Job, _Tally, Any], AsyncIterator[bytes]],
         answer: Callable[[_Tally], dict],
@@ -402,12 +423,9 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         watch = sse.DisconnectWatch(request)
         handed_over = False
         try:
-            tally = _Tally()
-            # wait for the prompt count and the first token: a prompt the model refuses (too long
-            # for the context) is still answered 400, before a stream has begun
-            started = await watch.race(job.next())
-            if isinstance(started, _Started):
-                tally.prompt_tokens = started.prompt_tokens
+            tally = _Tally(prompt_tokens=prompt_tokens)
+            # wait for the first token: a prompt the model refuses (too long for the context) is
+            # still answered 400, before a stream has begun
             first = await watch.race(job.next())
             if stream:
                 watch.stop()
@@ -427,17 +445,17 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         except (QueueFull, QueueClosed) as e:
             raise _busy(e) from None
         except LLMError as e:
-            raise _invalid(str(e), code="invalid_value") from None
+            raise _refused(e, prompt_param) from None
         finally:
             watch.stop()
             if not handed_over:
                 engine.cancel(job)
 
-    def stream_error(e: BaseException) -> bytes:
+    def stream_error(e: BaseException, prompt_param: str) -> bytes:
         if isinstance(e, (QueueFull, QueueClosed)):
             err = _busy(e)
         elif isinstance(e, LLMError):
-            err = _invalid(str(e), code="invalid_value")
+            err = _refused(e, prompt_param)
         else:
             log.error("internal error while streaming", exc_info=e)
             err = APIError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
@@ -482,7 +500,8 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         prompt = completion_prompt(body)
         # OpenAI's default for /v1/completions is 16 tokens
         options = sampling(body, body.max_tokens, 16)
-        work = _decode_work(lambda: model.stream(prompt, options), lambda: count_tokens(prompt))
+        prompt_tokens = count_tokens(prompt, "prompt")
+        work = _decode_work(lambda: model.stream(prompt, options))
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
 
@@ -514,7 +533,7 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
                     yield chunk("", None, tally.usage(), choices=False)
                 yield sse.DONE
             except Exception as e:
-                yield stream_error(e)
+                yield stream_error(e, "prompt")
 
         def answer(tally: _Tally) -> dict:
             return {
@@ -534,7 +553,15 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
                 "usage": tally.usage(),
             }
 
-        return await run(request, work, stream=bool(body.stream), chunks=chunks, answer=answer)
+        return await run(
+            request,
+            work,
+            prompt_param="prompt",
+            prompt_tokens=prompt_tokens,
+            stream=bool(body.stream),
+            chunks=chunks,
+            answer=answer,
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -559,7 +586,8 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         # no limit asked: as many tokens as the context holds (OpenAI: up to the context length)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         options = sampling(body, max_tokens, int(model.context_length))
-        work = _decode_work(lambda: model.chat_stream(messages, options), lambda: count_tokens(rendered))
+        prompt_tokens = count_tokens(rendered, "messages", add_special_tokens=False)
+        work = _decode_work(lambda: model.chat_stream(messages, options))
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         fingerprint = f"anekit-{__version__}"
@@ -596,7 +624,7 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
                     yield chunk({}, None, tally.usage(), choices=False)
                 yield sse.DONE
             except Exception as e:
-                yield stream_error(e)
+                yield stream_error(e, "messages")
 
         def answer(tally: _Tally) -> dict:
             return {
@@ -616,6 +644,14 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
                 "usage": tally.usage(),
             }
 
-        return await run(request, work, stream=bool(body.stream), chunks=chunks, answer=answer)
+        return await run(
+            request,
+            work,
+            prompt_param="messages",
+            prompt_tokens=prompt_tokens,
+            stream=bool(body.stream),
+            chunks=chunks,
+            answer=answer,
+        )
 
     return app
