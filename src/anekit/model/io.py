@@ -715,7 +715,8 @@ def model_file(directory: str | Path, name, where: str | Path, what: str = "file
             f"{where}: {what} {name!r} lies outside the model directory {d} (it resolves to {p}); refused. "
             "anekit reads only files inside the model directory: copy the file in instead of linking it"
         )
-    return check_regular_file(p, ModelFileError, f"{what} {d / name}", "the model directory is incomplete")
+    check_regular_file(d / name, ModelFileError, what, "the model directory is incomplete")
+    return p
 
 
 def read_model_json(directory: str | Path, name: str, what: str) -> object:
