@@ -24,9 +24,11 @@ from .errors import ContextFull, LLMError
 from .sampling import Sampler, SamplingOptions, StopMatcher
 from .tokenizer import TextTokenizer
 
-__all__ = ["Completion", "StreamEvent", "LanguageModel", "load", "WEIGHTS", "FLOAT64_BACKEND"]
+__all__ = ["Completion", "StreamEvent", "LanguageModel", "load", "WEIGHTS", "BACKENDS", "FLOAT64_BACKEND"]
 
 WEIGHTS = ("fp16", "int8", "int4")
+#: Where a model can run: the engine decoder's backends, or the float64 NumPy model
+BACKENDS = ("auto", "ane", "reference", "float64")
 #: The backend name of the float64 NumPy session (`_Float64Session`): no engine kernels, an oracle
 FLOAT64_BACKEND = "float64"
 #: Cache length when neither `max_len` nor a smaller model context is given (the float64 session
@@ -150,14 +152,6 @@ class LanguageModel:
         self.default_options = default_options or SamplingOptions()
         self.path = path
         self._state = _State()
-        if tokenizer.vocab_size > config.vocab_size:
-            # ids the model has no row for could be produced by encode; refuse now, not mid-generation
-            extra = tokenizer.vocab_size - config.vocab_size
-            self._max_id = config.vocab_size
-            self._vocab_note = f"the tokenizer has {extra} ids more than the model's {config.vocab_size}"
-        else:
-            self._max_id = config.vocab_size
-            self._vocab_note = ""
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -193,11 +187,11 @@ class LanguageModel:
                 ids = [int(t) for t in prompt]
             except (TypeError, ValueError):
                 raise LLMError("a prompt is a string or a list of token ids") from None
-        bad = [t for t in ids if not 0 <= t < self._max_id]
+        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
             raise LLMError(
-                f"token id {bad[0]} is outside the model's vocabulary of {self.config.vocab_size}"
-                + (f" ({self._vocab_note})" if self._vocab_note else "")
+                f"token id {bad[0]} is outside the model's vocabulary of {self.config.vocab_size} ids"
+                + (" (the tokenizer has more ids than the model)" if isinstance(prompt, str) else "")
             )
         return ids
 
@@ -393,25 +387,89 @@ def _default_options(generation_config: Mapping) -> SamplingOptions:
 
 
 def _open_session(config, weights, backend: str, quant: str, max_len: int):
-    """The decoding session: the engine decoder (`anekit.llm.decoder.Decoder`) or the float64 one."""
+    """The decoding session: the engine decoder (`anekit.llm.decoder.Decoder`) on the resolved
+    backend, or the float64 NumPy session; (session, backend name)."""
     if backend == FLOAT64_BACKEND:
         if quant != "fp16":
             raise LLMError(
-                f"weights={quant!r} needs the engine decoder; backend {FLOAT64_BACKEND!r} is float64"
+                f"weights={quant!r} needs the kernels; backend {FLOAT64_BACKEND!r} runs the float64 "
+                "reference model on the weights as stored: use backend 'auto' or 'reference'"
             )
         return _Float64Session(config, weights, max_len), FLOAT64_BACKEND
     try:
         from .decoder import Decoder
-    except ImportError:
+    except ImportError:  # the engine decoder is not in this tree
         Decoder = None
     if Decoder is None:
-        if backend not in ("auto", "reference"):
-            raise LLMError(f"backend {backend!r} is not available yet for language models; use 'auto'")
-        if quant != "fp16":
-            raise LLMError(f"weights={quant!r} is not available yet; use fp16")
+        if quant != "fp16" or backend not in ("auto", "reference"):
+            raise LLMError("only backend 'float64' with fp16 weights is available in this build")
         return _Float64Session(config, weights, max_len), FLOAT64_BACKEND
-    dec = Decoder(config, weights, backend=backend, quant=quant, max_len=max_len)
-    return dec, getattr(dec, "backend", backend)
+    from ..backends import resolve
+
+    name = resolve(backend)
+    return Decoder(config, weights, backend=name, quant=quant, max_len=max_len), name
+
+
+@dataclass
+class _Source:
+    """What `load` needs of a model directory (the fields of `anekit.llm.source.ModelSource`)."""
+
+    kind: str
+    name: str
+    directory: Path
+    config: object
+    weights: Mapping[str, np.ndarray]
+    tokenizer_file: Path | None
+    tokenizer_config: dict
+    generation_config: dict
+
+
+def _open_source(p: Path) -> _Source:
+    """The model at `p` through `anekit.llm.source.open_model` (Hugging Face or anekit), else the
+    loaders this package had before it."""
+    try:
+        from .source import open_model
+    except ImportError:
+        open_model = None
+    if open_model is not None:
+        src = open_model(p)
+        return _Source(
+            src.kind,
+            src.name,
+            Path(src.directory),
+            src.config,
+            src.weights,
+            src.tokenizer_file,
+            dict(src.tokenizer_config),
+            dict(src.generation_config),
+        )
+    from ..train.checkpoint import load_checkpoint
+    from .tokenizer import read_json
+
+    if not p.exists():
+        raise LLMError(f"{p}: no such model directory or checkpoint")
+    ckpt = _checkpoint_dir(p) if p.is_dir() else None
+    if ckpt is not None:
+        config, params, _, _ = load_checkpoint(ckpt, load_optimizer=False)
+        return _Source("anekit", config.name, ckpt, config, params, None, {}, {})
+    if p.is_dir() and (p / "config.json").is_file():
+        from ..model.io import load_hf
+
+        config, weights = load_hf(p)
+        return _Source(
+            "hf",
+            p.resolve().name,
+            p,
+            config,
+            weights,
+            p / "tokenizer.json",
+            read_json(p / "tokenizer_config.json", "tokenizer config"),
+            read_json(p / "generation_config.json", "generation config"),
+        )
+    raise LLMError(
+        f"{p}: is neither an anekit checkpoint (state.json) nor a Hugging Face model directory "
+        "(config.json); give one of those"
+    )
 
 
 def _checkpoint_dir(path: Path) -> Path | None:
@@ -425,37 +483,25 @@ def _checkpoint_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(d: Path, tokenizer):
-    from ..train.checkpoint import load_checkpoint, load_checkpoint_tokenizer
-    from ..train.tokenizers import load_tokenizer
-    from .tokenizer import anekit_tokenizer
+def _tokenizer_for(src: _Source, given) -> TextTokenizer:
+    from .tokenizer import anekit_tokenizer, hf_tokenizer
 
-    config, params, _, _ = load_checkpoint(d, load_optimizer=False)
-    if tokenizer is None:
-        tokenizer = load_checkpoint_tokenizer(d) or load_tokenizer(None)
-    if not isinstance(tokenizer, TextTokenizer):
-        tokenizer = anekit_tokenizer(tokenizer)
-    return config, params, tokenizer, {}
+    if isinstance(given, TextTokenizer):
+        return given
+    if given is not None:  # an anekit tokenizer (anekit.train.tokenizers)
+        return anekit_tokenizer(given)
+    if src.kind == "anekit":
+        from ..train.checkpoint import load_checkpoint_tokenizer
+        from ..train.tokenizers import bundled_tokenizer
 
-
-def _load_hf(d: Path, tokenizer):
-    from .tokenizer import hf_tokenizer, read_json
-
-    try:
-        from .source import open_model
-    except ImportError:
-        open_model = None
-    gen = read_json(d / "generation_config.json", "generation config")
-    if open_model is not None:
-        src = open_model(d)
-        config, weights = src.config, src.weights
-    else:
-        from ..model.io import load_hf
-
-        config, weights = load_hf(d)
-    if tokenizer is None:
-        tokenizer = hf_tokenizer(d, generation_config=gen)
-    return config, weights, tokenizer, gen
+        # saved without one: the bundled tokenizer, as `anekit eval`/`generate` always did
+        return anekit_tokenizer(load_checkpoint_tokenizer(src.directory) or bundled_tokenizer())
+    return hf_tokenizer(
+        src.directory,
+        tokenizer_file=src.tokenizer_file,
+        tokenizer_config=src.tokenizer_config,
+        generation_config=src.generation_config,
+    )
 
 
 def load(
@@ -470,40 +516,31 @@ def load(
     tokenizer.json) or an anekit checkpoint (or the run directory holding one).
 
     backend: "auto" (the engine where reachable, else the reference backend), "ane", "reference",
-    or "float64" (the NumPy float64 reference model: no kernels; an oracle). weights: "fp16", "int8",
-    "int4" (baked weight precision on the engine path). max_len: the KV cache's length (default the
-    model's context, at most 4096). tokenizer: another tokenizer to use (anekit checkpoints).
+    or "float64" (the NumPy float64 reference model, no kernels: an oracle). weights: "fp16", "int8",
+    "int4" (the precision of the weights baked into the programs). max_len: the KV cache's length
+    (default: the model's context, at most 4096). tokenizer: another tokenizer (for anekit
+    checkpoints: an `anekit.train.tokenizers` tokenizer).
     """
     p = Path(path)
     if weights not in WEIGHTS:
         raise LLMError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if backend not in BACKENDS:
+        raise LLMError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
         raise LLMError(f"max_len must be an integer >= 1, got {max_len!r}")
-    if not p.exists():
-        raise LLMError(f"{p}: no such checkpoint or model directory")
-    ckpt = _checkpoint_dir(p) if p.is_dir() else None
-    if ckpt is not None:
-        config, params, tok, gen = _load_checkpoint(ckpt, tokenizer)
-        name = config.name
-    elif p.is_dir() and (p / "config.json").is_file():
-        config, params, tok, gen = _load_hf(p, tokenizer)
-        name = p.resolve().name
-    else:
-        raise LLMError(
-            f"{p}: is neither an anekit checkpoint (state.json) nor a Hugging Face model directory "
-            "(config.json); give one of those"
-        )
-    limit = config.seq_len
-    if max_len is not None and max_len > limit:
-        raise LLMError(f"max_len {max_len} exceeds the model's context of {limit} tokens")
-    length = max_len or min(limit, DEFAULT_MAX_LEN)
-    session, backend_name = _open_session(config, params, backend, weights, length)
+    src = _open_source(p)
+    config = src.config
+    tok = _tokenizer_for(src, tokenizer)
+    if max_len is not None and max_len > config.seq_len:
+        raise LLMError(f"max_len {max_len} exceeds the model's context of {config.seq_len} tokens")
+    length = max_len or min(config.seq_len, DEFAULT_MAX_LEN)
+    session, backend_name = _open_session(config, src.weights, backend, weights, length)
     return LanguageModel(
-        name=name,
+        name=src.name,
         config=config,
         tokenizer=tok,
         session=session,
         backend=backend_name,
-        default_options=_default_options(gen),
-        path=p,
+        default_options=_default_options(src.generation_config),
+        path=src.directory,
     )
