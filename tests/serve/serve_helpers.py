@@ -25,6 +25,13 @@ TIMEOUT = 60.0
 def serving(app) -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 (a port the system picks) in a thread; yields the base
     URL (http://127.0.0.1:PORT). Stops the server on exit (as Ctrl-C would, minus the signal)."""
+    with serving_with(app) as (url, _server):
+        yield url
+
+
+@contextmanager
+def serving_with(app) -> Iterator[tuple[str, Server]]:
+    """`serving`, also yielding the uvicorn server (`server.should_exit = True` starts its shutdown)."""
     sock = bind("127.0.0.1", 0)
     server = Server(app, log_level="warning", timeout_graceful_shutdown=5)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -32,7 +39,7 @@ def serving(app) -> Iterator[str]:
     try:
         wait_for(lambda: server.started or not thread.is_alive(), "the server to start")
         assert server.started, "the server did not start"
-        yield url_of(sock)
+        yield url_of(sock), server
     finally:
         server.should_exit = True
         thread.join(TIMEOUT)

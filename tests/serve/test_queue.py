@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from serve_helpers import TIMEOUT, GatedModel, health, serving, wait_for
+from serve_helpers import TIMEOUT, GatedModel, health, serving, serving_with, wait_for
 
 from anekit.errors import AnekitError
 from anekit.serve import EngineQueue, create_app
@@ -124,6 +124,21 @@ def test_a_client_that_leaves_while_queued_frees_its_slot_before_the_engine_reac
         assert first.result(TIMEOUT).choices[0].text == "t1 "
         wait_for(lambda: health(base)["finished"] == 1, "the first request to finish")
         assert model.opened == 1  # the dropped request never reached the engine
+
+
+def test_stopping_the_server_ends_an_open_stream_with_an_error_and_stops_decoding():
+    model = GatedModel(endless=True)
+    model.gate.set()
+    with serving_with(create_app(model, queue_size=0)) as (base, server):
+        api = client(base)
+        stream = iter(api.completions.create(model="gated", prompt="x", max_tokens=10**6, stream=True))
+        assert next(stream).choices[0].text == "t1 "
+        server.should_exit = True  # what Ctrl-C does
+        with pytest.raises(openai.APIError, match="shutting down"):
+            for _ in stream:
+                pass
+        wait_for(lambda: model.closed == 1, "decoding to stop")
+    assert model.opened == 1
 
 
 def test_engine_queue_runs_jobs_one_at_a_time_in_order():
