@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, estimate, lint, record, run, serve, tokenizer, train
+from . import bench, doctor, estimate, lint, llm, record, run, serve, tokenizer, train
 from .toplevel import AnekitGroup, version_callback
 
 app = typer.Typer(
@@ -28,7 +28,8 @@ def _root(
 
 app.command("train")(train.train)
 app.command("eval")(train.evaluate)
-app.command("generate")(train.generate)
+app.command("generate")(llm.generate)
+app.command("chat")(llm.chat)
 app.command("train-tokenizer")(tokenizer.train_tokenizer)
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run)

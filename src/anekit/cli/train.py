@@ -1,4 +1,5 @@
-"""`anekit train`, `anekit eval`, `anekit generate`: train Llama-family models and use the result."""
+"""`anekit train`, `anekit eval`: train Llama-family models and score the result (`anekit generate` and
+`anekit chat` are in `cli/llm.py`)."""
 
 from __future__ import annotations
 
@@ -389,7 +390,7 @@ class _closing:
 
 
 # ---------------------------------------------------------------------------------------------
-# eval and generate
+# eval (and the checkpoint helpers `anekit generate` shares)
 
 
 def checkpoint_dir(path: Path) -> Path:
@@ -546,37 +547,3 @@ def _run_data(checkpoint: Path, state, tok, config):
             "held-out slice is unknown, pass --data to score a file"
         )
     return ds
-
-
-def generate(
-    checkpoint: Path = typer.Argument(
-        ..., help="A checkpoint directory (runs/tiny/checkpoint), or a run directory holding one (runs/tiny)."
-    ),
-    prompt: str = typer.Option("", help="Text to continue (default: start from BOS)."),
-    max_tokens: int = typer.Option(
-        120, help="Tokens to generate at most (stops at EOS or the context length)."
-    ),
-    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
-    top_k: int = typer.Option(40, help="Sample among the k most likely tokens (0: all)."),
-    tokenizer: Path = typer.Option(
-        None, help="Tokenizer (default: the checkpoint's own; another one is used with a warning)."
-    ),
-    seed: int = typer.Option(0, help="Sampling seed."),
-) -> None:
-    """Generate text from a checkpoint with KV-cache decoding on the CPU."""
-    from ..train.generate import check_sampling, generate_text
-
-    try:
-        check_sampling(max_tokens, temperature, top_k, seed)
-    except ValueError as e:
-        raise fail(str(e)) from None
-    checkpoint = checkpoint_dir(checkpoint)
-    config, params, _, state = _load(checkpoint)
-    tok = _tokenizer_for(checkpoint, tokenizer, state)
-    try:
-        text = generate_text(
-            params, config, tok, prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed
-        )
-    except (AnekitError, ValueError) as e:
-        raise fail(str(e)) from None
-    stdout_console().print(text, highlight=False, markup=False)
