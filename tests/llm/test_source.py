@@ -150,6 +150,14 @@ def test_weights_are_views_of_the_mapped_files(hf_llama3, hf_qwen2):
     assert np.array_equal(q["layers.0.bq"], hf_bq.transpose(0, 2, 1).reshape(-1))
 
 
+def test_release_drops_pages_but_keeps_the_data(hf_llama3):
+    w = open_model(hf_llama3.directory).weights
+    before = {k: np.array(w[k]) for k in w}
+    for k in w:
+        w.release(k)
+    assert all(np.array_equal(w[k], before[k]) for k in w)
+
+
 def test_bf16_is_widened_on_access(hf_llama3_bf16):
     w = open_model(hf_llama3_bf16.directory).weights
     assert w.stored_dtype("embed") == "BF16" and w["embed"].dtype == np.float32

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Mapping
@@ -390,12 +391,13 @@ class SafetensorsFile:
         if kind is not None:  # a FIFO would block np.memmap; a directory is never a weight file
             raise ModelFileError(f"{p}: is {kind}; a safetensors weight file must be a regular file")
         try:
-            raw = np.memmap(p, dtype=np.uint8, mode="r")
+            with open(p, "rb") as f:  # the mapping outlives the descriptor
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
             raise ModelFileError(
                 f"{p}: cannot read: {e} (an empty or unreadable file; download it again)"
             ) from e
-        self._raw = raw
+        self._raw = raw = np.frombuffer(self._map, dtype=np.uint8)  # read-only: ACCESS_READ
         try:
             if len(raw) < 8:
                 raise ValueError(f"{len(raw)} bytes, shorter than the 8-byte header length")
@@ -465,10 +467,26 @@ class SafetensorsFile:
             return np.zeros(shape, dtype=dt)
         return np.frombuffer(self._raw, dtype=dt, count=count, offset=self._base + begin).reshape(shape)
 
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor `name` from this process's resident memory (madvise DONTNEED on
+        the file-backed, read-only mapping: the data stays valid, a later access reads the file
+        again). For a reader that copies the weights out once, so that the mapped pages of tensors
+        already copied do not count twice."""
+        _, _, begin = self._entries[name]
+        start = self._base + begin
+        end = start + self.nbytes(name)
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page  # only pages wholly inside
+        advise = getattr(self._map, "madvise", None)
+        if advise is not None and hasattr(mmap, "MADV_DONTNEED") and last > first:
+            advise(mmap.MADV_DONTNEED, first, last - first)
+
     def floats(self, name: str) -> np.ndarray:
         a = self.array(name)
         if self.dtype(name) == "BF16":
-            return (a.astype(np.uint32) << 16).view(np.float32)
+            wide = a.astype(np.uint32)
+            wide <<= 16  # in place: one new array per tensor, no temporary
+            return wide.view(np.float32)
         return a
 
 
@@ -513,8 +531,9 @@ def _hf_sliding_window(cfg: dict, model_type: str, n_layers) -> int | None:
         kinds = cfg.get("layer_types")
         if kinds is None and window is not None:
             first = get("max_window_layers")
-            if not isinstance(first, int) or not isinstance(n_layers, int):
-                raise ModelFileError(f"max_window_layers {first!r} must be an integer")
+            for key, value in (("max_window_layers", first), ("num_hidden_layers", n_layers)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ModelFileError(f"{key} must be an integer, got {value!r}")
             kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
     if kinds is not None:
         if not isinstance(kinds, list) or not set(kinds) <= {"full_attention", "sliding_attention"}:
@@ -789,7 +808,20 @@ class HFWeights(Mapping[str, np.ndarray]):
 
     def materialize(self, dtype=np.float32) -> dict[str, np.ndarray]:
         """Every parameter as a new, writable array of `dtype` (the whole model in memory)."""
-        return {name: np.array(self[name], dtype=dtype) for name in self}
+        out = {}
+        for name in self:
+            a = self[name]  # a view of the mapping, or already a new array (permuted, widened bf16)
+            fresh = a.flags.writeable and a.dtype == dtype  # views of the read-only mapping are not
+            out[name] = a if fresh else np.array(a, dtype=dtype)
+            self.release(name)
+        return out
+
+    def release(self, name: str) -> None:
+        """Drop parameter `name`'s mapped pages from resident memory (`SafetensorsFile.release`); the
+        mapping stays usable. Call it after copying a tensor out (an engine program builder baking
+        the weights layer by layer), so a model loads in about its own size plus the copies."""
+        f, key = self._sources[name]
+        f.release(key)
 
 
 def _hf_weight_files(d: Path) -> dict[str, SafetensorsFile]:
