@@ -426,3 +426,77 @@ def test_a_symlink_out_of_the_directory_is_refused(copy_of, tmp_path, hf_llama_t
 
 def test_arch_list_is_what_conftest_builds():
     assert set(EXPECTED) == set(ARCHS)
+
+
+# -- the config.json of published models ------------------------------------------------------------
+
+#: The architecture keys of published config.json files (huggingface.co/<repo>/blob/main/config.json),
+#: with what anekit must make of them.
+PUBLISHED = {
+    "Qwen/Qwen3-0.6B": (
+        {"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+         "max_position_embeddings": 40960, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+         "sliding_window": None, "use_sliding_window": False, "max_window_layers": 28, "attention_bias": False,
+         "tie_word_embeddings": True, "hidden_act": "silu", "torch_dtype": "bfloat16"},
+        dict(qk_norm=True, qkv_bias=False, head_dim=128, q_dim=2048, tie_embeddings=True, sliding_window=None),
+        0.44e9,  # the model card: "Number of Parameters (Non-Embedding): 0.44B"
+    ),
+    "meta-llama/Llama-3.2-1B": (
+        {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+         "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+         "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                          "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+         "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "tie_word_embeddings": True,
+         "hidden_act": "silu", "torch_dtype": "bfloat16"},
+        dict(qk_norm=False, qkv_bias=False, head_dim=64, tie_embeddings=True, sliding_window=None),
+        1_235_814_400 - 128256 * 2048,  # 1.24B in all (safetensors total 1,235,814,400)
+    ),
+    "Qwen/Qwen2.5-0.5B-Instruct": (
+        {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+         "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+         "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+         "sliding_window": 32768, "use_sliding_window": False, "max_window_layers": 21,
+         "tie_word_embeddings": True, "hidden_act": "silu", "torch_dtype": "bfloat16"},
+        dict(qk_norm=False, qkv_bias=True, head_dim=64, tie_embeddings=True, sliding_window=None),
+        0.36e9,  # the model card: "Number of Parameters (Non-Embedding): 0.36B"
+    ),
+    "mistralai/Mistral-7B-Instruct-v0.3": (
+        {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32768,
+         "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+         "sliding_window": None, "tie_word_embeddings": False, "hidden_act": "silu", "torch_dtype": "bfloat16"},
+        dict(qk_norm=False, qkv_bias=False, head_dim=128, tie_embeddings=False, sliding_window=None),
+        None,
+    ),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": (
+        {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+         "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 2048,
+         "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False,
+         "hidden_act": "silu", "pretraining_tp": 1, "torch_dtype": "bfloat16"},
+        dict(head_dim=64, n_kv_heads=4, tie_embeddings=False, rope_scaling=None),
+        None,
+    ),
+    "HuggingFaceTB/SmolLM2-135M": (
+        {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+         "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192,
+         "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
+         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16"},
+        dict(head_dim=64, n_kv_heads=3, tie_embeddings=True),
+        None,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("repo", PUBLISHED)
+def test_published_configs(repo):
+    from anekit.model.io import config_from_hf
+
+    raw, expected, non_embedding = PUBLISHED[repo]
+    cfg = config_from_hf(raw, name=repo.split("/")[1])
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+    if non_embedding is not None:
+        body = cfg.n_params() - cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
+        assert round(body / 1e9, 2) == round(non_embedding / 1e9, 2)
