@@ -21,7 +21,7 @@ from importlib import import_module
 from .core import Experiment
 
 #: the experiment modules, in the order `all` runs them
-_MODULES = ("peak", "chain", "conv_vs_matmul", "sram", "int8", "dispatch", "coreml", "power")
+_MODULES = ("peak", "chain", "conv_vs_matmul", "sram", "int8", "dispatch", "coreml", "power", "llm")
 
 #: experiment name -> Experiment, in the order `all` runs them
 EXPERIMENTS: dict[str, Experiment] = {

@@ -61,6 +61,7 @@ from .model import Params, default_params, predict
 __all__ = [
     "DecodeOptions",
     "DecodePrediction",
+    "PrefillPrediction",
     "DecodeError",
     "PUBLISHED_DECODE",
     "Q4_SLOWDOWN",
@@ -70,6 +71,7 @@ __all__ = [
     "decode_program_cost",
     "design_choices",
     "predict_decode",
+    "predict_prefill",
     "shape",
 ]
 
@@ -561,6 +563,60 @@ def predict_decode(
         breakdown=parts,
         notes=tuple(notes),
     )
+
+
+@dataclass(frozen=True)
+class PrefillPrediction:
+    """The cost model's prediction for prefilling `tokens` prompt tokens (not a measurement)."""
+
+    model: str
+    chip: str
+    quant: str
+    tokens: int
+    width: int  #: columns per prefill program call
+    time_ms: float
+    dispatches: int
+    flops: float
+    kind: str = "predicted"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / (self.time_ms / 1e3)
+
+
+def predict_prefill(
+    config,
+    tokens: int,
+    *,
+    quant: str = "fp16",
+    chip: str = "m4",
+    max_len: int = 512,
+    plan=None,
+    params: Params | None = None,
+) -> PrefillPrediction:
+    """Predicted time to prefill `tokens` prompt tokens: as the runner does it, the prompt in chunks of
+    the prefill width (`plan.prefill_chunk` rounded to 64-byte rows, at most the cache), each chunk
+    through every group's prefill program, then the classifier once for the last position. The group
+    programs are the decode programs' ops at the wider width (`anekit.kernels.decoder` builds both
+    from one function)."""
+    from ..llm.plan import choose_plan
+
+    _check_quant(quant)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise DecodeError(f"tokens must be a positive integer, got {tokens!r}")
+    p = params or default_params()
+    p.chip(chip)
+    if plan is None:
+        plan = choose_plan(config, quant=quant, chip=chip, max_len=max_len)
+    cols = _cache_columns(max_len)
+    width = -(-min(plan.prefill_chunk, cols) // ROW_ALIGN) * ROW_ALIGN
+    wide = _Timer(config, quant, chip, max_len, plan.residual, DecodeOptions(width=width), p)
+    narrow = _Timer(config, quant, chip, max_len, plan.residual, DecodeOptions(), p)
+    calls = -(-tokens // width)
+    groups = _split(config.n_layers, plan.layers_per_program)
+    t = calls * sum(wide("group", n)[0] for n in groups) + narrow("classifier", plan.vocab_chunk)[0]
+    flops = calls * sum(wide("group", n)[5] for n in groups) + narrow("classifier", plan.vocab_chunk)[5]
+    return PrefillPrediction(config.name, chip, quant, tokens, width, t, calls * len(groups) + 1, flops)
 
 
 # ------------------------------------------------------------------------------------------------
