@@ -271,6 +271,16 @@ def test_a_malformed_body_is_400(base, content):
     assert error["type"] == "invalid_request_error"
 
 
+def test_a_json_body_is_read_whatever_its_content_type(base):
+    # curl -d labels its body application/x-www-form-urlencoded
+    body = b'{"model": "%s", "prompt": "Hi", "max_tokens": 2}' % NAME.encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        response = httpx.post(
+            f"{base}/v1/completions", content=body, headers={"Content-Type": content_type}, timeout=TIMEOUT
+        )
+        assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] >= 1
+
+
 def test_the_openai_client_sees_a_bad_request(api):
     with pytest.raises(openai.BadRequestError) as bad:
         api.chat.completions.create(model=NAME, messages=MSG, n=3)

@@ -100,6 +100,31 @@ def test_a_client_that_drops_its_stream_frees_the_slot_and_stops_decoding():
         assert again.choices[0].text == "t1 t2 "
 
 
+def raw_request(base: str, body: bytes) -> socket.socket:
+    """A POST /v1/completions sent on a plain socket, so the test can hang up whenever it likes."""
+    url = urlsplit(base)
+    raw = socket.create_connection((url.hostname, url.port), timeout=TIMEOUT)
+    raw.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    return raw
+
+
+def test_a_client_that_leaves_a_plain_request_while_it_decodes_stops_decoding():
+    model = GatedModel(endless=True)
+    model.gate.set()
+    with serving(create_app(model, queue_size=0)) as base:
+        with raw_request(base, b'{"model": "gated", "prompt": "a", "max_tokens": 1000000}'):
+            wait_for(lambda: model.produced > 0, "decoding to start")
+        wait_for(lambda: model.closed == 1, "decoding to stop")
+        wait_for(lambda: health(base)["running"] == 0, "the slot to be freed")
+        model.endless = False
+        assert (
+            client(base).completions.create(model="gated", prompt="b", max_tokens=1).choices[0].text == "t1 "
+        )
+
+
 def test_a_client_that_leaves_while_queued_frees_its_slot_before_the_engine_reaches_it():
     model = GatedModel()
     with serving(create_app(model, queue_size=1)) as base, ThreadPoolExecutor(1) as pool:
@@ -108,13 +133,7 @@ def test_a_client_that_leaves_while_queued_frees_its_slot_before_the_engine_reac
         wait_for(lambda: health(base)["running"] == 1, "the first request to decode")
 
         # a raw HTTP request that waits in the queue, then its client hangs up
-        url = urlsplit(base)
-        body = b'{"model": "gated", "prompt": "b", "max_tokens": 1}'
-        with socket.create_connection((url.hostname, url.port), timeout=TIMEOUT) as raw:
-            raw.sendall(
-                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
+        with raw_request(base, b'{"model": "gated", "prompt": "b", "max_tokens": 1}'):
             wait_for(lambda: health(base)["waiting"] == 1, "the raw request to wait")
         wait_for(lambda: health(base)["waiting"] == 0, "the queued request's slot to be freed")
         state = health(base)

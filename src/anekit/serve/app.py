@@ -17,6 +17,7 @@ when the queue is full or the server is shutting down.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -27,7 +28,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -170,9 +171,32 @@ def _field_path(loc) -> str:
     return path
 
 
-def _validation_message(exc: RequestValidationError) -> APIError:
-    """The first problem pydantic found, as one sentence naming the field (`param`)."""
-    errors = exc.errors()
+async def _parse(request: Request, schema: type[BaseModel]) -> Any:
+    """The request body as `schema`. Read as JSON whatever its Content-Type (the API has no other
+    body; `curl -d` labels JSON as a form), so every malformed body gets the same 400."""
+    raw = await request.body()
+    if not raw.strip():
+        raise _invalid("the request has no body; send a JSON object", code="invalid_json")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _invalid(
+            f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(data), "a number"
+        )
+        raise _invalid(f"the request body must be a JSON object, not {kind}", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise _validation_message([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def _validation_message(errors: list[dict]) -> APIError:
+    """The first problem pydantic found, as one sentence naming the field (`param`). `errors` are
+    FastAPI's (locations start with "body")."""
     if not errors:
         return _invalid("the request body is invalid")
     first = errors[0]
@@ -291,7 +315,7 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return _validation_message(exc).response()
+        return _validation_message(list(exc.errors())).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -487,7 +511,8 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         return model_card()
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(request: Request):
+        body = await _parse(request, CompletionRequest)
         common_checks(body)
         if body.echo:
             raise refuse("echo", "true")
@@ -564,7 +589,8 @@ def create_app(model: Any, *, queue_size: int = 8, model_name: str | None = None
         )
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(request: Request):
+        body = await _parse(request, ChatCompletionRequest)
         common_checks(body)
         if body.logprobs:
             raise refuse("logprobs", "true")
