@@ -1,5 +1,5 @@
 """`anekit serve` as a user runs it: a subprocess on 127.0.0.1 (port 0: the system picks a free one,
-the command prints the URL), answered by the official `openai` client, stopped with SIGINT (Ctrl-C):
+the command prints the URL), answered by the official `openai` client, stopped with SIGINT (Ctrl-C) or SIGTERM:
 exit status 0 and no traceback, within a generous timeout."""
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def wait_for_url(process: subprocess.Popen) -> str:
             return found.group(2)
 
 
-def interrupt(process: subprocess.Popen) -> tuple[int, str]:
-    process.send_signal(signal.SIGINT)
+def interrupt(process: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
+    process.send_signal(sig)
     try:
         code = process.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -81,16 +81,17 @@ def test_serve_answers_the_openai_client_and_stops_cleanly_on_ctrl_c(tiny_model_
     assert "Traceback" not in stderr and "server stopped" in stderr
 
 
-def test_ctrl_c_with_a_stream_open_exits_0(tiny_model_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_with_a_stream_open_exits_0(tiny_model_dir, sig):
     process = start(str(tiny_model_dir), "--port", "0", "--backend", "reference", "--model-name", "tiny")
     try:
         api = openai.OpenAI(base_url=wait_for_url(process), api_key="x", max_retries=0, timeout=TIMEOUT)
         stream = api.completions.create(model="tiny", prompt="A", max_tokens=100, temperature=0, stream=True)
         next(iter(stream))  # decoding has begun
     finally:
-        code, stderr = interrupt(process)
+        code, stderr = interrupt(process, sig)
     assert code == 0, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "server stopped" in stderr
 
 
 def test_serve_refuses_a_missing_model_and_a_busy_port(tmp_path, tiny_model_dir):

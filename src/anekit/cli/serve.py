@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import typer
 
 from .common import err, fail, stdout_console
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: stop as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_stop():
+    """While serving, SIGTERM (a service manager stopping the server) ends like Ctrl-C: uvicorn shuts
+    down gracefully, re-raises the signal into this handler, and the command exits 0 rather than being
+    killed by the default action."""
+
+    def stop(signum, frame):
+        raise _Stop
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(
@@ -57,10 +83,11 @@ def serve(
             )
             out.file.flush()
             try:
-                server.run(sockets=[sock])
-            except KeyboardInterrupt:
-                # uvicorn shuts down gracefully on SIGINT, then raises the signal again for the
-                # caller (uvicorn.Server.capture_signals); stopping is what the user asked for
+                with _terminate_as_stop():
+                    server.run(sockets=[sock])
+            except (KeyboardInterrupt, _Stop):
+                # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for
+                # the caller (uvicorn.Server.capture_signals); stopping is what the user asked for
                 pass
         finally:
             llm.close()
