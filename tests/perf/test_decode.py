@@ -230,3 +230,58 @@ def test_dispatches_match_the_decoders_program_calls(monkeypatch):
         finally:
             dec.close()
         assert len(calls) == predict_decode(cfg, plan=plan, max_len=64).dispatches
+
+
+# -- anekit estimate --decode ------------------------------------------------------------------------
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from anekit.cli import app
+
+    return CliRunner(env={"COLUMNS": "200"}).invoke(app, ["estimate", *args])
+
+
+def test_estimate_decode_prints_the_prediction_labelled():
+    r = _cli("llama-3.2-1b", "--decode", "--weights", "int8", "--chip", "m4")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "not a measurement" in text and "dispatches per token" in text and "published: 50.2 tok/s" in text
+    want = predict_decode(LLAMA, quant="int8", chip="m4", max_len=512)
+    assert f"{want.tokens_per_s:.1f}" in text
+
+
+def test_estimate_decode_json_and_sources(tmp_path):
+    import json
+
+    from anekit.model.io import hf_config
+
+    r = _cli("qwen3-0.6b", "--decode", "--weights", "int4", "--max-len", "1024", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["kind"] == "predicted" and d["quant"] == "int4" and d["max_len"] == 1024 and d["published"]
+    assert d["tokens_per_s"] == pytest.approx(1000 / d["ms_per_token"])
+    # a Hugging Face directory (config.json only) and a config file give the same prediction
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(hf_config(LLAMA)))
+    a = json.loads(_cli(str(hf), "--decode", "--json").output)
+    b = json.loads(_cli("llama-3.2-1b", "--decode", "--json").output)
+    assert a["ms_per_token"] == pytest.approx(b["ms_per_token"]) and a["dispatches"] == b["dispatches"]
+    toml = tmp_path / "m.toml"
+    toml.write_text('preset = "tiny"\n')
+    assert _cli(str(toml), "--decode").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope", "--decode"], "not a model name"),
+        (["tiny", "--decode", "--weights", "int3"], "int3"),
+        (["tiny", "--decode", "--chip", "m2"], "calibration"),
+    ],
+)
+def test_estimate_decode_refusals(args, message):
+    r = _cli(*args)
+    assert r.exit_code == 1 and message in " ".join(r.output.split())

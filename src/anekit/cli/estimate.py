@@ -16,21 +16,37 @@ def _mb(b: float) -> str:
 
 
 def estimate(
-    model: Path = typer.Argument(..., help="A model directory (model.mil + weights/) or a model.mil file."),
+    model: Path = typer.Argument(
+        ...,
+        help="A model directory (model.mil + weights/) or a model.mil file; with --decode: a model "
+        "name (qwen3-0.6b, llama-3.2-1b or a preset), a Hugging Face model directory, or a model config "
+        "file (.toml/.json).",
+    ),
     chip: str = typer.Option(
         "m4", "--chip", help="Chip id: m1, m1-pro, ..., m4, m4-pro, m4-max, m5, m5-max."
     ),
     top: int = typer.Option(8, "--top", min=0, help="Show this many most expensive ops."),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+    decode: bool = typer.Option(
+        False, "--decode", help="Predict a language model's decode speed (tokens/s, dispatches/token)."
+    ),
+    weights: str = typer.Option("fp16", "--weights", help="With --decode: fp16, int8 or int4 weights."),
+    max_len: int = typer.Option(
+        512, "--max-len", min=1, help="With --decode: the KV cache length the programs attend over."
+    ),
 ) -> None:
     """Predict one evaluation's time on the engine from the program's FLOPs, bytes and working set
-    (a calibrated model, not a measurement: see docs/benchmarks.md)."""
+    (a calibrated model, not a measurement: see docs/benchmarks.md). With --decode, predict a language
+    model's decode speed on the engine instead (anekit.perf.decode)."""
     from ..perf import UncalibratedChip, chip_id, count_ops, get_chip, predict
 
     try:
         cid = chip_id(chip)
     except ValueError as e:
         raise fail(str(e)) from None
+    if decode:
+        _decode(model, cid, weights, max_len, as_json)
+        return
     program = load_program(model)
     try:
         est = predict(count_ops(program), cid)
@@ -76,4 +92,75 @@ def estimate(
             )
         console.print(ops)
     for note in est.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+def _decode_config(model: Path):
+    """The ModelConfig --decode predicts for: a benchmark shape or preset name, an HF model directory,
+    or a model config file."""
+    from ..model.config import PRESETS, ModelConfig
+    from ..perf.decode import SHAPES, shape
+
+    name = str(model)
+    if (name in SHAPES or name in PRESETS) and not model.exists():
+        return shape(name)
+    if model.is_dir():
+        from ..model.io import read_hf_config
+
+        return read_hf_config(model)[0]
+    if model.suffix in (".toml", ".json"):
+        return ModelConfig.from_file(model)
+    names = ", ".join(dict.fromkeys([*SHAPES, *PRESETS]))
+    raise fail(
+        f"{model}: not a model name ({names}), a Hugging Face model directory or a model config file "
+        "(.toml/.json)"
+    )
+
+
+def _decode(model: Path, cid: str, weights: str, max_len: int, as_json: bool) -> None:
+    from ..errors import AnekitError
+    from ..perf import get_chip
+    from ..perf.decode import PUBLISHED_DECODE, predict_decode
+
+    try:
+        config = _decode_config(model)
+        pred = predict_decode(config, quant=weights, chip=cid, max_len=max_len)
+    except AnekitError as e:
+        raise fail(str(e)) from None
+    published = PUBLISHED_DECODE.get(config.name, [])
+    if as_json:
+        print_json(pred.to_json() | {"published": published})
+        return
+    console = stdout_console()
+    head = Table(
+        title=escape(
+            f"{config.name}: decode predicted on {get_chip(cid).name}, {weights} weights, cache {max_len} "
+            "(cost model, not a measurement)"
+        ),
+        show_header=False,
+        title_justify="left",
+    )
+    plan = pred.plan
+    head.add_row("tokens/s", f"{pred.tokens_per_s:.1f}")
+    head.add_row("time per token", f"{pred.ms_per_token:.3f} ms")
+    head.add_row("dispatches per token", str(pred.dispatches))
+    head.add_row("programs loaded", str(pred.programs))
+    head.add_row("weights streamed per token", f"{pred.weight_bytes / 1e9:.3f} GB")
+    head.add_row("KV cache read per token", f"{pred.cache_bytes / 1e6:.1f} MB")
+    head.add_row(
+        "plan",
+        f"{plan.layers_per_program} layers/program, residual {plan.residual}, classifier chunks of "
+        f"{plan.vocab_chunk}, prefill chunk {plan.prefill_chunk}",
+    )
+    console.print(head)
+    bd = Table(title="breakdown (ms per token)", title_justify="left")
+    for k in pred.breakdown:
+        bd.add_column(k, justify="right")
+    bd.add_row(*(f"{v:.3f}" for v in pred.breakdown.values()))
+    console.print(bd)
+    for p in published:
+        console.print(
+            f"published: {p['tok_s']} tok/s (weights {p['weights']}, chip {p['chip']}; {escape(p['source'])})"
+        )
+    for note in pred.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
