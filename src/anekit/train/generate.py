@@ -1,11 +1,10 @@
-"""Text generation from a checkpoint: KV-cache decoding with temperature and top-k sampling."""
+"""The sample a training run prints at its end: KV-cache decoding of the parameters in memory with the
+float64 reference model, choosing tokens with `anekit.llm.sampling` (the one sampler anekit has;
+`anekit generate` / `anekit chat` / the server run pretrained models through `anekit.llm`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-
-import numpy as np
 
 from ..errors import AnekitError
 from ..model.config import ModelConfig
@@ -16,43 +15,23 @@ class GenerateError(AnekitError, ValueError):
     """Sampling options or a prompt that cannot be used; the message names the option."""
 
 
-def _finite_number(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
+def _options(max_new_tokens: int, temperature: float, top_k: int, seed: int | None):
+    from ..llm.errors import OptionError
+    from ..llm.sampling import SamplingOptions
+
     try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float range
-        return False
+        return SamplingOptions(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    except OptionError as e:
+        raise GenerateError(e.for_flag()) from None
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, seed: int = 0) -> None:
-    """Raise `GenerateError` naming the first sampling option out of range."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise GenerateError(f"--max-tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not _finite_number(temperature) or temperature < 0:
-        raise GenerateError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise GenerateError(f"--top-k must be an integer >= 0 (0: all tokens), got {top_k!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise GenerateError(f"--seed must be an integer >= 0, got {seed!r}")
-
-
-def sample_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
-    """One token id from `logits` [V]: greedy at temperature 0, else softmax(logits / T) over the
-    `top_k` most likely ids (all ids when top_k <= 0)."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    if 0 < top_k < z.size:
-        cut = np.partition(z, -top_k)[-top_k]
-        z = np.where(z >= cut, z, -np.inf)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    return int(rng.choice(z.size, p=p))
+    """Raise `GenerateError` naming the first sampling option out of range (as its command-line flag)."""
+    _options(max_new_tokens, temperature, top_k, seed)
 
 
 def generate_ids(
-    params: dict[str, np.ndarray],
+    params: dict,
     config: ModelConfig,
     prompt: list[int],
     max_new_tokens: int,
@@ -64,23 +43,26 @@ def generate_ids(
 ) -> Iterator[int]:
     """Yield new token ids after `prompt` (which must be non-empty, e.g. [BOS]), one at a time;
     each step costs one position of attention against the cache, not a full forward."""
+    from ..llm.sampling import Sampler
+
     if not prompt:
         raise GenerateError("the prompt must hold at least one token (e.g. BOS)")
-    check_sampling(max_new_tokens, temperature, top_k, seed)
+    opts = _options(max_new_tokens, temperature, top_k, seed)
     limit = config.seq_len
     if len(prompt) >= limit:
         raise GenerateError(
             f"the prompt has {len(prompt)} tokens; the model's context is {limit}: give a shorter --prompt"
         )
-    rng = np.random.default_rng(seed)
+    sampler = Sampler(opts, config.vocab_size, prompt)
     cache = new_cache(config, batch=1, max_len=limit)
     logits = None
     for tok in prompt:
         logits = decode_step(params, config, [tok], cache)[0]
     for _ in range(min(max_new_tokens, limit - len(prompt))):
-        nxt = sample_next(logits, temperature, top_k, rng)
+        nxt = sampler.choose(logits)
         if eos_id is not None and nxt == eos_id:
             return
+        sampler.observe(nxt)
         yield nxt
         logits = decode_step(params, config, [nxt], cache)[0]
 
