@@ -70,10 +70,9 @@ class _State:
 
 
 class _Float64Session:
-    """A stand-in with the methods of `anekit.llm.decoder.Decoder`, on the float64 NumPy reference model
+    """The methods of `anekit.llm.decoder.Decoder` on the float64 NumPy reference model
     (`anekit.model.reference.decode_step`, one token at a time against a KV cache). It runs no engine
-    kernel: it is the model-level oracle (`backend="float64"`) and the session until the engine decoder
-    is available."""
+    kernel: it is the model-level oracle (`backend="float64"`), exact where the kernels are fp16."""
 
     def __init__(self, config, weights: Mapping[str, np.ndarray], max_len: int):
         from ..model.reference import new_cache
@@ -396,94 +395,14 @@ def _open_session(config, weights, backend: str, quant: str, max_len: int):
                 "reference model on the weights as stored: use backend 'auto' or 'reference'"
             )
         return _Float64Session(config, weights, max_len), FLOAT64_BACKEND
-    try:
-        from .decoder import Decoder
-    except ImportError:  # the engine decoder is not in this tree
-        Decoder = None
-    if Decoder is None:
-        if quant != "fp16" or backend not in ("auto", "reference"):
-            raise LLMError("only backend 'float64' with fp16 weights is available in this build")
-        return _Float64Session(config, weights, max_len), FLOAT64_BACKEND
     from ..backends import resolve
+    from .decoder import Decoder
 
     name = resolve(backend)
     return Decoder(config, weights, backend=name, quant=quant, max_len=max_len), name
 
 
-@dataclass
-class _Source:
-    """What `load` needs of a model directory (the fields of `anekit.llm.source.ModelSource`)."""
-
-    kind: str
-    name: str
-    directory: Path
-    config: object
-    weights: Mapping[str, np.ndarray]
-    tokenizer_file: Path | None
-    tokenizer_config: dict
-    generation_config: dict
-
-
-def _open_source(p: Path) -> _Source:
-    """The model at `p` through `anekit.llm.source.open_model` (Hugging Face or anekit), else the
-    loaders this package had before it."""
-    try:
-        from .source import open_model
-    except ImportError:
-        open_model = None
-    if open_model is not None:
-        src = open_model(p)
-        return _Source(
-            src.kind,
-            src.name,
-            Path(src.directory),
-            src.config,
-            src.weights,
-            src.tokenizer_file,
-            dict(src.tokenizer_config),
-            dict(src.generation_config),
-        )
-    from ..train.checkpoint import load_checkpoint
-    from .tokenizer import read_json
-
-    if not p.exists():
-        raise LLMError(f"{p}: no such model directory or checkpoint")
-    ckpt = _checkpoint_dir(p) if p.is_dir() else None
-    if ckpt is not None:
-        config, params, _, _ = load_checkpoint(ckpt, load_optimizer=False)
-        return _Source("anekit", config.name, ckpt, config, params, None, {}, {})
-    if p.is_dir() and (p / "config.json").is_file():
-        from ..model.io import load_hf
-
-        config, weights = load_hf(p)
-        return _Source(
-            "hf",
-            p.resolve().name,
-            p,
-            config,
-            weights,
-            p / "tokenizer.json",
-            read_json(p / "tokenizer_config.json", "tokenizer config"),
-            read_json(p / "generation_config.json", "generation config"),
-        )
-    raise LLMError(
-        f"{p}: is neither an anekit checkpoint (state.json) nor a Hugging Face model directory "
-        "(config.json); give one of those"
-    )
-
-
-def _checkpoint_dir(path: Path) -> Path | None:
-    """`path` as an anekit checkpoint directory (or a run directory holding one), or None."""
-    from ..train.checkpoint import STATE_FILE
-    from ..train.loop import CHECKPOINT_DIR
-
-    for d in (path, path / CHECKPOINT_DIR):
-        if (d / STATE_FILE).is_file():
-            return d
-    return None
-
-
-def _tokenizer_for(src: _Source, given) -> TextTokenizer:
+def _tokenizer_for(src, given) -> TextTokenizer:
     from .tokenizer import anekit_tokenizer, hf_tokenizer
 
     if isinstance(given, TextTokenizer):
@@ -528,7 +447,9 @@ def load(
         raise LLMError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
         raise LLMError(f"max_len must be an integer >= 1, got {max_len!r}")
-    src = _open_source(p)
+    from .source import open_model
+
+    src = open_model(p)
     config = src.config
     tok = _tokenizer_for(src, tokenizer)
     if max_len is not None and max_len > config.seq_len:
