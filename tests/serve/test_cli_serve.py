@@ -1,6 +1,6 @@
 """`anekit serve` as a user runs it: a subprocess on 127.0.0.1 (port 0: the system picks a free one,
-the command prints the URL), answered by the official `openai` client, stopped with SIGINT (Ctrl-C) or SIGTERM:
-exit status 0 and no traceback, within a generous timeout."""
+the command prints the URL), answered by the official `openai` client, stopped with SIGINT (Ctrl-C)
+or SIGTERM: exit status 0 and no traceback, within a generous timeout."""
 
 from __future__ import annotations
 
