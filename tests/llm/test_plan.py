@@ -120,3 +120,20 @@ def test_default_plan_without_the_cost_model():
 def test_unknown_weights_refused():
     with pytest.raises(AnekitError, match="int3"):
         choose_plan(preset("tiny"), quant="int3")
+
+
+def test_engine_shape_limits():
+    cfg = SHAPES["qwen3-0.6b"]
+    # 32 layers' caches of 2 x 1024 channels each would pass the 65536-channel axis of one input
+    wide = ModelConfig(
+        "w", dim=1024, hidden_dim=2048, n_layers=40, n_heads=8, n_kv_heads=8, vocab_size=64, seq_len=64
+    )
+    with pytest.raises(PlanError, match="axis limit"):
+        DecoderPlan(40, "fp16", 64, 64).check(wide)
+    assert choose_plan(wide, max_len=64).layers_per_program * 2 * wide.kv_dim <= MAX_AXIS
+    # a long cache leaves less room for the prefill chunk in the packed input's width
+    with pytest.raises(PlanError, match="width limit"):
+        DecoderPlan(14, "fp32-host", 50656, 128).check(cfg, "fp16", max_len=16000)
+    plan = choose_plan(cfg, max_len=16000)
+    plan.check(cfg, "fp16", max_len=16000)
+    assert plan.prefill_chunk < 128

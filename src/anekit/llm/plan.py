@@ -35,6 +35,7 @@ __all__ = [
     "PlanError",
     "choose_plan",
     "default_plan",
+    "group_channels",
     "program_count",
     "weight_bytes_per_element",
 ]
@@ -106,13 +107,29 @@ class DecoderPlan:
     def n_vocab_chunks(self, vocab_size: int) -> int:
         return -(-vocab_size // self.vocab_chunk)
 
-    def check(self, config, quant: str = "fp16") -> DecoderPlan:
-        """Raise `PlanError` if this plan does not fit `config` with `quant` weights; return self."""
+    def check(self, config, quant: str = "fp16", max_len: int | None = None) -> DecoderPlan:
+        """Raise `PlanError` if this plan does not fit `config` with `quant` weights (and a cache of
+        `max_len` positions); return self."""
         if self.layers_per_program > config.n_layers:
             raise PlanError(
                 f"DecoderPlan.layers_per_program {self.layers_per_program} exceeds the model's "
                 f"{config.n_layers} layers"
             )
+        channels = group_channels(config, self.layers_per_program)
+        if channels > MAX_AXIS:
+            raise PlanError(
+                f"DecoderPlan.layers_per_program {self.layers_per_program}: the group's K/V caches need "
+                f"{channels} channels in one input, over the engine's axis limit {MAX_AXIS} "
+                "(docs/ane-facts.md#axis-cap); use fewer layers per program"
+            )
+        if max_len is not None:
+            width = _round(min(self.prefill_chunk, max_len))
+            if 4 * width + _round(max_len) > MAX_SPATIAL:
+                raise PlanError(
+                    f"DecoderPlan.prefill_chunk {self.prefill_chunk} with a cache of {max_len}: the packed "
+                    f"input is 4 x {width} + {_round(max_len)} columns wide, over the engine's width limit "
+                    f"{MAX_SPATIAL} (docs/ane-facts.md#spatial-cap); use a smaller prefill_chunk or max_len"
+                )
         per_layer = _layer_weight_bytes(config, quant)
         if per_layer * self.layers_per_program >= WEIGHT_FILE_BYTES:
             raise PlanError(
@@ -134,6 +151,26 @@ class DecoderPlan:
                 f"exceed the engine's width limit {MAX_SPATIAL}; use a larger vocab_chunk"
             )
         return self
+
+
+def _round(n: int) -> int:
+    """n rounded up to whole 64-byte rows of fp16 (ROW_ALIGN elements)."""
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
+
+
+def group_channels(config, layers: int) -> int:
+    """Channels of a decode program's packed input (`anekit.kernels.decoder.group_input_layout`):
+    the K and V caches of each layer stacked, plus the mask rows of a decode call."""
+    return max(config.dim, config.head_dim, 2 * layers * config.kv_dim + ROW_ALIGN)
+
+
+def _prefill_chunk(max_len: int | None) -> int:
+    """DEFAULT_PREFILL_CHUNK, at most the cache, and narrow enough that the prefill program's packed
+    input (4 x chunk + cache columns) stays within the width limit (docs/ane-facts.md#spatial-cap)."""
+    if max_len is None:
+        return DEFAULT_PREFILL_CHUNK
+    room = (MAX_SPATIAL - _round(max_len)) // 4 // ROW_ALIGN * ROW_ALIGN
+    return max(1, min(DEFAULT_PREFILL_CHUNK, max_len, max(ROW_ALIGN, room)))
 
 
 def _layer_weight_bytes(config, quant: str) -> float:
@@ -178,30 +215,49 @@ def default_plan(config, *, quant: str = "fp16", max_len: int | None = None) -> 
     if residual == "fp32-host":
         # inside a program the residual is fp16: no program carries it through more layers than §10.4 saw work
         lpp = min(lpp, FP16_RESIDUAL_MAX_LAYERS)
-    prefill = DEFAULT_PREFILL_CHUNK if max_len is None else max(1, min(DEFAULT_PREFILL_CHUNK, max_len))
-    return DecoderPlan(lpp, residual, _vocab_chunk(config, quant), prefill)
+    while lpp > 1 and group_channels(config, lpp) > MAX_AXIS:
+        lpp -= 1
+    return DecoderPlan(lpp, residual, _vocab_chunk(config, quant), _prefill_chunk(max_len))
 
 
 def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int | None = None) -> DecoderPlan:
-    """The plan the cost model predicts decodes fastest on `chip` (see `anekit.perf.decode`).
+    """The plan the cost model predicts decodes fastest on `chip` (`anekit.perf.decode.best_plan`).
 
-    Reasoning (each step cites the fact it rests on):
+    Reasoning (each step cites the fact it rests on; figures are the model's predictions for M4 at a
+    512-position cache, never measurements):
 
-    1. Decode of one token moves every weight once and does ~2 FLOPs per weight: it is bandwidth-bound
-       on the engine (ane-private-api.md §10.4), and each program adds a fixed dispatch cost (~0.09 ms,
-       §4.1 / §10.5; fusing 40 -> 25 dispatches took Llama-3.2-1B from 42.2 to 50.2 tok/s). So fewer,
-       deeper programs win, up to the limits: one program's weights below the 2 GiB weight-file limit
-       (mil-text.md §2.7) and all programs within the loaded-program budget (§10.1).
-    2. The residual stream: an fp16 residual between dispatches fails past ~16 layers at dim 4096
-       (§10.4), so deep or wide models keep it in fp32 on the host; its cost is a few KB of I/O per
-       program, which the model shows is negligible next to the dispatch.
-    3. The classifier: the largest chunk whose weight fits the SRAM, within the axis limit.
-    4. Prefill chunk: see `DEFAULT_PREFILL_CHUNK`.
+    1. **Decode is bandwidth-bound.** One token streams every weight once and does ~2 FLOPs per weight
+       byte (fp16), so time ≈ dispatches x ~0.09 ms + (weights + KV cache) / bandwidth
+       (ane-private-api.md §10.4; M4: 93 GB/s fitted, `anekit.perf` params). Qwen3-0.6B in fp16 moves
+       1.19 GB per token: ~13 ms of the predicted 14.6 ms. Everything else is second order.
+    2. **Layers per program: as many as the limits allow.** Each program costs a dispatch (~0.09 ms on
+       M4, §4.2; Llama-3.2-1B went from 42.2 to 50.2 tok/s by fusing 40 -> 25 dispatches, §10.5) and
+       re-exposes its first weight load; more layers per program only removes those. The limits: one
+       program's weights stay below the 2 GiB weight-file limit (mil-text.md §2.7; Llama-3.2-1B's 16
+       fp16 layers are 1.95 GB, just inside), all programs (a decode and a prefill program per group,
+       one classifier) within the loaded-program budget (§10.1), the caches of a group within the
+       65536-channel axis of the packed input (`anekit.kernels.decoder`). The search tries each group
+       count at its balanced size (28 layers in 2 programs are 14 + 14, not 16 + 12). Qwen3-0.6B int8:
+       14 layers/program (3 dispatches/token with the classifier) predicts 121 tok/s against 94 tok/s
+       with a program per layer (29 dispatches).
+    3. **Residual.** An fp16 residual between dispatches failed past ~16 layers at dim 4096 (§10.4).
+       A model deeper than `FP16_RESIDUAL_MAX_LAYERS` or as wide as `FP16_RESIDUAL_MAX_DIM` keeps it in
+       fp32 on the host ("fp32-host": programs return the change, the host adds it in float32) and no
+       program carries the fp16 stream through more than 16 layers. Cost: a few KB of I/O and one
+       host add per program, and for 17-32 layer models one extra dispatch (Qwen3-0.6B: 2 programs
+       instead of 1, predicted -1 %). Shallower, narrower models (Llama-3.2-1B: 16 layers, dim 2048)
+       keep "fp16", where the residual never leaves its single program anyway.
+    4. **Classifier.** One program holding every vocabulary chunk (a dispatch, not one per chunk);
+       among chunk sizes within the axis limit the model's fastest, ties (within 0.5 %) to fewer
+       chunks: chunks far past the 32 MB SRAM slow their op (§4.3), and the whole vocabulary in one
+       op is beyond the axis limit for both benchmark models.
+    5. **Prefill chunk.** `DEFAULT_PREFILL_CHUNK` (128) or the cache length if shorter.
 
-    Until `anekit.perf.decode` is importable this is `default_plan`.
+    Falls back to `default_plan` (the same limits without the cost model) if `anekit.perf.decode`
+    cannot be imported.
     """
     try:
         from ..perf.decode import best_plan
-    except ImportError:  # pragma: no cover - first commit, before the decode model
+    except ImportError:  # pragma: no cover - only without the cost model
         return default_plan(config, quant=quant, max_len=max_len)
     return best_plan(config, quant=quant, chip=chip, max_len=max_len)

@@ -646,6 +646,7 @@ def best_plan(
         _layer_weight_bytes,
         _residual,
         default_plan,
+        group_channels,
         program_count,
     )
 
@@ -665,6 +666,8 @@ def best_plan(
     for n_groups in range(1, config.n_layers + 1):
         lpp = -(-config.n_layers // n_groups)
         if lpp in groups or lpp > lpp_max or per_layer * lpp >= WEIGHT_FILE_BYTES:
+            continue
+        if group_channels(config, lpp) > MAX_AXIS:  # the group's caches in one input (axis cap)
             continue
         groups[lpp] = sum(timer("group", n)[0] for n in _split(config.n_layers, lpp))
     chunks = {}
