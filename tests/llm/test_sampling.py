@@ -63,6 +63,14 @@ def test_top_p_matches_transformers(seed, p):
     _same(apply_top_p(s, p), _oracle(lp.TopPLogitsWarper(top_p=p), s))
 
 
+@pytest.mark.parametrize("scale", [0.3, 3.0, 10.0])
+@pytest.mark.parametrize("p", [0.5, 0.95, 0.999])
+def test_top_p_on_a_large_vocabulary_matches_transformers(scale, p):
+    """50,000 ids: the nucleus is found among the most likely tokens without sorting them all."""
+    s = np.random.default_rng(7).normal(0.0, scale, 50_000)
+    _same(apply_top_p(s, p), _oracle(lp.TopPLogitsWarper(top_p=p), s))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_top_p_after_top_k_matches_transformers(seed):
     s = apply_top_k(_logits(seed), 20)

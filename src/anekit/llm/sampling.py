@@ -117,16 +117,67 @@ class SamplingOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# processors: each takes float64 scores [V] and returns new scores (the input is not modified)
+# processors
+#
+# The filters work on the candidate set: the scores still in play (`v`, float64) and return which of
+# them stay (indices into `v`). A vocabulary of 150k ids is never sorted: top-k partitions, top-p
+# looks at the most likely tokens only (64, more until they hold the mass p), so a
+# token costs about a millisecond of sampling whatever the options. The `apply_*` functions give
+# the same filters on whole score arrays (-inf for dropped tokens), as transformers' processors do.
 
 
-def apply_repetition_penalty(
-    scores: np.ndarray, seen: np.ndarray | Sequence[int], penalty: float
-) -> np.ndarray:
-    """Divide the positive and multiply the negative scores of the ids in `seen` (ids or a bool mask
-    [V]) by `penalty` (CTRL's rule, as transformers' `RepetitionPenaltyLogitsProcessor`)."""
-    out = np.array(scores, dtype=np.float64)
-    if penalty == 1.0:
+def _keep_top_k(v: np.ndarray, k: int) -> np.ndarray | None:
+    """The scores >= the k-th largest (ties at the boundary stay, as transformers keeps them);
+    None (like every `_keep_*`) when all stay."""
+    if k <= 0 or k >= v.size:
+        return None
+    kth = np.partition(v, v.size - k)[v.size - k]
+    return np.flatnonzero(v >= kth)
+
+
+def _softmax(v: np.ndarray) -> np.ndarray:
+    z = np.exp(v - v.max())
+    return z / z.sum()
+
+
+def _keep_top_p(v: np.ndarray, p: float) -> np.ndarray | None:
+    """transformers' rule: in ascending order, drop a token when the cumulative probability up to and
+    including it is <= 1 - p; the most likely token stays. Equivalently a token stays when the mass
+    of the tokens above it is < p, so only the most likely tokens need sorting: take the top m, and
+    if they hold at least p every token outside them is dropped; else take 4m."""
+    if p >= 1.0 or v.size <= 1:
+        return None
+    probs = _softmax(v)
+    m = min(v.size, 64)
+    while True:
+        top = np.argpartition(probs, v.size - m)[v.size - m :] if m < v.size else np.arange(v.size)
+        order = top[np.argsort(-probs[top], kind="stable")]
+        sorted_p = probs[order]
+        if m == v.size or sorted_p.sum() >= p:
+            # ascending cumulative sums, as transformers computes them, over these m tokens: the
+            # mass below them is 1 - their sum
+            below = 1.0 - sorted_p.sum()
+            cum_ascending = below + np.cumsum(sorted_p[::-1])[::-1]
+            keep = ~(cum_ascending <= 1.0 - p)
+            keep[0] = True
+            return order[keep]
+        m = min(v.size, 4 * m)
+
+
+def _keep_min_p(v: np.ndarray, min_p: float) -> np.ndarray | None:
+    """The tokens whose probability is at least min_p x the most likely one's."""
+    if min_p <= 0.0:
+        return None
+    probs = _softmax(v)
+    keep = probs >= min_p * probs.max()
+    keep[np.argmax(v)] = True
+    return np.flatnonzero(keep)
+
+
+def _penalised(logits: np.ndarray, seen, penalty: float) -> np.ndarray:
+    """float64 scores [V] with CTRL's repetition penalty on the ids in `seen` (ids or a bool mask)."""
+    out = np.array(logits, dtype=np.float64).reshape(-1)
+    if penalty == 1.0 or seen is None:
         return out
     seen = np.asarray(seen)
     idx = np.flatnonzero(seen) if seen.dtype == bool else np.unique(seen.astype(np.int64))
@@ -136,67 +187,77 @@ def apply_repetition_penalty(
     return out
 
 
+def candidates(logits: np.ndarray, options: SamplingOptions, seen=None) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, their scores) the next token is drawn from (softmax of the scores): every processor
+    of `options` in transformers' order. At temperature 0 only the repetition penalty applies and
+    the one candidate is the argmax."""
+    scores = _penalised(logits, seen, options.repetition_penalty)
+    if options.greedy:
+        top = np.array([int(np.argmax(scores))])
+        return top, scores[top]
+    finite = np.isfinite(scores)
+    if finite.all():  # the usual case: no index array over the whole vocabulary
+        live, v = None, scores
+        v /= options.temperature  # `scores` is this function's own copy
+    else:
+        live = np.flatnonzero(finite)
+        v = scores[live] / options.temperature
+    for keep_of, value in (
+        (_keep_top_k, options.top_k),
+        (_keep_top_p, options.top_p),
+        (_keep_min_p, options.min_p),
+    ):
+        keep = keep_of(v, value)
+        if keep is not None:
+            live, v = (keep if live is None else live[keep]), v[keep]
+    return (np.arange(v.size) if live is None else live), v
+
+
+def _on_full(scores: np.ndarray, keep_fn) -> np.ndarray:
+    out = np.array(scores, dtype=np.float64).reshape(-1)
+    live = np.flatnonzero(np.isfinite(out))
+    keep = keep_fn(out[live])
+    kept = live if keep is None else live[keep]
+    filtered = np.full_like(out, -np.inf)
+    filtered[kept] = out[kept]
+    return filtered
+
+
+def apply_repetition_penalty(scores: np.ndarray, seen, penalty: float) -> np.ndarray:
+    """Divide the positive and multiply the negative scores of the ids in `seen` (ids or a bool mask
+    [V]) by `penalty` (CTRL's rule, as transformers' `RepetitionPenaltyLogitsProcessor`)."""
+    return _penalised(scores, seen, penalty)
+
+
 def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
     """Scores / temperature (temperature > 0; 0 is greedy and never reaches here)."""
     return np.asarray(scores, dtype=np.float64) / temperature
 
 
 def apply_top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Keep the scores >= the k-th largest (k <= 0 or >= V: all)."""
-    out = np.array(scores, dtype=np.float64)
-    if k <= 0 or k >= out.size:
-        return out
-    kth = np.partition(out, out.size - k)[out.size - k]
-    out[out < kth] = -np.inf
-    return out
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    z = np.exp(scores - scores.max())
-    return z / z.sum()
+    """Keep the scores >= the k-th largest (k <= 0 or >= V: all); the rest -inf."""
+    return _on_full(scores, lambda v: _keep_top_k(v, k))
 
 
 def apply_top_p(scores: np.ndarray, p: float) -> np.ndarray:
-    """Nucleus filtering: in ascending order, drop the tokens whose cumulative probability is <= 1 - p;
-    the most likely token always stays. Only the finite scores are sorted (after top-k, few are)."""
-    out = np.array(scores, dtype=np.float64)
-    if p >= 1.0:
-        return out
-    live = np.flatnonzero(np.isfinite(out))
-    if live.size <= 1:
-        return out
-    order = live[np.argsort(out[live], kind="stable")]  # ascending
-    cum = np.cumsum(_softmax(out[order]))
-    drop = cum <= 1.0 - p
-    drop[-1] = False
-    out[order[drop]] = -np.inf
-    return out
+    """Nucleus filtering as transformers' `TopPLogitsWarper` (see `_keep_top_p`); the rest -inf."""
+    return _on_full(scores, lambda v: _keep_top_p(v, p))
 
 
 def apply_min_p(scores: np.ndarray, min_p: float) -> np.ndarray:
-    """Drop the tokens whose probability is below `min_p` x the most likely token's."""
-    out = np.array(scores, dtype=np.float64)
-    if min_p <= 0.0:
-        return out
-    probs = _softmax(out)
-    drop = probs < min_p * probs.max()
-    drop[np.argmax(out)] = False
-    out[drop] = -np.inf
-    return out
+    """Drop (-inf) the tokens whose probability is below `min_p` x the most likely token's."""
+    return _on_full(scores, lambda v: _keep_min_p(v, min_p))
 
 
 def process_logits(logits: np.ndarray, options: SamplingOptions, seen=None) -> np.ndarray:
-    """The scores the next token is drawn from (softmax of them), float64 [V]: every processor of
-    `options` in transformers' order. At temperature 0 only the repetition penalty applies."""
-    scores = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if options.repetition_penalty != 1.0 and seen is not None:
-        scores = apply_repetition_penalty(scores, seen, options.repetition_penalty)
+    """`candidates` as a whole score array [V]: the processed scores, -inf for the dropped tokens
+    (at temperature 0: the penalised logits, nothing dropped)."""
     if options.greedy:
-        return np.array(scores, dtype=np.float64)
-    scores = apply_temperature(scores, options.temperature)
-    scores = apply_top_k(scores, options.top_k)
-    scores = apply_top_p(scores, options.top_p)
-    return apply_min_p(scores, options.min_p)
+        return _penalised(logits, seen, options.repetition_penalty)
+    ids, v = candidates(logits, options, seen)
+    out = np.full(np.asarray(logits).size, -np.inf)
+    out[ids] = v
+    return out
 
 
 class Sampler:
@@ -220,16 +281,18 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if logits.size != self.vocab_size:
             raise ValueError(f"{logits.size} logits for a vocabulary of {self.vocab_size}")
-        scores = process_logits(logits, self.options, self.seen)
-        if self.options.greedy:
-            return int(np.argmax(scores))
-        live = np.flatnonzero(np.isfinite(scores))
-        if live.size == 0:  # every logit non-finite: nothing to sample from, take the argmax
+        opts = self.options
+        if opts.greedy and opts.repetition_penalty == 1.0:
+            return int(np.argmax(logits))
+        seen = self.seen if opts.repetition_penalty != 1.0 else None
+        ids, v = candidates(logits, opts, seen)
+        if ids.size == 0:  # every logit non-finite: nothing to sample from, take the argmax
             return int(np.argmax(np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=-np.inf)))
-        probs = _softmax(scores[live])
-        cdf = np.cumsum(probs)
+        if ids.size == 1:
+            return int(ids[0])
+        cdf = np.cumsum(np.exp(v - v.max()))  # unnormalised: the draw scales by the total
         pick = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
-        return int(live[min(pick, live.size - 1)])
+        return int(ids[min(pick, ids.size - 1)])
 
 
 # ---------------------------------------------------------------------------------------------
