@@ -7,7 +7,10 @@ Fixtures (session-scoped; the directories live under pytest's tmp_path_factory):
 - ``tiny_hf(arch)``: a factory, ``TinyHF(arch, directory, model, config)`` for one of `ARCHS`;
 - ``tiny_hf_model``: the same, parametrized over every architecture in `ARCHS`;
 - ``hf_llama3``, ``hf_llama_tied``, ``hf_qwen2``, ``hf_qwen3``, ``hf_mistral``, ``hf_llama3_bf16``;
-- ``tiny_tokenizer_dir``: a directory with only tokenizer.json + tokenizer_config.json.
+- ``tiny_tokenizer_dir``: a directory with only tokenizer.json + tokenizer_config.json;
+- ``write_gguf(tiny, path, qtype=None)`` (a function): the model as a GGUF file, written the way
+  llama.cpp's convert_hf_to_gguf.py writes it (llama: q/k rows permuted to interleaved order; qwen2/3:
+  not), F32 or with 2-D tensors quantized to `qtype` (a ``gguf.GGMLQuantizationType``).
 
 ``model`` is the transformers model in float32, eval mode, on the CPU: the oracle. For the bf16 variant
 it is the bf16 checkpoint's weights widened to float32 (exactly what the file holds).
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -220,3 +224,84 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny-tokenizer")
     build_tokenizer(d)
     return d
+
+
+_GGUF_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def write_gguf(tiny: TinyHF, path: Path, qtype=None) -> Path:
+    """`tiny` as a GGUF file at `path` (module docstring); the tokenizer's vocabulary and merges, BOS/EOS
+    ids and chat template go in the metadata. Not for llama3 (its RoPE scaling is not written)."""
+    gguf = pytest.importorskip("gguf")
+    cfg = tiny.config
+    arch = cfg.model_type
+    if (
+        arch not in ("llama", "qwen2", "qwen3")
+        or getattr(cfg, "rope_parameters", {}).get("rope_type") == "llama3"
+    ):
+        raise ValueError(f"write_gguf: {tiny.arch} is not written as GGUF here")
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{tiny.arch}")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_vocab_size(cfg.vocab_size)
+    tok = json.loads((tiny.directory / "tokenizer.json").read_text())
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]])
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(IM_END_ID)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for key, tensor in tiny.model.state_dict().items():
+        v = tensor.detach().float().numpy()
+        if key == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif key == "model.norm.weight":
+            name = "output_norm.weight"
+        elif key == "lm_head.weight":
+            if cfg.tie_word_embeddings:
+                continue
+            name = "output.weight"
+        else:
+            _, _, i, rest = key.split(".", 3)
+            name = f"blk.{i}.{_GGUF_LAYER[rest]}"
+            if arch == "llama" and rest.startswith(("self_attn.q_proj", "self_attn.k_proj")):
+                # llama.cpp convert_hf_to_gguf.py LlamaModel.permute: per head, rotate-half -> interleaved
+                n = heads if "q_proj" in rest else kv
+                v = v.reshape(n, 2, hd // 2, *v.shape[1:]).swapaxes(1, 2).reshape(v.shape)
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        if qtype is not None and v.ndim == 2:
+            w.add_tensor(name, gguf.quants.quantize(v, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -298,7 +298,7 @@ def test_bad_paths(tmp_path, hf_llama_tied):
     _refused(tmp_path / "nope", "nope: no such model directory or checkpoint; give a Hugging Face model")
     _refused(
         hf_llama_tied.directory / "config.json",
-        r"config.json: is a file, not a model directory; .* \(perhaps ",
+        r"config.json: is a file, not a model directory or a .gguf file; .* \(perhaps ",
     )
     _refused(tmp_path, "holds neither config.json \\(Hugging Face\\) nor an anekit checkpoint")
 

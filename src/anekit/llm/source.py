@@ -17,6 +17,12 @@ the tokenizer the model was trained with (``tokenizer.json`` or a llama2.c ``tok
 BOS/EOS ids come in `generation_config` (``bos_token_id``, ``eos_token_id``), as a Hugging Face
 generation_config.json holds them; `tokenizer_config` is empty.
 
+A GGUF file (``model.gguf``; `anekit.model.gguf`, needs the `gguf` package) gives kind "gguf": its
+weights memory-mapped (quantized tensors dequantized on access), tokenizer.json / tokenizer_config.json /
+generation_config.json taken from beside the file when present; otherwise `tokenizer_config` holds the
+GGUF's chat template and BOS/EOS tokens and `generation_config` its BOS/EOS ids, and `tokenizer_file`
+is None (anekit does not convert a GGUF vocabulary into a tokenizer).
+
 Every refusal is a `ModelSourceError` (an `anekit.llm.errors.LLMError`) naming the file and what to do.
 """
 
@@ -34,7 +40,7 @@ from .errors import LLMError
 
 __all__ = ["ModelSource", "ModelSourceError", "open_model"]
 
-KINDS = ("hf", "anekit")
+KINDS = ("hf", "anekit", "gguf")
 
 
 class ModelSourceError(LLMError):
@@ -43,7 +49,7 @@ class ModelSourceError(LLMError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  #: "hf" (a Hugging Face directory) or "anekit" (an anekit checkpoint)
+    kind: str  #: "hf" (a Hugging Face directory), "anekit" (an anekit checkpoint) or "gguf" (a GGUF file)
     name: str  #: the HF hub repo ("Qwen/Qwen3-0.6B") or directory name; the model name of a run
     directory: Path  #: the directory read (for "anekit": the checkpoint directory itself)
     config: ModelConfig
@@ -63,10 +69,14 @@ def open_model(path: str | Path) -> ModelSource:
     )
     if not p.exists():
         raise ModelSourceError(f"{p}: no such model directory or checkpoint; {hint}")
-    if not p.is_dir():
-        raise ModelSourceError(f"{p}: is a file, not a model directory; {hint} (perhaps {p.parent})")
-    ckpt = _checkpoint(p)
+    if not p.is_dir() and p.suffix.lower() != ".gguf":
+        raise ModelSourceError(
+            f"{p}: is a file, not a model directory or a .gguf file; {hint} (perhaps {p.parent})"
+        )
+    ckpt = _checkpoint(p) if p.is_dir() else None
     try:
+        if not p.is_dir():
+            return _open_gguf(p)
         if ckpt is not None:
             return _open_checkpoint(ckpt)
         if (p / "config.json").exists() or (p / "config.json").is_symlink():
@@ -75,7 +85,9 @@ def open_model(path: str | Path) -> ModelSource:
         raise
     except AnekitError as e:  # ModelFileError, CheckpointError, ConfigError: already name the file
         raise ModelSourceError(str(e)) from e
-    raise ModelSourceError(f"{p}: holds neither config.json (Hugging Face) nor an anekit checkpoint; {hint}")
+    raise ModelSourceError(
+        f"{p}: holds neither config.json (Hugging Face) nor an anekit checkpoint; {hint} (or a .gguf file)"
+    )
 
 
 def _checkpoint(p: Path) -> Path | None:
@@ -153,4 +165,36 @@ def _open_checkpoint(d: Path) -> ModelSource:
         tokenizer_file=tokenizer_file,
         tokenizer_config={},
         generation_config=generation,
+    )
+
+
+def _open_gguf(p: Path) -> ModelSource:
+    from ..model.gguf import open_gguf
+    from ..model.io import model_file
+
+    config, weights, meta = open_gguf(p)
+    d = p.parent
+    tokenizer_config = _optional_json(d, "tokenizer_config.json", "tokenizer config")
+    generation_config = _optional_json(d, "generation_config.json", "generation config")
+    has_tokenizer = (d / "tokenizer.json").exists() or (d / "tokenizer.json").is_symlink()
+    tokenizer_file = model_file(d, "tokenizer.json", d, "tokenizer") if has_tokenizer else None
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    ids = {k: meta.get(f"tokenizer.ggml.{k}") for k in ("bos_token_id", "eos_token_id")}
+    if not generation_config:
+        generation_config = {k: v for k, v in ids.items() if isinstance(v, int)}
+    if not tokenizer_config:
+        template = meta.get("tokenizer.chat_template")
+        tokenizer_config = {"chat_template": template} if isinstance(template, str) else {}
+        for key, value in ids.items():
+            if isinstance(value, int) and 0 <= value < len(tokens):
+                tokenizer_config[key.removesuffix("_id")] = tokens[value]
+    return ModelSource(
+        kind="gguf",
+        name=config.name,
+        directory=d,
+        config=config,
+        weights=weights,
+        tokenizer_file=tokenizer_file,
+        tokenizer_config=tokenizer_config,
+        generation_config=generation_config,
     )
