@@ -164,6 +164,25 @@ def test_none_values_are_dropped_as_in_transformers():
     assert render_chat(t, chat) == _theirs(t, chat) == "user=hi;assistant=absent;"
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "thinking", "reasoning"])
+def test_reasoning_under_any_name_reaches_the_template_as_in_transformers(field):
+    t = (
+        "{% for m in messages %}{{ m.role }}:{{ m.content }}|rc={{ m.reasoning_content }}"
+        "|th={{ m.thinking }};{% endfor %}"
+    )
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", field: "because"}]
+    assert render_chat(t, chat) == _theirs(t, chat)
+    assert "rc=because|th=because" in render_chat(t, chat)
+
+
+def test_values_the_template_sees_are_plain_data_as_in_transformers():
+    import numpy as np
+
+    t = "{% for m in messages %}{{ m.content }}/{{ m.n }}/{{ m.t }}/{{ m.o }};{% endfor %}"
+    chat = [{"role": "user", "content": "x", "n": np.int64(3), "t": ("a", 1), "o": object()}]
+    assert render_chat(t, chat) == _theirs(t, chat) == "x/3/('a', 1)/<object>;"
+
+
 def test_named_templates_pick_default_or_tool_use_as_transformers_does():
     listed = [{"name": "default", "template": CHATML}, {"name": "tool_use", "template": LOOPS}]
     tools = [{"type": "function", "function": {"name": "f"}}]

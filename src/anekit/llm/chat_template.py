@@ -133,20 +133,40 @@ def _compile(source: str):
 
 
 def _plain(value):
-    """Messages and variables as plain JSON-like data (what transformers hands the template)."""
+    """Messages and variables as plain JSON-like data, as transformers hands them to the template
+    (`_plain_template_data`): exact str/int/float/bool/None, dicts, lists and tuples rebuilt, NumPy
+    scalars as Python numbers, anything else an inert "<TypeName>" placeholder."""
     if value is None or type(value) in (str, int, float, bool):
         return value
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
     if isinstance(value, Mapping):
         return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return _plain(value.item())
-    if isinstance(value, (int, float)):
-        return value
-    return str(value)
+    return f"<{type(value).__name__}>"
+
+
+#: Names a message's reasoning may come under; transformers 5 fills ``reasoning_content`` (what chat
+#: templates read) and ``thinking`` from whichever is present (`_alias_reasoning_fields`)
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning_aliases(message: dict) -> dict:
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 def render_chat(
@@ -174,7 +194,7 @@ def render_chat(
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
             raise ChatTemplateError(f"message {i} is {type(m).__name__}, not an object with role and content")
-        chat.append({k: v for k, v in _plain(m).items() if v is not None})
+        chat.append(_with_reasoning_aliases({k: v for k, v in _plain(m).items() if v is not None}))
     source = select_template(template, template_name, tools)
     compiled = _compile(source)
     variables = {**dict(special_tokens or {}), **_plain(kwargs)}
