@@ -90,7 +90,7 @@ def test_logits_prefill_and_decode_match_float64_reference(plan):
     toks = np.random.default_rng(1).integers(0, cfg.vocab_size, 45)
     want = ref.forward(p, cfg, toks)
     with Decoder(cfg, p, backend="reference", plan=PLANS[plan], max_len=80) as dec:
-        assert dec.n_programs == program_count(cfg, PLANS[plan], 80)
+        assert dec.n_programs == program_count(cfg, PLANS[plan], 80, decode_width=1)
         check_logits(dec.logits(toks), want)
         assert dec.length == 45
         dec.reset()
@@ -155,12 +155,13 @@ def test_cache_stays_in_the_binding_and_is_written_in_place():
     cfg = tiny()
     p = params_for(cfg)
     with Decoder(cfg, p, backend="reference", plan=DecoderPlan(3, "fp16", 97, 32), max_len=64) as dec:
-        assert dec.prefill_width == dec.decode_width == DECODE_WIDTH and dec.n_programs == 2
+        assert dec.decode_width == 1 and dec.prefill_width == DECODE_WIDTH and dec.n_programs == 3
         binding = dec._groups[0].bindings[DECODE_WIDTH]
         buf = binding._staged["x"]
         dec.prefill([3, 4, 5])
         dec.decode(6)
         assert binding._staged["x"] is buf  # the same array: rows written in place, never replaced
+        assert dec._groups[0].bindings[1]._staged["x"] is not buf  # the decode program's own cache
         prog = dec._groups[0].programs[DECODE_WIDTH]
         k0 = prog.input_layout["k0"]
         cached = buf[0, k0.channels[0] : k0.channels[1], 0, k0.columns[0] : k0.columns[0] + 4]
@@ -265,6 +266,6 @@ def test_decoder_on_the_ane_runtime_writes_the_cache_into_the_surface(fake_engin
         got = [eng.prefill(toks[:35])] + [eng.decode(t) for t in toks[35:]]
         assert binding._surfaces[0] is surface  # the same surface throughout
         assert len(fake_engine.models) == eng.n_programs == 2 * 2 + 1
-    with Decoder(cfg, p, backend="reference", plan=plan, max_len=64) as ref_dec:
+    with Decoder(cfg, p, backend="reference", plan=plan, max_len=64, decode_width=DECODE_WIDTH) as ref_dec:
         want = [ref_dec.prefill(toks[:35])] + [ref_dec.decode(t) for t in toks[35:]]
     assert all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -425,7 +425,7 @@ def classifier_program(
             f"{n} vocabulary chunks x width {t} exceed the width limit {MAX_SPATIAL}; "
             "use a larger vocab_chunk"
         )
-    inp = Layout.spatial([("x", d, t)])
+    inp = Layout.spatial([("x", d, t)], align=1)  # the caller picks t (a multiple of 32 for the engine)
     out = Layout.stacked([("logits", vocab_chunk)], width=n * t)
     w = _Weights(quant)
 

@@ -3,11 +3,16 @@
 How a model becomes programs (`anekit.kernels.decoder` builds them, `anekit.llm.plan` sizes them):
 
 - the layers are cut into groups of `plan.layers_per_program`; each group has a **decode program**
-  (width `DECODE_WIDTH` = 32 tokens, one of them real: rows are 64 bytes, so 32 fp16 columns is the
-  narrowest surface the engine reads reliably, docs/ane-facts.md#rows-64-bytes) and, when
-  `plan.prefill_chunk` rounds to another width, a **prefill program** of that width;
-- one **classifier program** (final RMSNorm + the vocabulary in `plan.vocab_chunk`-row chunks),
-  width 32, shared by prefill and decode.
+  and, when `plan.prefill_chunk` rounds to another width, a **prefill program** of that width;
+- one **classifier program** (final RMSNorm + the vocabulary in `plan.vocab_chunk`-row chunks) at the
+  decode width, shared by prefill (its last token) and decode.
+
+Decode width: on the engine `DECODE_WIDTH` = 32 tokens, one of them real: rows are 64 bytes, so 32
+fp16 columns is the narrowest surface the engine reads reliably (docs/ane-facts.md#rows-64-bytes);
+decode is weight-bandwidth-bound (ane-private-api.md §10.4), so the 31 idle columns cost compute the
+engine has to spare. Off the engine (the reference backend, NumPy) no such rule exists and every idle
+column is paid in full, so the same generator builds the decode program 1 token wide there
+(`decode_width`); per column the arithmetic is the same.
 
 So a model needs `groups x (1 or 2) + 1` loaded programs (`Decoder.n_programs`), checked against the
 loaded-program budget (ane-private-api.md §10.1) before anything is compiled.
@@ -57,9 +62,9 @@ except ImportError:  # pragma: no cover - until H3's errors module lands
         pass
 
 
-__all__ = ["Decoder", "DECODE_WIDTH", "program_count"]
+__all__ = ["Decoder", "DECODE_WIDTH", "program_count", "default_decode_width"]
 
-#: Tokens per decode call: one real token in 32 columns (see the module docstring).
+#: Tokens per decode call on the engine: one real token in 32 columns (see the module docstring).
 DECODE_WIDTH = ROW_ALIGN
 _LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
 
@@ -80,16 +85,21 @@ def _plan_for(config, quant: str, max_len: int, plan):
     )
 
 
-def _widths(plan, cache_len: int) -> tuple[int, int]:
+def default_decode_width(backend: str) -> int:
+    """`DECODE_WIDTH` (32) on the engine, 1 elsewhere (see the module docstring)."""
+    return DECODE_WIDTH if backend == "ane" else 1
+
+
+def _widths(plan, cache_len: int, decode_width: int = DECODE_WIDTH) -> tuple[int, int]:
     prefill = round_up(max(1, min(plan.prefill_chunk, cache_len)), ROW_ALIGN)
-    return DECODE_WIDTH, prefill
+    return decode_width, prefill
 
 
-def program_count(config, plan, max_len: int | None = None) -> int:
+def program_count(config, plan, max_len: int | None = None, decode_width: int = DECODE_WIDTH) -> int:
     """Loaded programs a `Decoder` needs: per layer group a decode program, and a prefill program
     unless the prefill chunk rounds to the decode width; plus one classifier program."""
     cache_len = round_up(max_len or config.seq_len, ROW_ALIGN)
-    dec, pre = _widths(plan, cache_len)
+    dec, pre = _widths(plan, cache_len, decode_width)
     groups = -(-config.n_layers // plan.layers_per_program)
     return groups * (1 if pre == dec else 2) + 1
 
@@ -107,7 +117,8 @@ class _Group:
 class Decoder:
     """Runs `config`'s decoder on `backend` with a KV cache of `max_len` positions (see the module
     docstring). `weights`: anekit parameter names -> arrays (`ModelConfig.param_shapes`), e.g. a
-    memory-mapped mapping; `quant`: "fp16", "int8" or "int4" baked weights."""
+    memory-mapped mapping; `quant`: "fp16", "int8" or "int4" baked weights; `decode_width`: tokens
+    per decode program (default `default_decode_width(backend)`)."""
 
     def __init__(
         self,
@@ -118,7 +129,10 @@ class Decoder:
         quant: str = "fp16",
         max_len: int | None = None,
         plan=None,
+        decode_width: int | None = None,
     ):
+        from ..backends import resolve
+
         if quant not in QUANT_MODES:
             raise LLMError(f"weights {quant!r} are not supported; choose one of {', '.join(QUANT_MODES)}")
         max_len = config.seq_len if max_len is None else max_len
@@ -129,10 +143,15 @@ class Decoder:
         self.vocab_size = config.vocab_size
         self.quant = quant
         self.plan = _plan_for(config, quant, self.max_len, plan)
+        self.backend = resolve(backend)
+        if decode_width is None:
+            decode_width = default_decode_width(self.backend)
+        if isinstance(decode_width, bool) or not isinstance(decode_width, int) or decode_width < 1:
+            raise LLMError(f"decode_width must be a positive integer, got {decode_width!r}")
         self._cache_len = round_up(self.max_len, ROW_ALIGN)  # M: cache columns (64-byte rows)
-        self._widths = sorted(set(_widths(self.plan, self._cache_len)))
-        self.decode_width, self.prefill_width = _widths(self.plan, self._cache_len)
-        self.n_programs = program_count(config, self.plan, self.max_len)
+        self.decode_width, self.prefill_width = _widths(self.plan, self._cache_len, decode_width)
+        self._widths = sorted({self.decode_width, self.prefill_width})
+        self.n_programs = program_count(config, self.plan, self.max_len, decode_width)
         if self.n_programs > DEFAULT_LOADED_PROGRAM_BUDGET:
             raise LLMError(
                 f"this model needs {self.n_programs} loaded programs with layers_per_program "
@@ -141,7 +160,6 @@ class Decoder:
                 "more layers per program"
             )
         self._weights = weights
-        self._backend = backend
         self._embed = weights["embed"]
         self.length = 0
         self._groups: list[_Group] = []
@@ -175,7 +193,7 @@ class Decoder:
     def _compile(self, program):
         from ..api import compile as compile_program
 
-        return compile_program(program, self._backend)
+        return compile_program(program, self.backend)
 
     def _build(self) -> None:
         cfg, lpp = self.config, self.plan.layers_per_program
