@@ -6,7 +6,8 @@ runs it with uvicorn. One engine decodes one request at a time behind a bounded 
 
 from __future__ import annotations
 
-from .app import APIError, create_app
+from .app import create_app
 from .queue import EngineQueue, QueueClosed, QueueFull
+from .schemas import APIError
 
 __all__ = ["APIError", "EngineQueue", "QueueClosed", "QueueFull", "create_app"]
