@@ -218,18 +218,24 @@ def test_chat_renders_and_tokenizes_as_transformers_and_reuses_the_cache(model, 
 def test_generation_config_gives_the_default_options(hf_dir, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(hf_dir, d)
-    with load(d, backend="float64") as m:
-        assert m.default_options == SamplingOptions() and m.tokenizer.eos_ids == {4}
-    (d / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [2], "do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95})
-    )
+    gen = d / "generation_config.json"
+    with load(d, backend="float64") as m:  # no do_sample: greedy, as transformers' generate
+        assert m.default_options == SamplingOptions(temperature=0) and m.tokenizer.eos_ids == {4}
+    gen.write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+                               "max_new_tokens": 7, "repetition_penalty": -1}))  # fmt: skip
     with load(d, backend="float64") as m:
         o = m.default_options
-        assert (o.temperature, o.top_k, o.top_p, o.min_p) == (0.6, 20, 0.95, 0.0)
-        assert m.generate(PROMPT, max_tokens=3, seed=1).completion_tokens == 3
-    (d / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
+        assert (o.temperature, o.top_k, o.top_p, o.min_p, o.max_tokens) == (0.6, 20, 0.95, 0.0, 7)
+        assert o.repetition_penalty == 1.0  # out of range in the file: ignored
+        assert m.generate(PROMPT, seed=1).completion_tokens <= 7
+    gen.write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
     with load(d, backend="float64") as m:
         assert m.default_options.temperature == 0.0
+
+
+def test_an_anekit_checkpoint_samples_with_the_sampling_options_defaults(checkpoint):
+    with load(checkpoint[0], backend="float64") as m:
+        assert m.default_options == SamplingOptions()
 
 
 def test_the_engine_decoder_on_the_reference_backend_generates_the_float64_text(hf_dir, model):

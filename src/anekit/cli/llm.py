@@ -16,7 +16,7 @@ import typer
 
 from .common import err, fail
 
-_SAMPLING_HELP = "Unset: the model's default (generation_config.json), else"
+_SAMPLING_HELP = "default: the model's, else"
 
 
 def _model_arg():
@@ -147,19 +147,19 @@ def generate(
         help="Tokens to generate at most (stops earlier at EOS, a --stop or the context). "
         f"{_SAMPLING_HELP} 256.",
     ),
-    temperature: float = typer.Option(None, help=f"Sampling temperature; 0: greedy. {_SAMPLING_HELP} 1."),
+    temperature: float = typer.Option(None, help=f"Sampling temperature; 0: greedy ({_SAMPLING_HELP} 1)."),
     top_k: int = typer.Option(
-        None, help=f"Sample among the k most likely tokens; 0: all. {_SAMPLING_HELP} 0."
+        None, help=f"Sample among the k most likely tokens; 0: all ({_SAMPLING_HELP} 0)."
     ),
     top_p: float = typer.Option(
-        None, help=f"Nucleus sampling: the smallest set with this mass, (0, 1]. {_SAMPLING_HELP} 1."
+        None, help=f"Nucleus sampling: the smallest set with this mass, (0, 1] ({_SAMPLING_HELP} 1)."
     ),
     min_p: float = typer.Option(
-        None, help=f"Drop tokens less likely than min-p x the top token's, [0, 1]. {_SAMPLING_HELP} 0."
+        None, help=f"Drop tokens less likely than min-p x the top token's, [0, 1] ({_SAMPLING_HELP} 0)."
     ),
     repetition_penalty: float = typer.Option(
         None,
-        help=f"Penalise tokens already in the prompt or output (CTRL rule), > 0; 1: off. {_SAMPLING_HELP} 1.",
+        help=f"Penalise tokens already in the prompt or output (CTRL), > 0; 1: off ({_SAMPLING_HELP} 1).",
     ),
     stop: list[str] = typer.Option(
         None, "--stop", help="Stop when the text contains this string (not printed); repeatable."
@@ -190,7 +190,8 @@ def generate(
 ) -> None:
     """Continue a prompt with a pretrained model, streaming the text as it is generated.
 
-    The prompt is printed first, then the model's continuation as each token is decoded."""
+    The prompt is printed first, then the model's continuation as each token is decoded. Sampling
+    options not given take the model's defaults (its generation_config.json, as transformers does)."""
     from ..llm.errors import ContextFull, LLMError
 
     kw = _sampling(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop, seed)
@@ -253,15 +254,15 @@ CHAT_HELP = "commands: /reset clears the conversation, /exit leaves (so do Ctrl-
 def chat(
     model: Path = _model_arg(),
     system: str = typer.Option(None, help="A system message that starts the conversation."),
-    max_tokens: int = typer.Option(None, help=f"Tokens per reply at most. {_SAMPLING_HELP} 256."),
-    temperature: float = typer.Option(None, help=f"Sampling temperature; 0: greedy. {_SAMPLING_HELP} 1."),
+    max_tokens: int = typer.Option(None, help=f"Tokens per reply at most ({_SAMPLING_HELP} 256)."),
+    temperature: float = typer.Option(None, help=f"Sampling temperature; 0: greedy ({_SAMPLING_HELP} 1)."),
     top_k: int = typer.Option(
-        None, help=f"Sample among the k most likely tokens; 0: all. {_SAMPLING_HELP} 0."
+        None, help=f"Sample among the k most likely tokens; 0: all ({_SAMPLING_HELP} 0)."
     ),
-    top_p: float = typer.Option(None, help=f"Nucleus sampling mass, (0, 1]. {_SAMPLING_HELP} 1."),
-    min_p: float = typer.Option(None, help=f"Min-p filtering, [0, 1]. {_SAMPLING_HELP} 0."),
+    top_p: float = typer.Option(None, help=f"Nucleus sampling mass, (0, 1] ({_SAMPLING_HELP} 1)."),
+    min_p: float = typer.Option(None, help=f"Min-p filtering, [0, 1] ({_SAMPLING_HELP} 0)."),
     repetition_penalty: float = typer.Option(
-        None, help=f"Repetition penalty, > 0; 1: off. {_SAMPLING_HELP} 1."
+        None, help=f"Repetition penalty, > 0; 1: off ({_SAMPLING_HELP} 1)."
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Also end a reply at this string; repeatable."),
     seed: int = typer.Option(None, help="Sampling seed (default: a fresh one)."),
@@ -274,7 +275,8 @@ def chat(
     """Chat with a model in the terminal, with its chat template and the conversation's history.
 
     Type a message and press Enter; the reply streams as it is generated. /reset starts over,
-    /exit (or Ctrl-D, or Ctrl-C at the prompt) leaves; Ctrl-C during a reply stops that reply."""
+    /exit (or Ctrl-D, or Ctrl-C at the prompt) leaves; Ctrl-C during a reply stops that reply.
+    Sampling options not given take the model's defaults (its generation_config.json)."""
     from ..llm.errors import ContextFull, LLMError
 
     kw = _sampling(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop, seed)

@@ -365,17 +365,22 @@ class LanguageModel:
 # loading
 
 
-def _default_options(generation_config: Mapping) -> SamplingOptions:
-    """generation_config.json's sampling defaults as `SamplingOptions` (do_sample false: greedy);
-    values out of range are ignored (the file is the model author's, not the user's)."""
+def _default_options(generation_config: Mapping, kind: str) -> SamplingOptions:
+    """The sampling defaults of a Hugging Face model as transformers' `generate` takes them from its
+    generation_config.json: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+    and greedy unless ``do_sample`` is true (GenerationConfig's default is do_sample=False). Values
+    out of range are ignored (the file is the model author's, not the user's). An anekit checkpoint
+    has none: the `SamplingOptions` defaults."""
     base = SamplingOptions()
-    if not generation_config:
+    if kind != "hf":
         return base
     kw = {}
+    if generation_config.get("max_new_tokens") is not None:
+        kw["max_tokens"] = generation_config["max_new_tokens"]
     for key in _GENERATION_KEYS:
-        if key in generation_config and generation_config[key] is not None:
+        if generation_config.get(key) is not None:
             kw[key] = generation_config[key]
-    if generation_config.get("do_sample") is False:
+    if generation_config.get("do_sample") is not True:
         kw["temperature"] = 0.0
     for key, value in kw.items():
         try:
@@ -462,6 +467,6 @@ def load(
         tokenizer=tok,
         session=session,
         backend=backend_name,
-        default_options=_default_options(src.generation_config),
+        default_options=_default_options(src.generation_config, src.kind),
         path=src.directory,
     )
