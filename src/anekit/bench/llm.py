@@ -328,30 +328,22 @@ def predicted_summary(chip: str, max_len: int, design: bool) -> dict:
     """Predicted decode of the two shapes at each weight format, the goal check, the design choices."""
     from ..perf.decode import PUBLISHED_DECODE, SHAPES, design_choices, predict_decode
 
-    rows, goal, choices = [], {}, {}
+    rows, goal, choices = {}, {}, {}
     for name in PREDICTED_MODELS:
         cfg = SHAPES[name]
         best = None
         for q in WEIGHTS:
             p = predict_decode(cfg, quant=q, chip=chip, max_len=max_len)
-            rows.append(
-                {
-                    "model": name,
-                    "weights": q,
-                    "tok_s": p.tokens_per_s,
-                    "ms_per_token": p.ms_per_token,
-                    "dispatches_per_token": p.dispatches,
-                    "programs_loaded": p.programs,
-                    "weight_gb_per_token": p.weight_bytes / 1e9,
-                    "cache_mb_per_token": p.cache_bytes / 1e6,
-                    "plan": {
-                        "layers_per_program": p.plan.layers_per_program,
-                        "residual": p.plan.residual,
-                        "vocab_chunk": p.plan.vocab_chunk,
-                        "prefill_chunk": p.plan.prefill_chunk,
-                    },
-                }
-            )
+            rows[f"{name} {q}"] = {
+                "tok_s": p.tokens_per_s,
+                "ms_per_token": p.ms_per_token,
+                "dispatches_per_token": p.dispatches,
+                "programs_loaded": p.programs,
+                "weight_gb_per_token": p.weight_bytes / 1e9,
+                "cache_mb_per_token": p.cache_bytes / 1e6,
+                "plan": f"{p.plan.layers_per_program} layers/program, residual {p.plan.residual}, "
+                f"vocab chunk {p.plan.vocab_chunk}, prefill chunk {p.plan.prefill_chunk}",
+            }
             if best is None or p.tokens_per_s > best.tokens_per_s:
                 best = p
         published = max(r["tok_s"] for r in PUBLISHED_DECODE[name])
@@ -364,14 +356,26 @@ def predicted_summary(chip: str, max_len: int, design: bool) -> dict:
             "goal_met_by_prediction": best.tokens_per_s >= GOAL_PREDICTED * published,
         }
         if design:
-            choices[name] = design_choices(cfg, quant=best.quant, chip=chip, max_len=max_len)
+            choices[name] = {
+                f"{r['choice']}: {r['ours']} (not {r['alternative']})": {
+                    "tok_s_ours": r["tok_s_ours"],
+                    "tok_s_alternative": r["tok_s_alternative"],
+                    "effect": r["effect"],
+                    "dispatches_ours": r["dispatches_ours"],
+                    "dispatches_alternative": r["dispatches_alternative"],
+                }
+                for r in design_choices(cfg, quant=best.quant, chip=chip, max_len=max_len)
+            }
     out = {
         "kind": "predicted by the cost model (anekit.perf.decode), not measured",
         "chip": chip,
         "max_len": max_len,
-        "rows": rows,
+        "decode": rows,
         "goal": goal,
-        "published": {k: PUBLISHED_DECODE[k] for k in PREDICTED_MODELS},
+        "published": {
+            k: "; ".join(f"{r['tok_s']:g} tok/s ({r['source']})" for r in PUBLISHED_DECODE[k])
+            for k in PREDICTED_MODELS
+        },
     }
     if design:
         out["design_choices"] = choices
