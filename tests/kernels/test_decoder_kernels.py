@@ -17,7 +17,13 @@ import pytest
 from anekit.backends.base import Binding, KernelInputError
 from anekit.backends.reference import compile as ref_compile
 from anekit.engine_limits import MASK_VALUE
-from anekit.kernels.decoder import classifier_program, group_input_layout, group_program, rope_rows
+from anekit.kernels.decoder import (
+    classifier_program,
+    group_input_layout,
+    group_input_shape,
+    group_program,
+    rope_rows,
+)
 from anekit.kernels.quant import INT4_BLOCK, QuantError, quantize
 from anekit.kernels.rope import rope_channel_tables
 from anekit.mil import dumps, lint
@@ -335,9 +341,11 @@ def test_programs_lint_clean(width):
 def test_input_layout_packs_caches_on_channels():
     cfg = config(head_dim=16)
     lay = group_input_layout(cfg, 3, 32, 96)
-    assert lay["k0"].columns == lay["v2"].columns == (128, 224)
+    assert lay["k0"].columns == lay["v2"].columns == lay["mask_cache"].columns == (32, 128)
     assert lay["v2"].channels == (5 * cfg.kv_dim, 6 * cfg.kv_dim)
-    assert lay.width % 32 == 0 and lay.channels == 6 * cfg.kv_dim + 32
+    assert lay["x"].columns == lay["cos"].columns == lay["mask_new"].columns == (0, 32)
+    assert lay.shape == (1, *group_input_shape(cfg, 3, 32, 96)[:1], 1, 128)
+    assert lay.channels == 6 * cfg.kv_dim + 32 and lay.width % 32 == 0
 
 
 def test_binding_write_slice_in_place():

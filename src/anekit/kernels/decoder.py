@@ -11,13 +11,17 @@ reused for every token, and baked weights are what the engine runs fastest (ane-
 reported failure, and attention multiplies q (from the activations) with the cached K), so the
 activations, the RoPE rows, the masks and every layer's K/V cache share one `[1, C, 1, W]` tensor:
 
-    columns [0, T)        rows [0, D)      "x"        the residual stream entering the group
-    columns [T, 2T)       rows [0, hd)     "cos"      RoPE rows of the T positions (interleaved pairs)
-    columns [2T, 3T)      rows [0, hd)     "sin"      signed sines (kernels/rope.rope_channel_tables)
-    columns [3T, 4T)      rows [0, T)      "mask_new" additive mask, chunk queries x chunk keys
-    columns [4T, 4T+M)    rows 2j·KVd ..   "k{j}", "v{j}"  layer j's cached keys (after RoPE) / values,
-                                                     channel-major [KVd, M], position p in column p
-                          rows 2L·KVd ..   "mask_cache" additive mask, chunk queries x cached keys
+    columns [0, T)     rows [0, D)          "x"         the residual stream entering the group
+                       rows [D, D+hd)       "cos"       RoPE rows of the T positions (interleaved pairs)
+                       rows [D+hd, D+2hd)   "sin"       signed sines (kernels/rope.rope_channel_tables)
+                       rows [D+2hd, +T)     "mask_new"  additive mask, chunk queries x chunk keys
+    columns [T, T+M)   rows [2j·KVd, ...)   "k{j}", "v{j}"  layer j's cached keys (after RoPE) and
+                                                        values, channel-major [KVd, M], position p in
+                                                        column T+p
+                       rows [2L·KVd, +T)    "mask_cache" additive mask, chunk queries x cached keys
+
+(the per-call blocks stacked in the first T columns, so the padding the packing leaves is at most
+C x T elements, never a multiple of the cache).
 
 The host writes the cache once at reset and afterwards only the new rows (`Binding.write_slice`),
 so a cache is never copied per token on the engine path. The masks are additive, finite -65504
@@ -65,6 +69,7 @@ __all__ = [
     "DecoderProgram",
     "ClassifierProgram",
     "group_input_layout",
+    "group_input_shape",
     "group_program",
     "classifier_program",
     "rope_rows",
@@ -139,11 +144,11 @@ def group_input_layout(config, n_layers: int, width: int, max_len: int) -> Layou
     t, m, d, hd, kvd = width, max_len, config.dim, config.head_dim, config.kv_dim
     segs = [
         Segment("x", (0, d), (0, t)),
-        Segment("cos", (0, hd), (t, 2 * t)),
-        Segment("sin", (0, hd), (2 * t, 3 * t)),
-        Segment("mask_new", (0, t), (3 * t, 4 * t)),
+        Segment("cos", (d, d + hd), (0, t)),
+        Segment("sin", (d + hd, d + 2 * hd), (0, t)),
+        Segment("mask_new", (d + 2 * hd, d + 2 * hd + t), (0, t)),
     ]
-    c0 = 4 * t
+    c0 = t
     for j in range(n_layers):
         segs.append(Segment(f"k{j}", (2 * j * kvd, (2 * j + 1) * kvd), (c0, c0 + m)))
         segs.append(Segment(f"v{j}", ((2 * j + 1) * kvd, (2 * j + 2) * kvd), (c0, c0 + m)))
@@ -152,18 +157,24 @@ def group_input_layout(config, n_layers: int, width: int, max_len: int) -> Layou
     return Layout(segs, width=round_up(c0 + m, ROW_ALIGN))
 
 
+def group_input_shape(config, n_layers: int, width: int, max_len: int) -> tuple[int, int]:
+    """(channels, width) of `group_input_layout` (the limits a plan must respect)."""
+    channels = max(config.dim + 2 * config.head_dim + width, 2 * n_layers * config.kv_dim + width)
+    return channels, round_up(width + max_len, ROW_ALIGN)
+
+
 def _check_shapes(config, n_layers: int, width: int, max_len: int) -> None:
     if width < 1 or max_len < 1:
         raise DecoderKernelError(f"width and max_len must be positive, got {width}, {max_len}")
-    channels = max(config.dim, config.head_dim, 2 * n_layers * config.kv_dim + width)
+    channels, total_width = group_input_shape(config, n_layers, width, max_len)
     if channels > MAX_AXIS:
         raise DecoderKernelError(
             f"{n_layers} layers' caches need {channels} channels in one input, over the engine's axis "
             f"limit {MAX_AXIS} (docs/ane-facts.md#axis-cap); use fewer layers per program"
         )
-    if 4 * width + max_len > MAX_SPATIAL:
+    if total_width > MAX_SPATIAL:
         raise DecoderKernelError(
-            f"max_len {max_len} + 4 x width {width} exceeds the engine's width limit {MAX_SPATIAL} "
+            f"max_len {max_len} + width {width} exceeds the engine's width limit {MAX_SPATIAL} "
             "(docs/ane-facts.md#spatial-cap); use a shorter max_len"
         )
 
