@@ -84,6 +84,15 @@ def test_unpermuted_f32_tensors_are_views_of_the_mapping(hf_qwen2, tmp_path):
     assert w["layers.0.wq"].flags.writeable  # qwen: permuted to interleaved order, a new array
 
 
+def test_release_and_materialize_keep_the_values(hf_qwen3, tmp_path):
+    w = open_gguf(write_gguf(hf_qwen3, tmp_path / "m.gguf", Q.Q8_0))[1]
+    before = {k: np.array(w[k]) for k in w}
+    for k in w:
+        w.release(k)
+    full = w.materialize()
+    assert all(np.array_equal(full[k], before[k]) and full[k].dtype == np.float32 for k in w)
+
+
 def test_open_model_on_a_gguf_file(hf_qwen3, tmp_path):
     path = write_gguf(hf_qwen3, tmp_path / "m.gguf", Q.Q8_0)
     src = open_model(path)

@@ -24,6 +24,7 @@ BOS/EOS ids otherwise.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -160,8 +161,9 @@ class GGUFWeights(Mapping[str, np.ndarray]):
     kept. F32/F16 tensors needing no reorder are read-only views of the mapping; permuted, BF16 and
     quantized tensors come back as new arrays (float32 for BF16 and quantized ones)."""
 
-    def __init__(self, config: ModelConfig, tensors: dict, permute: bool):
+    def __init__(self, config: ModelConfig, tensors: dict, permute: bool, mapped=None):
         self.config = config
+        self._mapped = mapped  # the reader's np.memmap of the whole file
         self._tensors = tensors  # anekit name -> gguf ReaderTensor
         self._permute = permute
 
@@ -199,7 +201,27 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return sum(int(t.n_bytes) for t in self._tensors.values())
 
     def materialize(self, dtype=np.float32) -> dict[str, np.ndarray]:
-        return {name: np.array(self[name], dtype=dtype) for name in self}
+        """Every parameter as a new, writable array of `dtype`, releasing mapped pages as it goes."""
+        out = {}
+        for name in self:
+            a = self[name]
+            out[name] = a if a.flags.writeable and a.dtype == dtype else np.array(a, dtype=dtype)
+            self.release(name)
+        return out
+
+    def release(self, name: str) -> None:
+        """Drop parameter `name`'s mapped pages from resident memory, as `HFWeights.release` does (the
+        data stays valid). A no-op where the reader's mapping is not reachable."""
+        t = self._tensors[name]
+        mapping = getattr(self._mapped, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+        advise = getattr(mapping, "madvise", None)
+        if advise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start, end = int(t.data_offset), int(t.data_offset) + int(t.n_bytes)
+        first, last = -(-start // page) * page, end // page * page
+        if last > first:
+            advise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def open_gguf(path: str | Path) -> tuple[ModelConfig, GGUFWeights, dict]:
@@ -247,4 +269,5 @@ def open_gguf(path: str | Path) -> tuple[ModelConfig, GGUFWeights, dict]:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ModelFileError(f"{p}: missing tensor {', '.join(missing[:3])}{more} (an incomplete file?)")
     permute = meta["general.architecture"] != "llama"
-    return config, GGUFWeights(config, {n: found[n] for n in shapes}, permute), meta
+    weights = GGUFWeights(config, {n: found[n] for n in shapes}, permute, getattr(reader, "data", None))
+    return config, weights, meta
