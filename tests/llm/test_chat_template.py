@@ -201,6 +201,15 @@ def test_named_templates_pick_default_or_tool_use_as_transformers_does():
         select_template([{"name": "a", "template": "x"}])
 
 
+def test_generation_blocks_render_their_body_as_in_transformers():
+    t = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}<a>{{ m.content }}</a>"
+        "{% endgeneration %}{% else %}<u>{{ m.content }}</u>{% endif %}{% endfor %}"
+    )
+    chat = CHATS["turns"]
+    assert render_chat(t, chat) == _theirs(t, chat) == "<u>a</u><a>b</a><u>c</u>"
+
+
 def test_strftime_now_is_available():
     out = render_chat("{{ strftime_now('%Y') }}", CHATS["one"])
     assert out in {datetime.now().strftime("%Y"), str(int(datetime.now().strftime("%Y")) - 1)}

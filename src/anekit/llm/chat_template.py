@@ -4,12 +4,13 @@ The environment follows transformers' `apply_chat_template` (documented in its c
 https://huggingface.co/docs/transformers/main/en/chat_templating_writing, and
 `utils/chat_template_utils.py`): an immutable sandboxed Jinja environment (templates come with
 downloaded models: they are untrusted code) with ``trim_blocks`` and ``lstrip_blocks``, the
-``loopcontrols`` extension (``break``/``continue``), a ``tojson`` filter that does not escape HTML
-(``json.dumps`` with ``ensure_ascii=False``, optional ``indent``/``separators``/``sort_keys``), the
-globals ``raise_exception(message)`` and ``strftime_now(format)``, and ``namespace`` refusing
-underscore-prefixed names. The variables: ``messages``, ``tools``, ``documents``,
-``add_generation_prompt``, the tokenizer's special tokens (``bos_token``, ``eos_token``, ...) and any
-extra keyword (``enable_thinking=False``), extras winning over special tokens.
+``loopcontrols`` extension (``break``/``continue``), the ``{% generation %}`` block (rendered as its
+body), a ``tojson`` filter that does not escape HTML (``json.dumps`` with ``ensure_ascii=False``,
+optional ``indent``/``separators``/``sort_keys``), the globals ``raise_exception(message)`` and
+``strftime_now(format)``, and ``namespace`` refusing underscore-prefixed names. The variables:
+``messages``, ``tools``, ``documents``, ``add_generation_prompt``, the tokenizer's special tokens
+(``bos_token``, ``eos_token``, ...) and any extra keyword (``enable_thinking=False``), extras winning
+over special tokens.
 
 ``tokenizer_config.json``'s ``chat_template`` is a string, or a list of ``{"name", "template"}``
 (several named templates: ``default`` is used, ``tool_use`` when tools are given). A template that
@@ -91,6 +92,8 @@ def _strftime_now(fmt):
 @lru_cache(maxsize=1)
 def _environment():
     import jinja2
+    import jinja2.ext
+    import jinja2.nodes
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.utils import Namespace
@@ -114,7 +117,23 @@ def _environment():
             if isinstance(key, str) and key.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"a chat template may not set {key!r} on a namespace")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    class _Generation(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}``: transformers marks the assistant's tokens with it
+        (for training masks); rendering it is rendering its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
