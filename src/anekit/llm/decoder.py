@@ -36,6 +36,7 @@ Weights are read from the (lazy, memory-mapped) mapping one layer at a time whil
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -212,7 +213,8 @@ class Decoder:
                     residual=self.plan.residual,
                 )
                 kernel = self._compile(prog.program)
-                group.programs[width], group.kernels[width] = prog, kernel
+                # keep the layouts, not the Program: its constants are the weights again
+                group.programs[width], group.kernels[width] = replace(prog, program=None), kernel
                 binding = kernel.new_binding()
                 group.bindings[width] = binding
                 binding.write(
@@ -228,6 +230,7 @@ class Decoder:
             quant=self.quant,
         )
         self._classifier_kernel = self._compile(self._classifier.program)
+        self._classifier = replace(self._classifier, program=None)
 
     # -- cache and masks -----------------------------------------------------------------------
     def _bindings(self) -> Iterator[tuple[DecoderProgram, object]]:
@@ -269,12 +272,14 @@ class Decoder:
         window = getattr(self.config, "sliding_window", None)
         return window is not None and window < self.max_len
 
-    def _write_cache_mask(self, cols: slice | None = None) -> None:
-        """Rewrite the cached-key mask of every binding (all columns, or `cols`)."""
+    def _write_cache_mask(self, cols: slice | None = None, value: float | None = None) -> None:
+        """Rewrite the cached-key mask of every binding: all of it (from `self.length`), or only
+        columns `cols`, set to `value` (0: now visible, MASK_VALUE: hidden again)."""
         for prog, binding in self._bindings():
-            rows = self._cache_mask_rows(prog.width, self.length + np.arange(prog.width))
-            if cols is not None:
-                rows = rows[:, cols]
+            if cols is None:
+                rows = self._cache_mask_rows(prog.width, self.length + np.arange(prog.width))
+            else:
+                rows = np.full((prog.width, cols.stop - cols.start), value, np.float16)
             binding.write_slice("x", self._index(prog, "mask_cache", cols=cols), rows)
 
     def reset(self) -> None:
@@ -292,7 +297,10 @@ class Decoder:
             )
         old, self.length = self.length, int(n)
         if old != self.length:
-            self._write_cache_mask(None if self._window_limited() else slice(self.length, old))
+            if self._window_limited():
+                self._write_cache_mask()
+            else:
+                self._write_cache_mask(slice(self.length, old), MASK_VALUE)
 
     # -- running -------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -342,7 +350,7 @@ class Decoder:
                     b2.write_slice("x", self._index(p2, f"v{j}", cols=cols), v)
         self.length = start + n
         if not self._window_limited():  # the new positions become visible to later queries
-            self._write_cache_mask(slice(start, start + n))
+            self._write_cache_mask(slice(start, start + n), 0.0)
         return resid[:, :n]
 
     def _classify(self, hidden: np.ndarray) -> np.ndarray:
