@@ -269,3 +269,15 @@ def test_decoder_on_the_ane_runtime_writes_the_cache_into_the_surface(fake_engin
     with Decoder(cfg, p, backend="reference", plan=plan, max_len=64, decode_width=DECODE_WIDTH) as ref_dec:
         want = [ref_dec.prefill(toks[:35])] + [ref_dec.decode(t) for t in toks[35:]]
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_limits_are_llm_errors():
+    """Shapes past the engine's limits and unquantizable widths are refused as LLMError, by name."""
+    cfg = tiny(dim=48, hidden_dim=80, n_heads=3, n_kv_heads=3)
+    p = params_for(cfg)
+    with pytest.raises(LLMError, match="int4 weights use blocks of 32"):
+        Decoder(cfg, p, backend="reference", quant="int4", max_len=32)
+    with pytest.raises(LLMError, match="width limit"):
+        Decoder(cfg, p, backend="reference", max_len=20000, plan=DecoderPlan(3, "fp16", 97, 32))
+    long = tiny(seq_len=100_000)
+    assert program_count(long, DecoderPlan(3, "fp16", 97, 32)) == 2

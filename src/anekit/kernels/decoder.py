@@ -60,6 +60,7 @@ import numpy as np
 
 from .._coreml import mb
 from ..engine_limits import MAX_AXIS, MAX_SPATIAL, ROW_ALIGN
+from ..errors import AnekitError
 from .common import build_program, input_block
 from .layout import Layout, Segment, round_up
 from .quant import QuantizedWeight, quantize, weight_const
@@ -74,6 +75,7 @@ __all__ = [
     "classifier_program",
     "rope_rows",
     "RESIDUAL_MODES",
+    "DecoderKernelError",
 ]
 
 RESIDUAL_MODES = ("fp32-host", "fp16")
@@ -81,8 +83,8 @@ RESIDUAL_MODES = ("fp32-host", "fp16")
 _NORM_FLOOR = 2.0**-14
 
 
-class DecoderKernelError(ValueError):
-    """Arguments a program cannot be built for (shapes past the engine's limits)."""
+class DecoderKernelError(AnekitError, ValueError):
+    """Arguments a program cannot be built for (shapes past the engine's limits); says which."""
 
 
 @dataclass(frozen=True)

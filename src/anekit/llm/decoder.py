@@ -43,13 +43,14 @@ import numpy as np
 from ..engine_limits import DEFAULT_LOADED_PROGRAM_BUDGET, MASK_VALUE, ROW_ALIGN
 from ..kernels.decoder import (
     ClassifierProgram,
+    DecoderKernelError,
     DecoderProgram,
     classifier_program,
     group_program,
     rope_rows,
 )
 from ..kernels.layout import round_up
-from ..kernels.quant import QUANT_MODES
+from ..kernels.quant import QUANT_MODES, QuantError
 
 try:
     from .errors import ContextFull, LLMError
@@ -67,6 +68,11 @@ __all__ = ["Decoder", "DECODE_WIDTH", "program_count", "default_decode_width"]
 
 #: Tokens per decode call on the engine: one real token in 32 columns (see the module docstring).
 DECODE_WIDTH = ROW_ALIGN
+#: The cache length when neither `max_len` nor a shorter `config.seq_len` is given. Every decode step
+#: reads the whole cache (static shapes, docs/ane-facts.md#static-graphs): at 4096 positions that is
+#: 2 x layers x kv_dim x 4096 fp16 values per token (448 MiB for Qwen3-0.6B, beside its 1.2 GB of fp16
+#: weights), so a longer context is something to ask for, not a default.
+DEFAULT_MAX_LEN = 4096
 _LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
 
 
@@ -99,7 +105,7 @@ def _widths(plan, cache_len: int, decode_width: int = DECODE_WIDTH) -> tuple[int
 def program_count(config, plan, max_len: int | None = None, decode_width: int = DECODE_WIDTH) -> int:
     """Loaded programs a `Decoder` needs: per layer group a decode program, and a prefill program
     unless the prefill chunk rounds to the decode width; plus one classifier program."""
-    cache_len = round_up(max_len or config.seq_len, ROW_ALIGN)
+    cache_len = round_up(max_len or min(config.seq_len, DEFAULT_MAX_LEN), ROW_ALIGN)
     dec, pre = _widths(plan, cache_len, decode_width)
     groups = -(-config.n_layers // plan.layers_per_program)
     return groups * (1 if pre == dec else 2) + 1
@@ -136,7 +142,7 @@ class Decoder:
 
         if quant not in QUANT_MODES:
             raise LLMError(f"weights {quant!r} are not supported; choose one of {', '.join(QUANT_MODES)}")
-        max_len = config.seq_len if max_len is None else max_len
+        max_len = min(config.seq_len, DEFAULT_MAX_LEN) if max_len is None else max_len
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
             raise LLMError(f"max_len must be a positive integer, got {max_len!r}")
         self.config = config
@@ -170,6 +176,9 @@ class Decoder:
         try:
             self._build()
             self.reset()
+        except (DecoderKernelError, QuantError) as e:
+            self.close()
+            raise LLMError(f"{config.name}: {e}") from e
         except BaseException:
             self.close()
             raise
