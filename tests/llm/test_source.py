@@ -325,6 +325,7 @@ def test_bad_paths(tmp_path, hf_llama_tied):
     "changes,message",
     [
         ({"model_type": "gemma"}, "model_type 'gemma' is not supported; anekit imports 'llama', 'mistral'"),
+        ({"model_type": ["llama"]}, r"model_type \['llama'\] is not supported"),
         ({"attention_bias": True}, "attention_bias/mlp_bias are not supported: Llama's biases include the output"),
         ({"mlp_bias": True}, "attention_bias/mlp_bias are not supported"),
         ({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported \(SwiGLU with silu only\)"),

@@ -560,7 +560,7 @@ def config_from_hf(cfg: dict, name: str = "hf") -> ModelConfig:
     if not isinstance(cfg, dict):
         raise ModelFileError(f"config.json holds {type(cfg).__name__}, not a JSON object")
     model_type = cfg.get("model_type")
-    if model_type not in _HF_DEFAULTS:
+    if not isinstance(model_type, str) or model_type not in _HF_DEFAULTS:
         raise ModelFileError(
             f"model_type {model_type!r} is not supported; anekit imports "
             f"{', '.join(map(repr, _HF_DEFAULTS))} (Llama 1/2/3.x, SmolLM, TinyLlama, Mistral, "
