@@ -79,9 +79,10 @@ class GatedModel:
     chat_template = None
     config = SimpleNamespace(vocab_size=100)
 
-    def __init__(self, *, endless: bool = False):
+    def __init__(self, *, endless: bool = False, fail_at: int | None = None):
         self.gate = threading.Event()
         self.endless = endless
+        self.fail_at = fail_at  #: raise RuntimeError instead of producing this token (a bug in the model)
         self.opened = self.closed = self.produced = 0
 
     def _events(self, options):
@@ -91,6 +92,8 @@ class GatedModel:
             i = 0
             while self.endless or i < options.max_tokens:
                 i += 1
+                if i == self.fail_at:
+                    raise RuntimeError(f"the model broke at token {i}")
                 self.produced += 1
                 if self.endless:
                     time.sleep(0.001)  # a pace, not a measurement: keeps an endless stream small

@@ -160,6 +160,24 @@ def test_stopping_the_server_ends_an_open_stream_with_an_error_and_stops_decodin
     assert model.opened == 1
 
 
+def test_a_request_the_model_fails_is_500_and_the_engine_serves_the_next(caplog):
+    model = GatedModel(fail_at=3)
+    model.gate.set()
+    with serving(create_app(model, queue_size=0)) as base:
+        api = client(base)
+        with pytest.raises(openai.InternalServerError) as failed:
+            api.completions.create(model="gated", prompt="x", max_tokens=5)
+        error = failed.value.response.json()["error"]
+        assert error["type"] == "server_error" and "the model broke at token 3" in error["message"]
+        stream = iter(api.completions.create(model="gated", prompt="x", max_tokens=5, stream=True))
+        assert next(stream).choices[0].text == "t1 "
+        with pytest.raises(openai.APIError, match="the model broke at token 3"):
+            list(stream)
+        model.fail_at = None
+        assert api.completions.create(model="gated", prompt="x", max_tokens=2).choices[0].text == "t1 t2 "
+        assert model.opened == model.closed == 3
+
+
 def test_engine_queue_runs_jobs_one_at_a_time_in_order():
     order, overlap, running, gate = [], [], threading.Lock(), threading.Event()
 

@@ -341,6 +341,9 @@ class Service:
             raise _busy(e) from None
         except LLMError as e:
             raise _refused(e, fmt.prompt_param) from None
+        except Exception as e:  # a bug in the model or here: the client gets a 500, the log the traceback
+            log.exception("internal error while generating for %s", request.url.path)
+            raise APIError(500, f"internal error: {type(e).__name__}: {e}", "server_error") from None
         finally:
             watch.stop()
             if not streaming:
