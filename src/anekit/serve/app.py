@@ -275,8 +275,9 @@ class Service:
 
     def options(self, body: GenerationRequest, max_tokens: int | None, default_max: int) -> Any:
         """The request's sampling options. A field it leaves out (or null) takes the model's
-        default from generation_config.json (`LanguageModel.default_options`), as vLLM does: the
-        model's authors chose them for it; without one, OpenAI's (temperature 1, top_p 1)."""
+        default from generation_config.json (`LanguageModel.default_options`), as vLLM's server
+        does (its `--generation-config auto`, https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html):
+        the model's authors chose them for it; without one, OpenAI's (temperature 1, top_p 1)."""
         from ..llm.errors import LLMError
 
         given = {
