@@ -162,3 +162,29 @@ def test_gguf_rope_scaling_and_extra_tensors_are_refused(hf_llama_tied, tmp_path
     monkeypatch.undo()
     with pytest.raises(ModelSourceError, match="holds rope_freqs.weight .*import the model's Hugging Face"):
         open_model(tmp_path / "freqs.gguf")
+
+
+def test_anekit_llm_load_runs_a_gguf_file(hf_qwen3, tmp_path):
+    """End to end through anekit.llm.load: the float64 session's logits are transformers' (from the
+    same GGUF file), and the engine kernels on the reference backend generate from it."""
+    import anekit.llm
+
+    path = write_gguf(hf_qwen3, tmp_path / "m.gguf", Q.Q8_0)
+    with pytest.raises(anekit.llm.LLMError, match="no tokenizer.json"):
+        anekit.llm.load(path, backend="float64")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_qwen3.directory / name, tmp_path / name)
+    tokens = np.random.default_rng(7).integers(0, VOCAB, 10).tolist()
+    with torch.no_grad():
+        ref = _oracle(hf_qwen3, path)(torch.tensor([tokens])).logits[0].double().numpy()
+    model = anekit.llm.load(path, backend="float64")
+    try:
+        assert model.name == "tiny-qwen3" and model.chat_template == CHAT_TEMPLATE
+        assert np.abs(model.logits(tokens) - ref).max() <= TOL
+    finally:
+        model.close()
+    model = anekit.llm.load(path, backend="reference")
+    try:
+        assert len(model.generate("Hello world", max_tokens=4, temperature=0).token_ids) == 4
+    finally:
+        model.close()
