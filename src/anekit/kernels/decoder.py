@@ -303,40 +303,57 @@ class _Attention:
         return self.ungroup(o, f"{name}_o")
 
 
+def _slice_channels(t, start: int, size: int, width: int, name: str):
+    """Channels `[start, start + size)` of a `[1, C, 1, width]` tensor."""
+    return mb.slice_by_size(x=t, begin=[0, start, 0, 0], size=[1, size, 1, width], name=name)
+
+
 def _layer(cfg, lp: Mapping[str, np.ndarray], j: int, x, h, state: dict, w: _Weights, att: _Attention):
     """One layer. `state["d"]` is the residual change so far (fp32-host) or None; `h` the stream.
-    Returns (h after the layer, k rows, v rows)."""
+    Returns (h after the layer, k rows, v rows).
+
+    q, k and v come from one 1x1 conv (Wq, Wk, Wv stacked on output channels), and W1, W3 from
+    another: fewer, larger convs (a program of many small ops wastes the engine,
+    docs/ane-facts.md#single-op-waste), the same weight bytes, and per-row quantization unchanged.
+    q and k heads then share one RMSNorm chain, one RoPE and one scale (1/√hd on q heads, 1 on k)."""
     t, nh, nkv, hd, eps = att.t, att.nh, att.nkv, att.hd, cfg.norm_eps
+    qd, kvd, hid = nh * hd, nkv * hd, cfg.hidden_dim
     p = f"l{j}"
-    bias = getattr(cfg, "qkv_bias", False)
     hn = _rmsnorm(h, _fp16(lp["attn_norm"]).reshape(1, -1, 1, 1), eps, 1, f"{p}_attn_norm")
-    q = w.conv(hn, lp["wq"], f"{p}_q", lp["bq"] if bias else None)
-    k = w.conv(hn, lp["wk"], f"{p}_k", lp["bk"] if bias else None)
-    v = w.conv(hn, lp["wv"], f"{p}_v", lp["bv"] if bias else None)
-    q4 = mb.reshape(x=q, shape=[1, nh, hd, t], name=f"{p}_q4")
-    k4 = mb.reshape(x=k, shape=[1, nkv, hd, t], name=f"{p}_k4")
+    wqkv = np.concatenate([np.asarray(lp[n], np.float32) for n in ("wq", "wk", "wv")])
+    bqkv = None
+    if getattr(cfg, "qkv_bias", False):
+        bqkv = np.concatenate([np.asarray(lp[n], np.float32) for n in ("bq", "bk", "bv")])
+    qkv = w.conv(hn, wqkv, f"{p}_qkv", bqkv)
+    qk = mb.reshape(
+        x=_slice_channels(qkv, 0, qd + kvd, t, f"{p}_qk2"), shape=[1, nh + nkv, hd, t], name=f"{p}_qk"
+    )
+    v = _slice_channels(qkv, qd + kvd, kvd, t, f"{p}_v")
     v4 = mb.reshape(x=v, shape=[1, nkv, hd, t], name=f"{p}_v4")
     if getattr(cfg, "qk_norm", False):
-        q4 = _rmsnorm(q4, _fp16(lp["q_norm"]).reshape(1, 1, -1, 1), eps, 2, f"{p}_q_norm")
-        k4 = _rmsnorm(k4, _fp16(lp["k_norm"]).reshape(1, 1, -1, 1), eps, 2, f"{p}_k_norm")
-    q4 = att.rope(q4, nh, state["cos"], state["sin"], f"{p}_q_rope")
-    k4 = att.rope(k4, nkv, state["cos"], state["sin"], f"{p}_k_rope")
-    q4 = mb.mul(x=q4, y=np.float16(1.0 / math.sqrt(hd)), name=f"{p}_q_scaled")
+        gains = np.concatenate([np.tile(lp["q_norm"], (nh, 1)), np.tile(lp["k_norm"], (nkv, 1))])
+        qk = _rmsnorm(qk, _fp16(gains).reshape(1, nh + nkv, hd, 1), eps, 2, f"{p}_qk_norm")
+    qk = att.rope(qk, nh + nkv, state["cos"], state["sin"], f"{p}_rope")
+    scale = np.concatenate([np.full(nh, 1.0 / math.sqrt(hd)), np.ones(nkv)]).reshape(1, nh + nkv, 1, 1)
+    qk = mb.mul(x=qk, y=mb.const(val=_fp16(scale), name=f"{p}_qk_scale"), name=f"{p}_qk_scaled")
+    q4 = mb.slice_by_size(x=qk, begin=[0, 0, 0, 0], size=[1, nh, hd, t], name=f"{p}_q4")
+    k4 = mb.slice_by_size(x=qk, begin=[0, nh, 0, 0], size=[1, nkv, hd, t], name=f"{p}_k4")
     kc = mb.reshape(x=input_block(x, state["layout"], f"k{j}"), shape=[1, nkv, hd, att.m], name=f"{p}_kc")
     vc = mb.reshape(x=input_block(x, state["layout"], f"v{j}"), shape=[1, nkv, hd, att.m], name=f"{p}_vc")
     o = att.attend(q4, k4, v4, kc, vc, state["mask_cache"], state["mask_new"], f"{p}_attn")
     a = w.conv(o, lp["wo"], f"{p}_o")
     h = _residual_add(x=state["x"], h=h, delta=a, state=state, name=f"{p}_r1")
     hn = _rmsnorm(h, _fp16(lp["ffn_norm"]).reshape(1, -1, 1, 1), eps, 1, f"{p}_ffn_norm")
-    h1 = w.conv(hn, lp["w1"], f"{p}_h1")
-    h3 = w.conv(hn, lp["w3"], f"{p}_h3")
+    w13 = np.concatenate([np.asarray(lp["w1"], np.float32), np.asarray(lp["w3"], np.float32)])
+    h13 = w.conv(hn, w13, f"{p}_h13")
+    h1 = _slice_channels(h13, 0, hid, t, f"{p}_h1")
+    h3 = _slice_channels(h13, hid, hid, t, f"{p}_h3")
     silu = mb.mul(x=h1, y=mb.sigmoid(x=h1, name=f"{p}_sig"), name=f"{p}_silu")
     gate = mb.mul(x=silu, y=h3, name=f"{p}_gate")
     f = w.conv(gate, lp["w2"], f"{p}_ffn")
     h = _residual_add(x=state["x"], h=h, delta=f, state=state, name=f"{p}_r2")
-    k_rows = mb.reshape(x=k4, shape=[1, nkv * hd, 1, t], name=f"{p}_k_new")
-    v_rows = mb.reshape(x=v4, shape=[1, nkv * hd, 1, t], name=f"{p}_v_new")
-    return h, k_rows, v_rows
+    k_rows = mb.reshape(x=k4, shape=[1, kvd, 1, t], name=f"{p}_k_new")
+    return h, k_rows, v
 
 
 def _residual_add(x, h, delta, state: dict, name: str):
