@@ -433,6 +433,10 @@ def test_damaged_or_missing_shards(copy_of, hf_llama3):
     _refused(d, "not a safetensors index with a weight_map")
     (d / "model.safetensors.index.json").unlink()
     _refused(d, "no model.safetensors or model.safetensors.index.json")
+    (d / "consolidated.safetensors").write_bytes(b"")
+    _refused(d, "has Mistral's native consolidated.safetensors, whose names and layout anekit does not read")
+    (d / "pytorch_model.bin.index.json").write_text("{}")
+    _refused(d, r"has only PyTorch pickle weights \(pytorch_model.bin\); anekit reads safetensors only")
 
 
 def test_a_symlink_out_of_the_directory_is_refused(copy_of, tmp_path, hf_llama_tied):

@@ -851,8 +851,18 @@ def _hf_weight_files(d: Path) -> dict[str, SafetensorsFile]:
                 )
             out[key] = opened[shard]
         return out
-    if (d / "pytorch_model.bin").is_file():
-        raise ModelFileError(f"{d}: has only pytorch_model.bin; convert it to safetensors first")
+    if (d / "pytorch_model.bin").is_file() or (d / "pytorch_model.bin.index.json").is_file():
+        raise ModelFileError(
+            f"{d}: has only PyTorch pickle weights (pytorch_model.bin); anekit reads safetensors only (a "
+            "pickle can run code): convert them, e.g. with transformers: AutoModelForCausalLM."
+            "from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+        )
+    if (d / "consolidated.safetensors").is_file():
+        raise ModelFileError(
+            f"{d}: has Mistral's native consolidated.safetensors, whose names and layout anekit does "
+            "not read; use the Hugging Face format files of the model (model-0000N-of-0000M.safetensors with "
+            "model.safetensors.index.json)"
+        )
     raise ModelFileError(
         f"{d}: no model.safetensors or model.safetensors.index.json (not a Hugging Face model directory, "
         "or the weights were not downloaded)"
