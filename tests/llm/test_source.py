@@ -523,3 +523,16 @@ def test_published_configs(repo):
     if non_embedding is not None:
         body = cfg.n_params() - cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
         assert round(body / 1e9, 2) == round(non_embedding / 1e9, 2)
+
+
+def test_f16_checkpoints_are_float16_views(hf_qwen2, tmp_path):
+    import copy
+
+    copy.deepcopy(hf_qwen2.model).half().save_pretrained(tmp_path)
+    shutil.copy(hf_qwen2.directory / "tokenizer.json", tmp_path / "tokenizer.json")
+    oracle = type(hf_qwen2.model).from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="eager")
+    w = open_model(tmp_path).weights
+    assert w.stored_dtype("layers.0.w1") == "F16" and w["layers.0.w1"].dtype == np.float16
+    assert np.shares_memory(w["layers.0.w1"], _mapped_file(w, "layers.0.w1")._raw)
+    tokens = _tokens(8)
+    assert np.abs(forward(w, w.config, tokens) - _hf_logits(oracle.eval(), tokens)).max() <= TOL
