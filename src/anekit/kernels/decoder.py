@@ -34,10 +34,11 @@ layer's new K (after RoPE) and V rows for the T positions (one output, as every 
 **Per layer**: RMSNorm (max-prescaled: x² overflows fp16 past |x| = 256,
 docs/ane-facts.md#square-overflow), q/k/v as one 1x1 conv (a 1x1 conv beats `matmul`,
 docs/ane-facts.md#conv-beats-matmul) with optional biases, optional per-head q/k RMSNorm, RoPE,
-1/√hd on q (q and k heads through one chain), attention of each query group against its kv head directly (no head repeat:
-ane-private-api.md §10.4 measured the repeat at 72% of attention cost), scores against the cache and
-against the chunk's own keys concatenated before one softmax (`matmul` + mask `add` + `softmax`,
-never `scaled_dot_product_attention`, whose mask the engine ignores, docs/ane-facts.md#sdpa-mask-ignored),
+1/√hd on q (q and k heads through one chain), attention of each query group against its kv head
+directly (no head repeat: ane-private-api.md §10.4 measured the repeat at 72% of attention cost),
+scores against the cache and against the chunk's own keys concatenated before one softmax (`matmul`
++ mask `add` + `softmax`, never `scaled_dot_product_attention`, whose mask the engine ignores,
+docs/ane-facts.md#sdpa-mask-ignored),
 output projection, SwiGLU FFN (W1 and W3 as one conv, sigmoid·mul), residual adds.
 
 **`residual`** (`anekit.llm.plan.RESIDUALS`): ``"fp16"``: `x` is the residual stream and `out` starts
