@@ -101,6 +101,18 @@ def test_special_tokens_and_eos_ids_from_the_config_files(tmp_path, byte_fallbac
     assert hf_tokenizer(d).eos_ids == {7, 2}  # config.json when there is no generation_config.json
 
 
+def test_special_tokens_map_json_overrides_the_config_as_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    d = _hf_dir(tmp_path / "m", _bundled_json())
+    (d / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": {"content": "<unk>"}, "eos_token": "<s>", "pad_token": "</s>"})
+    )
+    theirs = transformers.AutoTokenizer.from_pretrained(str(d)).special_tokens_map
+    ours = hf_tokenizer(d)
+    assert ours.special_tokens == theirs == {"bos_token": "<unk>", "eos_token": "<s>", "pad_token": "</s>"}
+    assert ours.bos_id == 0 and ours.eos_ids == {1}
+
+
 def test_a_chat_template_file_beside_the_config_is_read(tmp_path, byte_fallback_json):
     d = _hf_dir(tmp_path / "m", byte_fallback_json)
     (d / "chat_template.jinja").write_text("{{ messages[0].content }}", encoding="utf-8")

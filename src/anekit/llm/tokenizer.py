@@ -3,9 +3,10 @@
 Two sources behind one class (`TextTokenizer`):
 
 - a Hugging Face model directory: ``tokenizer.json`` run by the `tokenizers` library, with
-  ``tokenizer_config.json`` (the special tokens, ``add_bos_token``/``add_eos_token``, the chat
-  template) and the end-of-sequence ids of ``generation_config.json`` (an int or a list; transformers'
-  `generate` stops on any of them) or else ``config.json``;
+  ``tokenizer_config.json`` (the special tokens, overridden by ``special_tokens_map.json`` if there
+  is one; the chat template, or ``chat_template.jinja``) and the end-of-sequence ids of
+  ``generation_config.json`` (an int or a list; transformers' `generate` stops on any of them) or
+  else ``config.json``, plus the tokenizer's own eos token;
 - an anekit checkpoint: its own tokenizer (`anekit.train.tokenizers`: the bundled BPE, a
   ``tokenizer.json``, a llama2.c ``tokenizer.bin``), with BOS in front of a prompt as in training.
 
@@ -172,9 +173,12 @@ def hf_tokenizer(
     )
     model = model_config if model_config is not None else read_json(d / "config.json", "model config")
 
+    # the special tokens: tokenizer_config.json's, overridden by special_tokens_map.json's where an
+    # older model directory has one (as transformers' AutoTokenizer reads them)
+    mapped = read_json(d / "special_tokens_map.json", "special tokens map")
     special = {}
     for key in SPECIAL_TOKEN_KEYS:
-        text = _token_text(cfg.get(key))
+        text = _token_text(mapped.get(key)) or _token_text(cfg.get(key))
         if text is not None:
             special[key] = text
 
