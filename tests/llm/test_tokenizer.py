@@ -127,7 +127,16 @@ def test_missing_or_broken_files_are_llm_errors(tmp_path, byte_fallback_json):
         hf_tokenizer(d)
     d = _hf_dir(tmp_path / "n", byte_fallback_json)
     (d / "generation_config.json").write_text("[1, 2")
-    with pytest.raises(LLMError, match="generation_config.json: cannot read the generation config"):
+    with pytest.raises(LLMError, match="generation_config.json: cannot read: not valid JSON"):
+        hf_tokenizer(d)
+    (d / "generation_config.json").write_text("[1, 2]")
+    with pytest.raises(LLMError, match="the generation config is not a JSON object"):
+        hf_tokenizer(d)
+    (d / "generation_config.json").unlink()
+    outside = tmp_path / "elsewhere.jinja"
+    outside.write_text("x")
+    (d / "chat_template.jinja").symlink_to(outside)
+    with pytest.raises(LLMError, match="lies outside the model directory"):
         hf_tokenizer(d)
 
 

@@ -20,7 +20,6 @@ the whole sequence would.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -44,13 +43,18 @@ _INCOMPLETE = "\ufffd"  # what a decode of an unfinished UTF-8 sequence ends wit
 
 
 def read_json(path: Path, what: str) -> dict:
-    """A JSON object file, or {} when it does not exist; anything unreadable is an `LLMError`."""
-    if not path.is_file():
+    """A JSON object file of a model directory, or {} when it does not exist. Read as every model
+    file is (`anekit.model.io.read_model_json`: inside the directory after links, size-capped);
+    anything unreadable is an `LLMError` naming the file."""
+    from ..errors import AnekitError
+    from ..model.io import read_model_json
+
+    if not (path.exists() or path.is_symlink()):
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise LLMError(f"{path}: cannot read the {what}: {e}") from None
+        data = read_model_json(path.parent, path.name, what)
+    except AnekitError as e:
+        raise LLMError(str(e)) from None
     if not isinstance(data, dict):
         raise LLMError(f"{path}: the {what} is not a JSON object")
     return data
@@ -157,6 +161,14 @@ def hf_tokenizer(
             "SentencePiece tokenizer.model with transformers: "
             "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
         )
+    if tokenizer_file is None:  # (`anekit.llm.source` hands over a path it has checked)
+        from ..errors import AnekitError
+        from ..model.io import model_file
+
+        try:
+            file = model_file(d, file.name, d, "tokenizer")
+        except AnekitError as e:
+            raise LLMError(str(e)) from None
     try:
         raw = _Raw.from_file(str(file))
     except Exception as e:  # tokenizers raises its own Exception subclass on a bad file
@@ -197,11 +209,8 @@ def hf_tokenizer(
         eos.add(own)
     template = cfg.get("chat_template")
     jinja = d / "chat_template.jinja"  # transformers >= 4.43 may save the template beside the config
-    if template is None and jinja.is_file():
-        try:
-            template = jinja.read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as e:
-            raise LLMError(f"{jinja}: cannot read the chat template: {e}") from None
+    if template is None and (jinja.exists() or jinja.is_symlink()):
+        template = _read_template(d, jinja.name)
     return _HFTextTokenizer(
         raw,
         vocab_size=vocab,
@@ -211,6 +220,18 @@ def hf_tokenizer(
         chat_template=template,
         identity=f"hf:{file}",
     )
+
+
+def _read_template(d: Path, name: str) -> str:
+    from ..errors import AnekitError
+    from ..model.io import model_file
+
+    try:
+        return model_file(d, name, d, "chat template").read_text(encoding="utf-8")
+    except AnekitError as e:
+        raise LLMError(str(e)) from None
+    except (OSError, UnicodeError) as e:
+        raise LLMError(f"{d / name}: cannot read the chat template: {e}") from None
 
 
 def anekit_tokenizer(tok) -> TextTokenizer:
