@@ -139,6 +139,18 @@ def test_a_stream_overtaken_by_another_generation_stops(model):
         next(first)
 
 
+def test_a_closed_model_says_so(hf_dir):
+    m = load(hf_dir, backend="float64", max_len=32)
+    stream = m.stream(PROMPT, max_tokens=5, temperature=0)
+    next(stream)
+    m.close()
+    m.close()  # twice is fine
+    with pytest.raises(LLMError, match="closed while this stream was paused"):
+        next(stream)
+    with pytest.raises(LLMError, match="this model is closed; load it again"):
+        m.generate(PROMPT)
+
+
 def test_stop_strings_end_the_text_before_them(model):
     full = model.generate(PROMPT, max_tokens=40, temperature=0).text
     stop = full[len(full) // 2 : len(full) // 2 + 3]

@@ -151,6 +151,7 @@ class LanguageModel:
         self.default_options = default_options or SamplingOptions()
         self.path = path
         self._state = _State()
+        self._closed = False
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -195,6 +196,8 @@ class LanguageModel:
         return ids
 
     def _check_prompt(self, ids: list[int]) -> None:
+        if self._closed:
+            raise LLMError(f"{self.name}: this model is closed; load it again (anekit.llm.load)")
         if not ids:
             raise LLMError(
                 "the prompt is empty and the tokenizer adds no BOS token: give some text (or token ids)"
@@ -275,6 +278,10 @@ class LanguageModel:
             self.session.reset()
 
     def close(self) -> None:
+        """Free the session (the engine programs, the cache); calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._state = _State()
         self.session.close()
 
@@ -348,6 +355,8 @@ class LanguageModel:
                 yield StreamEvent(text, token, "stop" if stopped else "length")
                 return
             yield StreamEvent(text, token, None)
+            if self._closed:
+                raise LLMError(f"{self.name}: the model was closed while this stream was paused")
             if self._state.owner is not owner:
                 raise LLMError(
                     "another generation started on this model while this stream was paused; a model "
