@@ -154,6 +154,30 @@ def test_sampling_never_picks_a_filtered_token():
     assert {sampler.choose(s) for _ in range(200)} <= allowed
 
 
+def test_masked_logits_are_never_sampled_and_match_transformers():
+    s = _logits(3)
+    s[::2] = -np.inf  # e.g. ids a model must not produce
+    opts = SamplingOptions(temperature=0.9, top_k=30, top_p=0.9, min_p=0.01, seed=0)
+    chain = lp.LogitsProcessorList(
+        [
+            lp.TemperatureLogitsWarper(0.9),
+            lp.TopKLogitsWarper(30),
+            lp.TopPLogitsWarper(0.9),
+            lp.MinPLogitsWarper(0.01),
+        ]
+    )
+    _same(process_logits(s, opts), _oracle(chain, s))
+    sampler = Sampler(opts, V)
+    assert all(sampler.choose(s) % 2 == 1 for _ in range(100))
+    assert Sampler(opts, V).choose(np.full(V, -np.inf)) == 0  # nothing finite: the argmax, not a crash
+    nan = s.copy()
+    nan[0] = np.nan
+    best = int(np.nanargmax(nan))
+    assert Sampler(SamplingOptions(temperature=0), V).choose(nan) == best  # NaN is never the argmax
+    assert Sampler(SamplingOptions(temperature=0, repetition_penalty=1.5), V).choose(nan) == best
+    assert Sampler(opts, V).choose(nan) != 0
+
+
 @pytest.mark.parametrize(
     "kw, option",
     [

@@ -193,9 +193,11 @@ def candidates(logits: np.ndarray, options: SamplingOptions, seen=None) -> tuple
     the one candidate is the argmax."""
     scores = _penalised(logits, seen, options.repetition_penalty)
     if options.greedy:
-        top = np.array([int(np.argmax(scores))])
+        top = np.array([_argmax(scores)])
         return top, scores[top]
     finite = np.isfinite(scores)
+    if not finite.any():  # nothing to sample from: `Sampler` falls back to the argmax
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     if finite.all():  # the usual case: no index array over the whole vocabulary
         live, v = None, scores
         v /= options.temperature  # `scores` is this function's own copy
@@ -211,6 +213,14 @@ def candidates(logits: np.ndarray, options: SamplingOptions, seen=None) -> tuple
         if keep is not None:
             live, v = (keep if live is None else live[keep]), v[keep]
     return (np.arange(v.size) if live is None else live), v
+
+
+def _argmax(scores: np.ndarray) -> int:
+    """The index of the largest score, NaN counting as -inf (np.argmax would pick a NaN)."""
+    i = int(np.argmax(scores))
+    if not np.isnan(scores[i]):
+        return i
+    return int(np.argmax(np.where(np.isnan(scores), -np.inf, scores)))
 
 
 def _on_full(scores: np.ndarray, keep_fn) -> np.ndarray:
@@ -283,11 +293,11 @@ class Sampler:
             raise ValueError(f"{logits.size} logits for a vocabulary of {self.vocab_size}")
         opts = self.options
         if opts.greedy and opts.repetition_penalty == 1.0:
-            return int(np.argmax(logits))
+            return _argmax(logits)
         seen = self.seen if opts.repetition_penalty != 1.0 else None
         ids, v = candidates(logits, opts, seen)
         if ids.size == 0:  # every logit non-finite: nothing to sample from, take the argmax
-            return int(np.argmax(np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=-np.inf)))
+            return _argmax(logits)
         if ids.size == 1:
             return int(ids[0])
         cdf = np.cumsum(np.exp(v - v.max()))  # unnormalised: the draw scales by the total
