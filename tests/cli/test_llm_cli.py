@@ -89,6 +89,22 @@ def test_generate_prints_the_prompt_then_the_continuation(hf_dir, llm):
     assert result.stdout == "Once upon" + expected + "\n"
 
 
+def test_generate_writes_each_token_s_text_as_it_comes(hf_dir, llm, monkeypatch):
+    import typer
+
+    writes, echo = [], typer.echo
+
+    def recording(message=None, *args, **kwargs):
+        writes.append(message)
+        return echo(message, *args, **kwargs)
+
+    monkeypatch.setattr(typer, "echo", recording)
+    args = ["generate", str(hf_dir), "--prompt", "Once", "--max-tokens", "10", "--temperature", "0", *F64]
+    assert runner.invoke(app, args).exit_code == 0
+    events = [e.text for e in llm.stream("Once", max_tokens=10, temperature=0) if e.text]
+    assert writes == ["Once", *events, ""]  # the prompt, one write per showable piece, the newline
+
+
 def test_generate_json_is_the_python_api_s_completion(hf_dir, llm):
     args = ["generate", str(hf_dir), "--prompt", "Hello", "--max-tokens", "6", "--temperature", "0.9",
             "--top-k", "20", "--top-p", "0.9", "--min-p", "0.01", "--repetition-penalty", "1.2",
