@@ -319,6 +319,13 @@ def test_load_options_are_checked(checkpoint, kw, match):
         load(checkpoint[0], **kw)
 
 
+def test_a_home_relative_path_is_expanded(checkpoint, monkeypatch):
+    path = checkpoint[0]
+    monkeypatch.setenv("HOME", str(path.parent))
+    with load(f"~/{path.name}", backend="float64") as m:
+        assert m.name == "micro"
+
+
 def test_a_path_that_is_no_model_is_an_llm_error(tmp_path):
     with pytest.raises(LLMError, match="no such"):
         load(tmp_path / "missing")

@@ -454,7 +454,7 @@ def load(
     (default: the model's context, at most 4096). tokenizer: another tokenizer (for anekit
     checkpoints: an `anekit.train.tokenizers` tokenizer).
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if weights not in WEIGHTS:
         raise LLMError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if backend not in BACKENDS:
