@@ -354,8 +354,7 @@ def test_binding_write_slice_in_place():
         cfg, iter(layer_params(cfg, np.random.default_rng(10), 1)), width=32, max_len=32, n_layers=1
     )
     kernel = ref_compile(prog.program)
-    b = kernel.new_binding()
-    assert type(b) is Binding
+    b = Binding(kernel)  # the generic binding (a backend may return its own from new_binding)
     with pytest.raises(KernelInputError, match="no staged value"):
         b.write_slice("x", (0, 0, 0, 0), 1.0)
     b.write(x=np.zeros(prog.input_layout.shape, np.float16))
