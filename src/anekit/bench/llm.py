@@ -7,11 +7,12 @@ and loaded back twice in the same process: through anekit (`anekit.model.io.open
 float32, PyTorch on the CPU), both with the same thread count (`torch.set_num_threads`; NumPy's BLAS
 pool is whatever it was started with, recorded as the core count). Each side prefills the same prompt
 (`repeats` times, timed per call) and then decodes the same continuation one token at a time against
-its KV cache (each token timed), the two sides taking turns call by call so that other load on the
-machine falls on both alike. Before anything is timed both sides' logits are checked against the
-float64 NumPy reference model (`anekit.model.reference.forward`), so neither is timed computing the
-wrong thing. The summary gives tokens/s and the ratio anekit time / transformers time (goal <= 1.5).
-On the reference backend these are CPU-emulation figures, never engine ones (`measurement`).
+its KV cache (each token timed); the sides run in blocks, A B then B A, each after a pause that
+lets the other's thread pool go idle (`SETTLE_S`). Before anything is timed both sides' logits are
+checked against the float64 NumPy reference model (`anekit.model.reference.forward`), so neither is
+timed computing the wrong thing. The summary gives tokens/s and the ratio anekit time / transformers
+time (goal <= 1.5). On the reference backend these are CPU-emulation figures, never engine ones
+(`measurement`).
 
 (b) **Predicted.** `anekit.perf.decode` (the calibrated cost model): decode tokens/s, ms/token and
 dispatches/token of Qwen3-0.6B and Llama-3.2-1B on the chosen chip at fp16, int8 and int4, with the
@@ -203,29 +204,37 @@ def _check(side: _Side, prompt: list[int], cont: list[int], want: np.ndarray, to
     return check
 
 
+#: Seconds a side waits before its block of calls: NumPy's BLAS and PyTorch's OpenMP keep their worker
+#: threads spinning for a while after a call, and on a small machine a pool that has just worked slows
+#: the other's next calls many times (measured here: a 704x256 linear 0.1 ms alone, 50+ ms right after
+#: a NumPy GEMM, still 3x after 50 ms). Each side therefore runs in a block, after a pause.
+SETTLE_S = 0.5
+
+
 def _time(
     sides: list[_Side], prompt: list[int], cont: list[int], repeats: int
 ) -> dict[str, tuple[Timing, Timing]]:
-    """Per side: prefill timed `repeats` times (one call each), then the continuation decoded token by
-    token. The sides take turns call by call, so a change in the machine's load (other processes)
-    falls on both alike rather than on whichever ran second."""
-    for side in sides:  # warm-up: first-call costs (allocation, lazy setup) untimed
-        side.reset()
-        side.prefill(prompt[:8])
-        side.decode(cont[0])
+    """Per side: prefill timed `repeats` times per pass (one call each), then the continuation decoded
+    token by token. Two passes, the sides in blocks in the order A B then B A, each block after
+    `SETTLE_S` and a warm-up call, so neither side runs against the other's spinning thread pool and a
+    change in the machine's load falls on both alike."""
     pre: dict[str, list[float]] = {s.name: [] for s in sides}
     dec: dict[str, list[float]] = {s.name: [] for s in sides}
-    for _ in range(repeats):
-        for side in sides:
-            side.reset()
-            t0 = time.perf_counter()
-            side.prefill(prompt)
-            pre[side.name].append((time.perf_counter() - t0) * 1e3)
-    for t in cont:
-        for side in sides:
-            t0 = time.perf_counter()
-            side.decode(t)
-            dec[side.name].append((time.perf_counter() - t0) * 1e3)
+    for order in (sides, sides[::-1]):
+        for side in order:
+            time.sleep(SETTLE_S)
+            side.reset()  # warm-up: first-call costs and the pool's wake-up, untimed
+            side.prefill(prompt[:8])
+            side.decode(cont[0])
+            for _ in range(repeats):
+                side.reset()
+                t0 = time.perf_counter()
+                side.prefill(prompt)
+                pre[side.name].append((time.perf_counter() - t0) * 1e3)
+            for t in cont:
+                t0 = time.perf_counter()
+                side.decode(t)
+                dec[side.name].append((time.perf_counter() - t0) * 1e3)
     return {s.name: (Timing(tuple(pre[s.name])), Timing(tuple(dec[s.name]))) for s in sides}
 
 
