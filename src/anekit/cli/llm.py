@@ -22,8 +22,9 @@ _SAMPLING_HELP = "default: the model's, else"
 def _model_arg():
     return typer.Argument(
         ...,
-        help="A Hugging Face model directory (config.json, safetensors, tokenizer.json), or an anekit "
-        "checkpoint directory (runs/tiny/checkpoint) or the run directory holding one (runs/tiny).",
+        help="A Hugging Face model directory (config.json, safetensors, tokenizer.json), a GGUF file "
+        "(tokenizer.json beside it), or an anekit checkpoint directory (runs/tiny/checkpoint) or the run "
+        "directory holding one (runs/tiny).",
     )
 
 

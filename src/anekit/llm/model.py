@@ -379,7 +379,7 @@ def _default_options(generation_config: Mapping, kind: str) -> SamplingOptions:
     generation_config.json: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
     and greedy unless ``do_sample`` is true (GenerationConfig's default is do_sample=False). Values
     out of range are ignored (the file is the model author's, not the user's). An anekit checkpoint
-    has none: the `SamplingOptions` defaults."""
+    or a GGUF file has none: the `SamplingOptions` defaults."""
     base = SamplingOptions()
     if kind != "hf":
         return base
@@ -446,7 +446,8 @@ def load(
     tokenizer=None,
 ) -> LanguageModel:
     """A `LanguageModel` from a Hugging Face model directory (config.json, safetensors,
-    tokenizer.json) or an anekit checkpoint (or the run directory holding one).
+    tokenizer.json), a GGUF file (`anekit.llm.source`), or an anekit checkpoint (or the run directory
+    holding one).
 
     backend: "auto" (the engine where reachable, else the reference backend), "ane", "reference",
     or "float64" (the NumPy float64 reference model, no kernels: an oracle). weights: "fp16", "int8",
