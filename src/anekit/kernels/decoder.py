@@ -277,10 +277,17 @@ class _Attention:
             o = mb.transpose(x=o, perm=[0, 1, 3, 2, 4], name=f"{name}_perm")
         return mb.reshape(x=o, shape=[1, self.nh * self.hd, 1, self.t], name=name)
 
+    def tile_mask(self, mask, name: str):
+        """`[1, 1, T, K]` -> `[1, 1, ratio·T, K]`: the mask of each query row repeated for the
+        `ratio` query heads grouped on the token axis (once per program, shared by its layers)."""
+        if self.ratio == 1:
+            return mask
+        return mb.concat(values=[mask] * self.ratio, axis=2, interleave=False, name=name)
+
     def attend(self, q4, k4, v4, kc, vc, mask_cache, mask_new, name: str):
         """q4 `[1, nh, hd, T]` (RoPE'd, scaled), k4, v4 `[1, nkv, hd, T]` (this chunk), kc, vc
         `[1, nkv, hd, M]` (the cache) -> attention output `[1, nh·hd, 1, T]`."""
-        t, m, nh = self.t, self.m, self.nh
+        t, m = self.t, self.m
         qg = self.pad(self.group_queries(q4, f"{name}_qg"), self.ratio * t, f"{name}_qpad")
         s_c = mb.matmul(
             x=qg, y=self.pad(kc, m, f"{name}_kcpad"), transpose_x=True, transpose_y=False, name=f"{name}_sc"
@@ -288,16 +295,14 @@ class _Attention:
         s_n = mb.matmul(
             x=qg, y=self.pad(k4, t, f"{name}_knpad"), transpose_x=True, transpose_y=False, name=f"{name}_sn"
         )
-        s_c = mb.reshape(x=s_c, shape=[1, nh, t, m], name=f"{name}_sc4")
-        s_n = mb.reshape(x=s_n, shape=[1, nh, t, t], name=f"{name}_sn4")
+        # scores [1, nkv, ratio·T, ·]; the masks come tiled to ratio·T rows (`tile_mask`)
         s_c = mb.add(x=s_c, y=mask_cache, name=f"{name}_scm")
         s_n = mb.add(x=s_n, y=mask_new, name=f"{name}_snm")
         s = mb.concat(values=[s_c, s_n], axis=3, interleave=False, name=f"{name}_s")
         p = mb.softmax(x=s, axis=-1, name=f"{name}_p")
-        p_c = mb.slice_by_size(x=p, begin=[0, 0, 0, 0], size=[1, nh, t, m], name=f"{name}_pc")
-        p_n = mb.slice_by_size(x=p, begin=[0, 0, 0, m], size=[1, nh, t, t], name=f"{name}_pn")
-        p_c = mb.reshape(x=p_c, shape=[1, self.nkv, self.ratio * t, m], name=f"{name}_pcg")
-        p_n = mb.reshape(x=p_n, shape=[1, self.nkv, self.ratio * t, t], name=f"{name}_png")
+        rows = [1, self.nkv, self.ratio * t]
+        p_c = mb.slice_by_size(x=p, begin=[0, 0, 0, 0], size=rows + [m], name=f"{name}_pc")
+        p_n = mb.slice_by_size(x=p, begin=[0, 0, 0, m], size=rows + [t], name=f"{name}_pn")
         o_c = mb.matmul(x=vc, y=p_c, transpose_x=False, transpose_y=True, name=f"{name}_oc")
         o_n = mb.matmul(x=v4, y=p_n, transpose_x=False, transpose_y=True, name=f"{name}_on")
         o = mb.add(x=o_c, y=o_n, name=f"{name}_og")
@@ -339,8 +344,8 @@ def _layer(cfg, lp: Mapping[str, np.ndarray], j: int, x, h, state: dict, w: _Wei
     qk = mb.mul(x=qk, y=mb.const(val=_fp16(scale), name=f"{p}_qk_scale"), name=f"{p}_qk_scaled")
     q4 = mb.slice_by_size(x=qk, begin=[0, 0, 0, 0], size=[1, nh, hd, t], name=f"{p}_q4")
     k4 = mb.slice_by_size(x=qk, begin=[0, nh, 0, 0], size=[1, nkv, hd, t], name=f"{p}_k4")
-    kc = mb.reshape(x=input_block(x, state["layout"], f"k{j}"), shape=[1, nkv, hd, att.m], name=f"{p}_kc")
-    vc = mb.reshape(x=input_block(x, state["layout"], f"v{j}"), shape=[1, nkv, hd, att.m], name=f"{p}_vc")
+    kc = input_block(x, state["layout"], f"k{j}", [1, nkv, hd, att.m])
+    vc = input_block(x, state["layout"], f"v{j}", [1, nkv, hd, att.m])
     o = att.attend(q4, k4, v4, kc, vc, state["mask_cache"], state["mask_new"], f"{p}_attn")
     a = w.conv(o, lp["wo"], f"{p}_o")
     h = _residual_add(x=state["x"], h=h, delta=a, state=state, name=f"{p}_r1")
@@ -353,8 +358,7 @@ def _layer(cfg, lp: Mapping[str, np.ndarray], j: int, x, h, state: dict, w: _Wei
     gate = mb.mul(x=silu, y=h3, name=f"{p}_gate")
     f = w.conv(gate, lp["w2"], f"{p}_ffn")
     h = _residual_add(x=state["x"], h=h, delta=f, state=state, name=f"{p}_r2")
-    k_rows = mb.reshape(x=k4, shape=[1, kvd, 1, t], name=f"{p}_k_new")
-    return h, k_rows, v
+    return h, k4, v  # build_program reshapes each output block to [1, rows, 1, T]
 
 
 def _residual_add(x, h, delta, state: dict, name: str):
@@ -404,8 +408,10 @@ def group_program(
             "residual": residual,
             "cos": input_block(x, inp, "cos", [1, 1, config.head_dim, t]),
             "sin": input_block(x, inp, "sin", [1, 1, config.head_dim, t]),
-            "mask_new": input_block(x, inp, "mask_new", [1, 1, t, t]),
-            "mask_cache": input_block(x, inp, "mask_cache", [1, 1, t, max_len]),
+            "mask_new": att.tile_mask(input_block(x, inp, "mask_new", [1, 1, t, t]), "mask_new_g"),
+            "mask_cache": att.tile_mask(
+                input_block(x, inp, "mask_cache", [1, 1, t, max_len]), "mask_cache_g"
+            ),
         }
         h, rows = xs, []
         for j in range(n_layers):
