@@ -133,7 +133,18 @@ def test_engine_shape_limits():
     assert choose_plan(wide, max_len=64).layers_per_program * 2 * wide.kv_dim <= MAX_AXIS
     # a long cache leaves less room for the prefill chunk in the packed input's width
     with pytest.raises(PlanError, match="width limit"):
-        DecoderPlan(14, "fp32-host", 50656, 128).check(cfg, "fp16", max_len=16000)
-    plan = choose_plan(cfg, max_len=16000)
-    plan.check(cfg, "fp16", max_len=16000)
+        DecoderPlan(14, "fp32-host", 50656, 128).check(cfg, "fp16", max_len=16300)
+    plan = choose_plan(cfg, max_len=16300)
+    plan.check(cfg, "fp16", max_len=16300)
     assert plan.prefill_chunk < 128
+
+
+def test_input_shape_as_the_kernels_lay_it_out():
+    kd = pytest.importorskip("anekit.kernels.decoder")
+    from anekit.llm.plan import group_input_shape
+
+    for cfg in (preset("tiny"), SHAPES["qwen3-0.6b"], SHAPES["llama-3.2-1b"]):
+        for layers, width, max_len in ((1, 32, 64), (3, 128, 512), (14, 32, 4096)):
+            assert group_input_shape(cfg, layers, width, max_len) == kd.group_input_shape(
+                cfg, layers, width, max_len
+            )

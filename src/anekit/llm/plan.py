@@ -36,6 +36,7 @@ __all__ = [
     "choose_plan",
     "default_plan",
     "group_channels",
+    "group_input_shape",
     "program_count",
     "weight_bytes_per_element",
 ]
@@ -115,7 +116,8 @@ class DecoderPlan:
                 f"DecoderPlan.layers_per_program {self.layers_per_program} exceeds the model's "
                 f"{config.n_layers} layers"
             )
-        channels = group_channels(config, self.layers_per_program)
+        width = _round(min(self.prefill_chunk, max_len if max_len is not None else self.prefill_chunk))
+        channels = group_channels(config, self.layers_per_program, width)
         if channels > MAX_AXIS:
             raise PlanError(
                 f"DecoderPlan.layers_per_program {self.layers_per_program}: the group's K/V caches need "
@@ -123,11 +125,11 @@ class DecoderPlan:
                 "(docs/ane-facts.md#axis-cap); use fewer layers per program"
             )
         if max_len is not None:
-            width = _round(min(self.prefill_chunk, max_len))
-            if 4 * width + _round(max_len) > MAX_SPATIAL:
+            columns = group_input_shape(config, self.layers_per_program, width, _round(max_len))[1]
+            if columns > MAX_SPATIAL:
                 raise PlanError(
                     f"DecoderPlan.prefill_chunk {self.prefill_chunk} with a cache of {max_len}: the packed "
-                    f"input is 4 x {width} + {_round(max_len)} columns wide, over the engine's width limit "
+                    f"input is {width} + {_round(max_len)} columns wide, over the engine's width limit "
                     f"{MAX_SPATIAL} (docs/ane-facts.md#spatial-cap); use a smaller prefill_chunk or max_len"
                 )
         per_layer = _layer_weight_bytes(config, quant)
@@ -158,18 +160,26 @@ def _round(n: int) -> int:
     return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 
-def group_channels(config, layers: int) -> int:
-    """Channels of a decode program's packed input (`anekit.kernels.decoder.group_input_layout`):
-    the K and V caches of each layer stacked, plus the mask rows of a decode call."""
-    return max(config.dim, config.head_dim, 2 * layers * config.kv_dim + ROW_ALIGN)
+def group_input_shape(config, layers: int, width: int, max_len: int) -> tuple[int, int]:
+    """(channels, columns) of a group program's packed input, as `anekit.kernels.decoder` lays it out
+    (`group_input_shape` there; a test keeps the two equal): the per-call rows (residual, RoPE rows,
+    chunk mask) stacked in the first `width` columns, every layer's K and V cache plus the cache mask
+    rows in the next `max_len`."""
+    channels = max(config.dim + 2 * config.head_dim + width, 2 * layers * config.kv_dim + width)
+    return channels, _round(width + max_len)
+
+
+def group_channels(config, layers: int, width: int = ROW_ALIGN) -> int:
+    """Channels of a group program's packed input of `width` columns per call (see `group_input_shape`)."""
+    return group_input_shape(config, layers, width, 1)[0]
 
 
 def _prefill_chunk(max_len: int | None) -> int:
     """DEFAULT_PREFILL_CHUNK, at most the cache, and narrow enough that the prefill program's packed
-    input (4 x chunk + cache columns) stays within the width limit (docs/ane-facts.md#spatial-cap)."""
+    input (chunk + cache columns) stays within the width limit (docs/ane-facts.md#spatial-cap)."""
     if max_len is None:
         return DEFAULT_PREFILL_CHUNK
-    room = (MAX_SPATIAL - _round(max_len)) // 4 // ROW_ALIGN * ROW_ALIGN
+    room = (MAX_SPATIAL - _round(max_len)) // ROW_ALIGN * ROW_ALIGN
     return max(1, min(DEFAULT_PREFILL_CHUNK, max_len, max(ROW_ALIGN, room)))
 
 
@@ -215,7 +225,7 @@ def default_plan(config, *, quant: str = "fp16", max_len: int | None = None) -> 
     if residual == "fp32-host":
         # inside a program the residual is fp16: no program carries it through more layers than §10.4 saw work
         lpp = min(lpp, FP16_RESIDUAL_MAX_LAYERS)
-    while lpp > 1 and group_channels(config, lpp) > MAX_AXIS:
+    while lpp > 1 and group_channels(config, lpp, DEFAULT_PREFILL_CHUNK) > MAX_AXIS:
         lpp -= 1
     return DecoderPlan(lpp, residual, _vocab_chunk(config, quant), _prefill_chunk(max_len))
 

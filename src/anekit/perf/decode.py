@@ -54,6 +54,7 @@ from ..engine_limits import (
     WEIGHT_FILE_BYTES,
 )
 from ..errors import AnekitError
+from ..llm.plan import group_input_shape
 from ..model.config import PRESETS, ModelConfig, RopeScaling, preset
 from .count import OpCost, ProgramCost
 from .model import Params, default_params, predict
@@ -319,9 +320,8 @@ def _layer_ops(config, i: int, quant: str, span: int, o: DecodeOptions) -> list[
     norm_w = D * FP16
     ops = [
         replace(_vector(p + "attn_norm", RMSNORM_FLOPS, D * W, "rms_norm"), weight_bytes=norm_w),
-        _mac(p + "wq", Q, D, quant, W, k),
-        _mac(p + "wk", KV, D, quant, W, k),
-        _mac(p + "wv", KV, D, quant, W, k),
+        # q, k and v from one conv (kernels.decoder fuses them: fewer, larger ops, same bytes)
+        _mac(p + "wqkv", Q + 2 * KV, D, quant, W, k),
     ]
     if getattr(config, "qkv_bias", False):
         ops.append(_vector(p + "qkv_bias", 1.0, (Q + 2 * KV) * W, "add"))
@@ -360,8 +360,7 @@ def _layer_ops(config, i: int, quant: str, span: int, o: DecodeOptions) -> list[
         _mac(p + "wo", D, Q, quant, W, k),
         _vector(p + "residual_attn", 1.0, D * W, "add"),
         replace(_vector(p + "ffn_norm", RMSNORM_FLOPS, D * W, "rms_norm"), weight_bytes=norm_w),
-        _mac(p + "w1", H, D, quant, W, k),
-        _mac(p + "w3", H, D, quant, W, k),
+        _mac(p + "w13", 2 * H, D, quant, W, k),  # W1 and W3 as one conv (kernels.decoder)
         _vector(p + "silu_mul", 2.0, H * W, "silu"),
         _mac(p + "w2", D, H, quant, W, k),
         _vector(p + "residual_ffn", 1.0, D * W, "add"),
@@ -395,10 +394,8 @@ def decode_program_cost(
         ops += _layer_ops(config, i, quant, span, o)
     n = len(layers)
     cache = n * 2 * span * KV * FP16
-    # the packed input `[1, rows, 1, cols]` (kernels.decoder.group_input_layout): the caches stacked
-    # on channels beside the mask rows, the residual / RoPE / mask columns before them
-    rows = max(D, config.head_dim, 2 * n * KV + W)
-    cols = -(-(4 * W + span) // ROW_ALIGN) * ROW_ALIGN
+    # the packed input `[1, rows, 1, cols]` (kernels.decoder.group_input_layout, llm.plan.group_input_shape)
+    rows, cols = group_input_shape(config, n, W, span)
     inputs = rows * cols * FP16
     outputs = (D + n * 2 * KV) * W * FP16
     if not o.cache_in_place:
@@ -667,7 +664,7 @@ def best_plan(
         lpp = -(-config.n_layers // n_groups)
         if lpp in groups or lpp > lpp_max or per_layer * lpp >= WEIGHT_FILE_BYTES:
             continue
-        if group_channels(config, lpp) > MAX_AXIS:  # the group's caches in one input (axis cap)
+        if group_channels(config, lpp, base.prefill_chunk) > MAX_AXIS:  # caches in one input (axis cap)
             continue
         groups[lpp] = sum(timer("group", n)[0] for n in _split(config.n_layers, lpp))
     chunks = {}
