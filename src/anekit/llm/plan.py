@@ -239,7 +239,7 @@ def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int |
     1. **Decode is bandwidth-bound.** One token streams every weight once and does ~2 FLOPs per weight
        byte (fp16), so time ≈ dispatches x ~0.09 ms + (weights + KV cache) / bandwidth
        (ane-private-api.md §10.4; M4: 93 GB/s fitted, `anekit.perf` params). Qwen3-0.6B in fp16 moves
-       1.19 GB per token: ~13 ms of the predicted 14.6 ms. Everything else is second order.
+       1.19 GB per token: ~13 ms of the predicted 14.5 ms. Everything else is second order.
     2. **Layers per program: as many as the limits allow.** Each program costs a dispatch (~0.09 ms on
        M4, §4.2; Llama-3.2-1B went from 42.2 to 50.2 tok/s by fusing 40 -> 25 dispatches, §10.5) and
        re-exposes its first weight load; more layers per program only removes those. The limits: one
@@ -248,7 +248,7 @@ def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int |
        one classifier) within the loaded-program budget (§10.1), the caches of a group within the
        65536-channel axis of the packed input (`anekit.kernels.decoder`). The search tries each group
        count at its balanced size (28 layers in 2 programs are 14 + 14, not 16 + 12). Qwen3-0.6B int8:
-       14 layers/program (3 dispatches/token with the classifier) predicts 121 tok/s against 94 tok/s
+       14 layers/program (3 dispatches/token with the classifier) predicts 123 tok/s against 95 tok/s
        with a program per layer (29 dispatches).
     3. **Residual.** An fp16 residual between dispatches failed past ~16 layers at dim 4096 (§10.4).
        A model deeper than `FP16_RESIDUAL_MAX_LAYERS` or as wide as `FP16_RESIDUAL_MAX_DIM` keeps it in
