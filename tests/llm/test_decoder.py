@@ -281,3 +281,30 @@ def test_limits_are_llm_errors():
         Decoder(cfg, p, backend="reference", max_len=20000, plan=DecoderPlan(3, "fp16", 97, 32))
     long = tiny(seq_len=100_000)
     assert program_count(long, DecoderPlan(3, "fp16", 97, 32)) == 2
+
+
+def test_weights_read_one_layer_at_a_time():
+    """The decoder reads the (lazy) mapping layer by layer while it builds each program: all of layer
+    i's tensors before any of layer i+1's, never a tensor of a layer outside the program being built."""
+    from collections.abc import Mapping
+
+    cfg = tiny(n_layers=4)
+    p = params_for(cfg)
+    reads: list[str] = []
+
+    class Lazy(Mapping):
+        def __getitem__(self, name):
+            reads.append(name)
+            return p[name]
+
+        def __iter__(self):
+            return iter(p)
+
+        def __len__(self):
+            return len(p)
+
+    with Decoder(cfg, Lazy(), backend="reference", plan=DecoderPlan(2, "fp16", 97, 32)):
+        pass
+    layers = [int(n.split(".")[1]) for n in reads if n.startswith("layers.")]
+    # two groups x two programs (widths 1 and 32), each reading its two layers in order
+    assert layers == [0] * 9 + [1] * 9 + [0] * 9 + [1] * 9 + [2] * 9 + [3] * 9 + [2] * 9 + [3] * 9
