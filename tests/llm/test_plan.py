@@ -14,8 +14,8 @@ from anekit.llm.plan import (
     default_plan,
     program_count,
 )
+from anekit.llm.predict import SHAPES
 from anekit.model.config import ModelConfig, preset
-from anekit.perf.decode import SHAPES
 
 
 def test_plan_fields_kept():

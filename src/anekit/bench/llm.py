@@ -14,7 +14,7 @@ timed computing the wrong thing. The summary gives tokens/s and the ratio anekit
 time (goal <= 1.5). On the reference backend these are CPU-emulation figures, never engine ones
 (`measurement`).
 
-(b) **Predicted.** `anekit.perf.decode` (the calibrated cost model): decode tokens/s, ms/token and
+(b) **Predicted.** `anekit.llm.predict` (the calibrated cost model): decode tokens/s, ms/token and
 dispatches/token of Qwen3-0.6B and Llama-3.2-1B on the chosen chip at fp16, int8 and int4, with the
 plan `anekit.llm.plan.choose_plan` picks, beside the published engine figures
 (ane-private-api.md §10.5); whether the best prediction reaches twice the best published figure (the
@@ -312,7 +312,7 @@ def _predicted_points(config, plan, chip: str, max_len: int, prompt: int) -> dic
     """The cost model's engine time for each phase of the benchmarked model (the points' `predicted`
     column: the same work on the engine, shown beside both sides' CPU times)."""
     from ..perf import UncalibratedChip, default_params
-    from ..perf.decode import predict_decode, predict_prefill
+    from ..llm.predict import predict_decode, predict_prefill
 
     try:
         d = predict_decode(config, quant="fp16", chip=chip, max_len=max_len, plan=plan)
@@ -335,7 +335,7 @@ def _predicted_points(config, plan, chip: str, max_len: int, prompt: int) -> dic
 
 def predicted_summary(chip: str, max_len: int, design: bool) -> dict:
     """Predicted decode of the two shapes at each weight format, the goal check, the design choices."""
-    from ..perf.decode import PUBLISHED_DECODE, SHAPES, design_choices, predict_decode
+    from ..llm.predict import PUBLISHED_DECODE, SHAPES, design_choices, predict_decode
 
     rows, goal, choices = {}, {}, {}
     for name in PREDICTED_MODELS:
@@ -376,7 +376,7 @@ def predicted_summary(chip: str, max_len: int, design: bool) -> dict:
                 for r in design_choices(cfg, quant=best.quant, chip=chip, max_len=max_len)
             }
     out = {
-        "kind": "predicted by the cost model (anekit.perf.decode), not measured",
+        "kind": "predicted by the cost model (anekit.llm.predict), not measured",
         "chip": chip,
         "max_len": max_len,
         "decode": rows,

@@ -37,7 +37,7 @@ def estimate(
 ) -> None:
     """Predict one evaluation's time on the engine from the program's FLOPs, bytes and working set
     (a calibrated model, not a measurement: see docs/benchmarks.md). With --decode, predict a language
-    model's decode speed on the engine instead (anekit.perf.decode)."""
+    model's decode speed on the engine instead (anekit.llm.predict)."""
     from ..perf import UncalibratedChip, chip_id, count_ops, get_chip, predict
 
     try:
@@ -99,7 +99,7 @@ def _decode_config(model: Path):
     """The ModelConfig --decode predicts for: a benchmark shape or preset name, an HF model directory,
     or a model config file."""
     from ..model.config import PRESETS, ModelConfig
-    from ..perf.decode import SHAPES, shape
+    from ..llm.predict import SHAPES, shape
 
     name = str(model)
     if (name in SHAPES or name in PRESETS) and not model.exists():
@@ -120,7 +120,7 @@ def _decode_config(model: Path):
 def _decode(model: Path, cid: str, weights: str, max_len: int, as_json: bool) -> None:
     from ..errors import AnekitError
     from ..perf import get_chip
-    from ..perf.decode import PUBLISHED_DECODE, predict_decode
+    from ..llm.predict import PUBLISHED_DECODE, predict_decode
 
     try:
         config = _decode_config(model)

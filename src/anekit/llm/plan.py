@@ -10,7 +10,7 @@ A plan fixes four things the runner (`anekit.llm.decoder.Decoder`) builds its pr
 - `vocab_chunk`: classifier rows per output chunk (the engine's axis, channel and SRAM limits);
 - `prefill_chunk`: prompt tokens per prefill call.
 
-`choose_plan` picks them from the cost model (`anekit.perf.decode`) and the engine's facts; its
+`choose_plan` picks them from the cost model (`anekit.llm.predict`) and the engine's facts; its
 docstring gives the reasoning.
 """
 
@@ -231,7 +231,7 @@ def default_plan(config, *, quant: str = "fp16", max_len: int | None = None) -> 
 
 
 def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int | None = None) -> DecoderPlan:
-    """The plan the cost model predicts decodes fastest on `chip` (`anekit.perf.decode.best_plan`).
+    """The plan the cost model predicts decodes fastest on `chip` (`anekit.llm.predict.best_plan`).
 
     Reasoning (each step cites the fact it rests on; figures are the model's predictions for M4 at a
     512-position cache, never measurements):
@@ -266,11 +266,11 @@ def choose_plan(config, *, quant: str = "fp16", chip: str = "m4", max_len: int |
        Qwen3-0.6B int8, M4, cache 2048): 5342 / 6075 / 6365 / 6135 tok/s at chunks of 64 / 128 / 256 /
        512; 128 is within 5 % of the best while padding a short prompt to at most 128 columns.
 
-    Falls back to `default_plan` (the same limits without the cost model) if `anekit.perf.decode`
+    Falls back to `default_plan` (the same limits without the cost model) if `anekit.llm.predict`
     cannot be imported.
     """
     try:
-        from ..perf.decode import best_plan
+        from .predict import best_plan
     except ImportError:  # pragma: no cover - only without the cost model
         return default_plan(config, quant=quant, max_len=max_len)
     return best_plan(config, quant=quant, chip=chip, max_len=max_len)

@@ -1,4 +1,4 @@
-"""anekit.perf.decode: predicted decode speed, monotone in the right directions, counted like the
+"""anekit.llm.predict: predicted decode speed, monotone in the right directions, counted like the
 programs anekit.kernels.decoder builds, and dispatches as the Decoder makes them."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import pytest
 
 from anekit.errors import AnekitError
 from anekit.llm.plan import DecoderPlan
-from anekit.model.config import ModelConfig
-from anekit.perf.decode import (
+from anekit.llm.predict import (
     PUBLISHED_DECODE,
     Q4_SLOWDOWN,
     SHAPES,
@@ -22,6 +21,7 @@ from anekit.perf.decode import (
     matrix_bytes,
     predict_decode,
 )
+from anekit.model.config import ModelConfig
 from anekit.perf.model import default_params
 
 QWEN, LLAMA = SHAPES["qwen3-0.6b"], SHAPES["llama-3.2-1b"]

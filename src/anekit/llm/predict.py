@@ -1,6 +1,6 @@
 """Predicted decode speed of a pretrained decoder on the Neural Engine: tokens/s and dispatches/token.
 
-    from anekit.perf.decode import predict_decode, SHAPES
+    from anekit.llm.predict import predict_decode, SHAPES
     p = predict_decode(SHAPES["qwen3-0.6b"], quant="int8", chip="m4", max_len=512)
     p.tokens_per_s, p.dispatches, p.weight_bytes      # a prediction, never a measurement
 
@@ -54,10 +54,10 @@ from ..engine_limits import (
     WEIGHT_FILE_BYTES,
 )
 from ..errors import AnekitError
-from ..llm.plan import group_input_shape
 from ..model.config import PRESETS, ModelConfig, RopeScaling, preset
-from .count import OpCost, ProgramCost
-from .model import Params, default_params, predict
+from ..perf.count import OpCost, ProgramCost
+from ..perf.model import Params, default_params, predict
+from .plan import group_input_shape
 
 __all__ = [
     "DecodeOptions",
@@ -514,7 +514,7 @@ def predict_decode(
 
     Per token the runner evaluates one program per layer group, then the classifier program (all its
     chunks in one program); the embedding row is gathered on the host (a few KB)."""
-    from ..llm.plan import choose_plan, program_count
+    from .plan import choose_plan, program_count
 
     _check_quant(quant)
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
@@ -596,7 +596,7 @@ def predict_prefill(
     through every group's prefill program, then the classifier once for the last position. The group
     programs are the decode programs' ops at the wider width (`anekit.kernels.decoder` builds both
     from one function)."""
-    from ..llm.plan import choose_plan
+    from .plan import choose_plan
 
     _check_quant(quant)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
@@ -637,7 +637,7 @@ def best_plan(
 ):
     """The `DecoderPlan` with the least predicted time per token (see `anekit.llm.plan.choose_plan`
     for the reasoning); ties go to fewer loaded programs, then to smaller (balanced) groups."""
-    from ..llm.plan import (
+    from .plan import (
         FP16_RESIDUAL_MAX_LAYERS,
         DecoderPlan,
         _layer_weight_bytes,
@@ -699,7 +699,7 @@ def design_choices(config, *, quant: str = "int8", chip: str = "m4", max_len: in
     """Each design choice with its predicted effect: the prediction with anekit's choice and with the
     choice toggled (everything else kept), as tokens/s; `effect` = ours / alternative. Predictions of
     the cost model, not measurements."""
-    from ..llm.plan import FP16_RESIDUAL_MAX_LAYERS, DecoderPlan
+    from .plan import FP16_RESIDUAL_MAX_LAYERS, DecoderPlan
 
     kw = dict(quant=quant, chip=chip, max_len=max_len)
     base_plan = best_plan(config, **kw)
