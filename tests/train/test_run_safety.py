@@ -758,8 +758,10 @@ def test_the_engine_time_per_step_is_the_cost_model_s_kernels_times_layers_and_a
 
 
 @pytest.mark.parametrize("temperature", [math.nan, -1.0, math.inf, 10**400, True])
-def test_sampling_options_out_of_range_are_generate_errors(temperature):
-    from anekit.train.generate import GenerateError, check_sampling
+def test_sampling_options_out_of_range_name_the_flag(temperature):
+    from anekit.llm.errors import OptionError
+    from anekit.llm.sampling import SamplingOptions
 
-    with pytest.raises(GenerateError, match="--temperature must be a finite number >= 0"):
-        check_sampling(5, temperature, 0)
+    with pytest.raises(OptionError) as info:
+        SamplingOptions(max_tokens=5, temperature=temperature, top_k=0)
+    assert "--temperature must be a finite number >= 0" in info.value.for_flag()

@@ -311,8 +311,8 @@ def _measured(ctx: Context, cfg: Config) -> tuple[list[Point], dict]:
 def _predicted_points(config, plan, chip: str, max_len: int, prompt: int) -> dict:
     """The cost model's engine time for each phase of the benchmarked model (the points' `predicted`
     column: the same work on the engine, shown beside both sides' CPU times)."""
-    from ..perf import UncalibratedChip, default_params
     from ..llm.predict import predict_decode, predict_prefill
+    from ..perf import UncalibratedChip, default_params
 
     try:
         d = predict_decode(config, quant="fp16", chip=chip, max_len=max_len, plan=plan)

@@ -98,8 +98,8 @@ def estimate(
 def _decode_config(model: Path):
     """The ModelConfig --decode predicts for: a benchmark shape or preset name, an HF model directory,
     or a model config file."""
-    from ..model.config import PRESETS, ModelConfig
     from ..llm.predict import SHAPES, shape
+    from ..model.config import PRESETS, ModelConfig
 
     name = str(model)
     if (name in SHAPES or name in PRESETS) and not model.exists():
@@ -119,8 +119,8 @@ def _decode_config(model: Path):
 
 def _decode(model: Path, cid: str, weights: str, max_len: int, as_json: bool) -> None:
     from ..errors import AnekitError
-    from ..perf import get_chip
     from ..llm.predict import PUBLISHED_DECODE, predict_decode
+    from ..perf import get_chip
 
     try:
         config = _decode_config(model)

@@ -124,7 +124,6 @@ def train(
 
     Ctrl-C stops the run and prints the command that resumes it (exit status 130).
     """
-    from ..train.generate import generate_text
     from ..train.loop import LOG_FILE, PLOT_FILE, RunInterrupted, Trainer, plot_losses
 
     if print_every < 1:
@@ -187,7 +186,10 @@ def train(
         png = None
     sample = ""
     if sample_tokens > 0:
-        sample = generate_text(trainer.params, cfg, trainer.tokenizer, "", sample_tokens, seed=seed)
+        from ..llm import from_params
+
+        model = from_params(cfg, trainer.params, trainer.tokenizer)
+        sample = model.generate("", max_tokens=sample_tokens, temperature=0.8, top_k=40, seed=seed).text
     if result.first_loss is not None and result.final_loss is not None:
         val = f", validation {result.val_loss:.3f}" if result.val_loss is not None else ""
         console.print(

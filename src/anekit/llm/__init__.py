@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["load", "LanguageModel", "SamplingOptions", "Completion", "StreamEvent", "LLMError", "ContextFull"]
+__all__ = [
+    "load", "from_params", "LanguageModel", "SamplingOptions", "Completion", "StreamEvent",
+    "LLMError", "ContextFull",
+]  # fmt: skip
 
 _WHERE = {
     "load": "model",
+    "from_params": "model",
     "LanguageModel": "model",
     "Completion": "model",
     "StreamEvent": "model",

@@ -24,7 +24,10 @@ from .errors import ContextFull, LLMError
 from .sampling import Sampler, SamplingOptions, StopMatcher
 from .tokenizer import TextTokenizer
 
-__all__ = ["Completion", "StreamEvent", "LanguageModel", "load", "WEIGHTS", "BACKENDS", "FLOAT64_BACKEND"]
+__all__ = [
+    "Completion", "StreamEvent", "LanguageModel", "load", "from_params",
+    "WEIGHTS", "BACKENDS", "FLOAT64_BACKEND",
+]  # fmt: skip
 
 WEIGHTS = ("fp16", "int8", "int4")
 #: Where a model can run: the engine decoder's backends, or the float64 NumPy model
@@ -479,4 +482,19 @@ def load(
         backend=backend_name,
         default_options=_default_options(src.generation_config, src.kind),
         path=src.directory,
+    )
+
+
+def from_params(
+    config, params: Mapping[str, np.ndarray], tokenizer, *, name: str | None = None
+) -> LanguageModel:
+    """A `LanguageModel` on parameters in memory (anekit names, e.g. a model just trained) with an
+    `anekit.train.tokenizers` tokenizer, on the float64 session: `anekit train` prints its
+    end-of-run sample through it, so anekit has one sampler and one decoding loop."""
+    return LanguageModel(
+        name=name or config.name,
+        config=config,
+        tokenizer=_tokenizer_for(None, tokenizer),
+        session=_Float64Session(config, params, config.seq_len),
+        backend=FLOAT64_BACKEND,
     )
