@@ -257,18 +257,21 @@ def test_decoder_on_the_ane_runtime_writes_the_cache_into_the_surface(fake_engin
 
     cfg = tiny()
     p = params_for(cfg, seed=7)
-    toks = [int(t) for t in np.random.default_rng(8).integers(0, cfg.vocab_size, 40)]
+    toks = [int(t) for t in np.random.default_rng(8).integers(0, cfg.vocab_size, 76)]
     plan = DecoderPlan(2, "fp32-host", 64, 64)
-    with Decoder(cfg, p, backend="ane", plan=plan, max_len=64) as eng:
+    with Decoder(cfg, p, backend="ane", plan=plan, max_len=96) as eng:
         binding = eng._groups[0].bindings[DECODE_WIDTH]
         assert isinstance(binding, AneBinding)
         surface = binding._surfaces[0]
-        got = [eng.prefill(toks[:35])] + [eng.decode(t) for t in toks[35:]]
+        # 70 prompt tokens: 64 in the prefill program, the last 6 in the 32-wide decode program
+        got = [eng.prefill(toks[:70])] + [eng.decode(t) for t in toks[70:]]
         assert binding._surfaces[0] is surface  # the same surface throughout
         assert len(fake_engine.models) == eng.n_programs == 2 * 2 + 1
-    with Decoder(cfg, p, backend="reference", plan=plan, max_len=64, decode_width=DECODE_WIDTH) as ref_dec:
-        want = [ref_dec.prefill(toks[:35])] + [ref_dec.decode(t) for t in toks[35:]]
+    with Decoder(cfg, p, backend="reference", plan=plan, max_len=96, decode_width=DECODE_WIDTH) as ref_dec:
+        want = [ref_dec.prefill(toks[:70])] + [ref_dec.decode(t) for t in toks[70:]]
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    seq = np.asarray(toks)
+    check_logits(np.stack(got), ref.forward(p, cfg, seq)[69:])
 
 
 def test_limits_are_llm_errors():

@@ -374,6 +374,16 @@ class Decoder:
             rows.append(self._classifier.logits(out)[: part.shape[1]])
         return np.concatenate(rows).astype(np.float32)
 
+    def _width_for(self, rest: int) -> int:
+        """The program width for the next chunk of `rest` tokens: the widest program while the rest
+        fills it, then the narrowest that holds the rest (a 150-token prompt on the engine runs as 128
+        + 22 in the 32-wide decode program, not in a second 128-wide call; one token always decodes
+        in the decode program). Every program of a group holds the same cache, so they mix freely."""
+        widest = self._widths[-1]
+        if rest >= widest:
+            return widest
+        return min(w for w in self._widths if w >= rest)
+
     def _append(self, ids: np.ndarray, *, keep_all: bool) -> np.ndarray:
         if self.length + len(ids) > self.max_len:
             raise ContextFull(
@@ -382,11 +392,12 @@ class Decoder:
                 tokens=self.length + len(ids),
                 limit=self.max_len,
             )
-        width = self.prefill_width if len(ids) > 1 else self.decode_width
-        finals = []
-        for c0 in range(0, len(ids), width):
+        finals, c0 = [], 0
+        while c0 < len(ids):
+            width = self._width_for(len(ids) - c0)
             h = self._chunk(ids[c0 : c0 + width], width)
             finals.append(h if keep_all else h[:, -1:])
+            c0 += width
         hidden = np.concatenate(finals, axis=1) if keep_all else finals[-1]
         return self._classify(hidden)
 
