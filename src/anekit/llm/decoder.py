@@ -51,18 +51,7 @@ from ..kernels.decoder import (
 )
 from ..kernels.layout import round_up
 from ..kernels.quant import QUANT_MODES, QuantError
-
-try:
-    from .errors import ContextFull, LLMError
-except ImportError:  # pragma: no cover - until H3's errors module lands
-    from ..errors import AnekitError
-
-    class LLMError(AnekitError, ValueError):  # type: ignore[no-redef]
-        pass
-
-    class ContextFull(LLMError):  # type: ignore[no-redef]
-        pass
-
+from .errors import ContextFull, LLMError
 
 __all__ = ["Decoder", "DECODE_WIDTH", "program_count", "default_decode_width"]
 
@@ -77,19 +66,12 @@ _LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w
 
 
 def _plan_for(config, quant: str, max_len: int, plan):
+    """`plan`, or the one the cost model picks (`anekit.llm.plan.choose_plan`)."""
     if plan is not None:
         return plan
-    try:
-        from .plan import choose_plan
-    except ImportError:  # pragma: no cover - before H5's plan module
-        choose_plan = None
-    if choose_plan is not None:
-        return choose_plan(config, quant=quant, max_len=max_len)
-    from types import SimpleNamespace  # pragma: no cover
+    from .plan import choose_plan
 
-    return SimpleNamespace(  # pragma: no cover
-        layers_per_program=min(4, config.n_layers), residual="fp32-host", vocab_chunk=8192, prefill_chunk=128
-    )
+    return choose_plan(config, quant=quant, max_len=max_len)
 
 
 def default_decode_width(backend: str) -> int:
@@ -167,6 +149,8 @@ class Decoder:
                 "more layers per program"
             )
         self._weights = weights
+        if "embed" not in weights:
+            raise LLMError(f"{config.name}: the weights have no 'embed'; they do not match the model config")
         self._embed = weights["embed"]
         self.length = 0
         self._groups: list[_Group] = []
@@ -226,9 +210,8 @@ class Decoder:
                 group.programs[width], group.kernels[width] = replace(prog, program=None), kernel
                 binding = kernel.new_binding()
                 group.bindings[width] = binding
-                binding.write(
-                    x=np.zeros(prog.input_layout.shape, np.float16)
-                )  # the cache, written whole once
+                # the whole input, caches included, is written once, here; later only slices
+                binding.write(x=np.zeros(prog.input_layout.shape, np.float16))
         head = self._weights["embed"] if cfg.tie_embeddings else self._weights["lm_head"]
         self._classifier = classifier_program(
             cfg,
