@@ -242,3 +242,38 @@ def test_raise_exception_is_an_llm_error_with_the_template_s_message():
 def test_bad_templates_and_conversations_are_llm_errors(template, messages, match):
     with pytest.raises(ChatTemplateError, match=match):
         render_chat(template, messages)
+
+
+# -- templates that would not end: found by the `model` fuzz target (anekit.fuzz.model_dir) -------------
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        # Jinja's sandbox caps one range() at 100000 items, not loops nested over them
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+            "more than .* range items",
+        ),
+        (
+            "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% for k in r %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+            "more than .* range items",
+        ),
+        ("{% for i in range(99999999999) %}{{ i }}{% endfor %}", "a template may use at most 100000"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses without end"),
+        ("{{ 'ab' * 10**9 }}", "repeats a str past"),
+        ("{% for x in [1] * 10**9 %}{% endfor %}", "repeats a list past"),
+        ("{{ 7 ** 1000000000 }}", "raises an integer to a huge power"),
+    ],
+)
+def test_a_template_that_would_not_end_is_refused(template, message):
+    with pytest.raises(ChatTemplateError, match=message):
+        render_chat(template, [{"role": "user", "content": "hi"}])
+
+
+def test_a_template_within_the_limits_still_loops():
+    text = render_chat("{% for i in range(3) %}{% for j in range(2) %}{{ i }}{{ j }} {% endfor %}{% endfor %}",
+                       [{"role": "user", "content": "hi"}])  # fmt: skip
+    assert text == "00 01 10 11 20 21 "

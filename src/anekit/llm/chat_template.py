@@ -20,6 +20,8 @@ fails to parse or raises while rendering is an `LLMError` naming the template an
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -71,6 +73,63 @@ def select_template(template, name: str | None = None, tools=None) -> str:
     if not isinstance(chosen, str):
         raise ChatTemplateError(f"chat template {name or 'default'!r} is not a string")
     return chosen
+
+
+#: Limits on one render. A template is code from a downloaded model, and Jinja's sandbox bounds a
+#: single range() to 100000 items (`jinja2.sandbox.MAX_RANGE`) but not loops nested over them, a
+#: repetition (``'a' * 10**10``) or the time spent: without these a template loops for hours or
+#: exhausts memory while the server's event loop waits on it. Real templates use a few milliseconds,
+#: a few thousand items and a few kB of output per message.
+MAX_RENDER_SECONDS = 2.0
+MAX_LOOP_ITEMS = 2_000_000  #: range() items iterated over in one render, summed over every loop
+MAX_REPEAT_ITEMS = 1_000_000  #: the length of a string or list made by ``*``
+MAX_OUTPUT_CHARS = 8 << 20  #: the rendered text
+
+_budget = threading.local()
+
+
+def _charge(items: int = 0) -> None:
+    """Count `items` against this render's budget and check its deadline (`MAX_RENDER_SECONDS`)."""
+    from jinja2.exceptions import SecurityError
+
+    state = getattr(_budget, "state", None)
+    if state is None:  # rendering outside render_chat (tests of the environment): no budget
+        return
+    state[1] += items
+    if state[1] > MAX_LOOP_ITEMS:
+        raise SecurityError(f"the template iterates over more than {MAX_LOOP_ITEMS} range items")
+    if time.monotonic() > state[0]:
+        raise SecurityError(f"the template ran for more than {MAX_RENDER_SECONDS} s")
+
+
+class _CountedRange(Sequence):
+    """range() for templates: iterating charges each item to the render's budget (`_charge`), so
+    nested loops over ranges, or over one range kept in a variable, end instead of hanging."""
+
+    def __init__(self, *args):
+        from jinja2.exceptions import SecurityError
+        from jinja2.sandbox import MAX_RANGE
+
+        self._range = range(*args)
+        if len(self._range) > MAX_RANGE:
+            raise SecurityError(
+                f"range() of {len(self._range)} items; a template may use at most {MAX_RANGE}"
+            )
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, i):
+        return self._range[i]
+
+    def __iter__(self):
+        for i, value in enumerate(self._range):
+            if i % 1024 == 0:
+                _charge(min(1024, len(self._range) - i))
+            yield value
+
+    def __repr__(self) -> str:
+        return repr(self._range)
 
 
 def _raise_exception(message):
@@ -131,10 +190,43 @@ def _environment():
         def _body(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols]
-    )
+    class _Environment(ImmutableSandboxedEnvironment):
+        """The sandbox with a time budget checked on every call, attribute and item access, and
+        ``*`` refused when it would repeat a string or list past `MAX_REPEAT_ITEMS` (`_charge`)."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if (
+                        isinstance(seq, (str, list, tuple))
+                        and isinstance(n, int)
+                        and len(seq) * n > MAX_REPEAT_ITEMS
+                    ):
+                        raise jinja2.exceptions.SecurityError(
+                            f"the template repeats a {type(seq).__name__} past {MAX_REPEAT_ITEMS} items"
+                        )
+            elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 4096:
+                raise jinja2.exceptions.SecurityError("the template raises an integer to a huge power")
+            _charge()
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - the sandbox's signature
+            _charge()
+            return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+
+        def getattr(self, obj, attribute):
+            _charge()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            _charge()
+            return super().getitem(obj, argument)
+
+    env = _Environment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
     env.filters["tojson"] = _tojson
+    env.globals["range"] = _CountedRange
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["namespace"] = _Namespace
@@ -217,15 +309,39 @@ def render_chat(
     source = select_template(template, template_name, tools)
     compiled = _compile(source)
     variables = {**dict(special_tokens or {}), **_plain(kwargs)}
+    _budget.state = [time.monotonic() + MAX_RENDER_SECONDS, 0]
     try:
-        return compiled.render(
+        parts, size = [], 0
+        for part in compiled.generate(
             messages=chat,
             tools=_plain(tools),
             documents=_plain(documents),
             add_generation_prompt=add_generation_prompt,
             **variables,
-        )
+        ):
+            size += len(part)
+            if size > MAX_OUTPUT_CHARS:
+                raise ChatTemplateError(
+                    f"the chat template renders more than {MAX_OUTPUT_CHARS} characters; it is broken or "
+                    "hostile: fix tokenizer_config.json's chat_template"
+                )
+            _charge()
+            parts.append(part)
+        return "".join(parts)
     except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"the chat template refused the conversation: {e}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise ChatTemplateError(
+            f"the chat template refused the conversation: {e}"
+            + (
+                " (rendering limits: MAX_RENDER_SECONDS, MAX_LOOP_ITEMS)"
+                if isinstance(e, jinja2.exceptions.SecurityError)
+                else ""
+            )
+        ) from None
+    except RecursionError:
+        raise ChatTemplateError(
+            "the chat template recurses without end (a macro or a recursive loop calls itself too deeply)"
+        ) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError, MemoryError) as e:
         raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
+    finally:
+        _budget.state = None
