@@ -244,3 +244,15 @@ def test_copied_model_directory_tokenizer(tmp_path, byte_fallback_json):
     d = _hf_dir(tmp_path / "a", byte_fallback_json)
     shutil.copytree(d, tmp_path / "b")
     assert hf_tokenizer(tmp_path / "b").encode("Once") == hf_tokenizer(d).encode("Once")
+
+
+def test_a_tokenizer_that_fails_inside_the_tokenizers_library_is_an_llm_error(tmp_path):
+    """Found by the `model` fuzz target: a BPE whose unk token is not in its (empty) vocabulary makes
+    the tokenizers library raise a bare Exception on encode."""
+    from tokenizers import Tokenizer, models
+
+    broken = Tokenizer(models.BPE(vocab={}, merges=[], unk_token="<unk>")).to_str()
+    d = _hf_dir(tmp_path / "m", broken)
+    tok = hf_tokenizer(d)
+    with pytest.raises(LLMError, match="the tokenizer cannot encode this text: .*download it again"):
+        tok.encode("hello")

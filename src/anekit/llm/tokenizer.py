@@ -124,10 +124,22 @@ class _HFTextTokenizer(TextTokenizer):
         # choice, as in transformers 5, whose AutoTokenizer ignores tokenizer_config.json's
         # add_bos_token/add_eos_token when tokenizer.json is present (tests/llm/test_tokenizer.py
         # checks both settings against it)
-        return list(self._raw.encode(text, add_special_tokens=add_special_tokens).ids)
+        try:
+            return list(self._raw.encode(text, add_special_tokens=add_special_tokens).ids)
+        except Exception as e:  # tokenizers raises a bare Exception (e.g. its unk token is not in the vocab)
+            raise LLMError(
+                f"{self.identity}: the tokenizer cannot encode this text: {e}; tokenizer.json is damaged "
+                "or inconsistent: download it again"
+            ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._raw.decode([int(i) for i in ids], skip_special_tokens=True)
+        try:
+            return self._raw.decode([int(i) for i in ids], skip_special_tokens=True)
+        except Exception as e:  # as in encode
+            raise LLMError(
+                f"{self.identity}: the tokenizer cannot decode ids {list(ids)[:8]}: {e}; tokenizer.json is "
+                "damaged or inconsistent: download it again"
+            ) from None
 
 
 class _AnekitTextTokenizer(TextTokenizer):
