@@ -536,3 +536,20 @@ def test_f16_checkpoints_are_float16_views(hf_qwen2, tmp_path):
     assert np.shares_memory(w["layers.0.w1"], _mapped_file(w, "layers.0.w1")._raw)
     tokens = _tokens(8)
     assert np.abs(forward(w, w.config, tokens) - _hf_logits(oracle.eval(), tokens)).max() <= TOL
+
+
+# -- found by the `model` fuzz target (anekit.fuzz.model_dir) -------------------------------------------
+
+
+def test_a_looping_symlink_is_a_model_source_error(copy_of, hf_llama_tied):
+    d = copy_of(hf_llama_tied)
+    (d / "tokenizer_config.json").unlink()
+    (d / "tokenizer_config.json").symlink_to("tokenizer_config.json")
+    _refused(d, "tokenizer_config.json.* cannot be resolved .*a symbolic link loops")
+
+
+@pytest.mark.parametrize("rope_type", [["llama3"], 7])
+def test_a_rope_type_that_is_not_a_string_is_refused(copy_of, hf_llama_tied, rope_type):
+    d = copy_of(hf_llama_tied)
+    _edit_json(d / "config.json", rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0})
+    _refused(d, "rope_type must be a string")

@@ -688,6 +688,10 @@ def rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None]:
     Scaling types other than "llama3", per-layer RoPE and partial rotary dims are refused."""
     merged = _merged_rope_params(cfg)
     rope_type = merged.pop("rope_type", None) or "default"
+    if not isinstance(rope_type, str):
+        raise ModelFileError(
+            f"rope_type must be a string such as 'default' or 'llama3', got {rope_type!r:.80}"
+        )
     _check_rope_keys(rope_type, merged)
     if merged.pop("partial_rotary_factor", 1.0) != 1.0:
         raise ModelFileError("partial_rotary_factor other than 1 is not supported (RoPE on every head dim)")
@@ -726,8 +730,14 @@ def model_file(directory: str | Path, name, where: str | Path, what: str = "file
     d = Path(directory)
     if not isinstance(name, str) or not name or "\0" in name:
         raise ModelFileError(f"{where}: {what} name {name!r} is not a file name")
-    real_d = d.resolve()
-    p = (real_d / name).resolve()
+    try:
+        real_d = d.resolve()
+        p = (real_d / name).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Path.resolve before 3.13)
+        raise ModelFileError(
+            f"{where}: {what} {name!r} cannot be resolved ({e}); a symbolic link loops or is unreadable: "
+            "replace it by the file itself"
+        ) from None
     blobs = _hub_blobs(real_d)
     if not (p.is_relative_to(real_d) or (blobs is not None and p.is_relative_to(blobs.resolve()))):
         raise ModelFileError(
