@@ -273,3 +273,11 @@ def test_crash_between_the_two_renames_falls_back_to_the_previous_checkpoint(tmp
 def test_optimizer_state_namedtuple_unpacks_like_adamw_state_dict():
     tensors, scalars = OptimizerState({"m.a": np.zeros(1)}, {"t": 1})
     assert scalars == {"t": 1} and list(tensors) == ["m.a"]
+
+
+def test_a_state_json_nested_too_deep_for_python_is_a_checkpoint_error(tmp_path):
+    """Found by the `model` fuzz target: json's RecursionError escaped read_state."""
+    path = save_checkpoint(tmp_path / "c", CFG, _params())
+    (path / STATE_FILE).write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="state.json: cannot read"):
+        load_checkpoint(path)

@@ -452,7 +452,7 @@ def read_state(path: str | Path) -> CheckpointInfo:
     state_path = src / STATE_FILE
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
         raise CheckpointError(f"{state_path}: cannot read: {e}.{_hint_previous(src)}") from e
     if isinstance(state, dict):
         if state.get("format") != FORMAT:
