@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -280,4 +281,33 @@ def test_a_state_json_nested_too_deep_for_python_is_a_checkpoint_error(tmp_path)
     path = save_checkpoint(tmp_path / "c", CFG, _params())
     (path / STATE_FILE).write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
     with pytest.raises(CheckpointError, match="state.json: cannot read"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", [STATE_FILE, MODEL_FILE, "tokenizer.json"])
+def test_a_checkpoint_file_linking_out_of_the_directory_is_refused(tmp_path, name):
+    """Found by the `model` fuzz target: state.json, the weights and the tokenizer were read through a
+    symlink leaving the checkpoint (the target here is a valid copy: only the path check refuses it)."""
+    from anekit.train.checkpoint import load_checkpoint_tokenizer
+    from anekit.train.tokenizers import bundled_tokenizer
+
+    path = save_checkpoint(tmp_path / "c", CFG, _params(), tokenizer=bundled_tokenizer())
+    if not (path / name).exists():
+        pytest.skip(f"the bundled tokenizer is not stored as {name}")
+    outside = tmp_path / f"copy-{name}"
+    outside.write_bytes((path / name).read_bytes())
+    (path / name).unlink()
+    (path / name).symlink_to(outside)
+    with pytest.raises(CheckpointError, match="outside the directory"):
+        load_checkpoint(path)
+        load_checkpoint_tokenizer(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs fifos")
+def test_a_fifo_in_place_of_the_weights_is_refused_not_read(tmp_path):
+    """Found by the `model` fuzz target: the checksum's read blocked forever on a fifo."""
+    path = save_checkpoint(tmp_path / "c", CFG, _params())
+    (path / MODEL_FILE).unlink()
+    os.mkfifo(path / MODEL_FILE)
+    with pytest.raises(CheckpointError, match="is a FIFO"):
         load_checkpoint(path)

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import AnekitError
 from ..model.config import ModelConfig
+from ..safe_dir import check_regular_file, read_inside, resolve_inside
 from .checkpoint_schema import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -74,6 +75,8 @@ __all__ = [
 FORMAT = "anekit-checkpoint"
 FORMAT_VERSION = 2  #: 2: per-file sha256, tokenizer copy, LR schedule, data fingerprint
 STATE_FILE = "state.json"
+#: a state.json larger than this is not one (anekit's own are a few kB)
+MAX_STATE_BYTES = 16 << 20
 PREV_SUFFIX = ".prev"
 
 
@@ -450,9 +453,11 @@ def read_state(path: str | Path) -> CheckpointInfo:
     """The validated state of checkpoint `path` (no tensors read); `CheckpointError` naming what is wrong."""
     src = resolve_checkpoint(path)
     state_path = src / STATE_FILE
+    # inside the checkpoint directory after links, a regular file, size-capped (anekit.safe_dir)
+    raw = read_inside(src, STATE_FILE, CheckpointError, "checkpoint state", max_bytes=MAX_STATE_BYTES)
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
+        state = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
         raise CheckpointError(f"{state_path}: cannot read: {e}.{_hint_previous(src)}") from e
     if isinstance(state, dict):
         if state.get("format") != FORMAT:
@@ -474,6 +479,11 @@ def read_state(path: str | Path) -> CheckpointInfo:
 
 def _verify_file(src: Path, name: str, entry: dict) -> Path:
     path = src / name
+    if path.exists() or path.is_symlink():
+        # a link leaving the checkpoint is refused, and a fifo or directory is never opened (it would
+        # block the checksum's read or fail it with an OSError of its own)
+        real = resolve_inside(src, name, CheckpointError, "checkpoint file")
+        check_regular_file(real, CheckpointError, "checkpoint file", f"{STATE_FILE} lists it as a file")
     try:
         actual = _file_entry(path)
     except FileNotFoundError:
