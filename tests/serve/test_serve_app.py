@@ -259,7 +259,18 @@ def test_an_invalid_field_is_400_naming_it(base, path, body, param):
     assert error["param"] == param
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"text"',
+        b"\xff\xfe",
+        # found by the serve fuzz target: json's RecursionError was a 500
+        b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
 def test_a_malformed_body_is_400(base, content):
     response = httpx.post(
         f"{base}/v1/chat/completions",
@@ -303,6 +314,19 @@ def test_another_model_is_404(api, base):
     assert missing.value.response.json()["error"]["param"] == "model"
     error = error_of(httpx.post(f"{base}/v1/chat/completions", json={"model": "x", "messages": MSG}), 404)
     assert error["code"] == "model_not_found"
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_sent(base):
+    """Found by the serve fuzz target: JSON may escape a lone surrogate ("\\udcff"), which has no UTF-8
+    encoding; the 404 quoting that model name failed to render (a 500)."""
+    response = httpx.post(
+        f"{base}/v1/completions",
+        content=b'{"model": "\\udcff", "prompt": "x"}',
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    error = error_of(response, 404)
+    assert error["code"] == "model_not_found" and "\udcff" in error["message"]
 
 
 def test_unknown_paths_and_methods_answer_openai_errors(base):

@@ -45,7 +45,16 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         # Retry-After: a full queue drains in about one request's time; clients back off from it
         headers = {"Retry-After": "1"} if self.status == 503 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return _AsciiJSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error message may quote what the client sent,
+    and JSON text may hold a lone surrogate (``"\\udcff"``) that has no UTF-8 encoding, which
+    Starlette's `JSONResponse` (``ensure_ascii=False``) cannot send."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -222,6 +231,11 @@ async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
     except (ValueError, UnicodeDecodeError) as e:
         raise invalid(
             f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json"
+        ) from None
+    except RecursionError:  # Python's json parser recurses once per nested array or object
+        raise invalid(
+            "the request body nests arrays or objects too deeply to parse; send a flatter JSON object",
+            code="invalid_json",
         ) from None
     if not isinstance(data, dict):
         kind = _JSON_KINDS.get(type(data), "a number")
