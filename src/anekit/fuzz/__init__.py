@@ -1,4 +1,5 @@
-"""Seeded fuzzing of everything anekit reads from a user: MIL text, weight blobs, record bundles.
+"""Seeded fuzzing of everything anekit reads from a user: MIL text, weight blobs, record bundles,
+model directories (`model`) and the OpenAI-compatible server's requests (`serve`).
 
 A target makes one input from a random generator and feeds it to anekit. The only acceptable outcomes are
 success or an `AnekitError` (a refusal with a message); any other exception, or a case that runs past
@@ -26,7 +27,13 @@ import numpy as np
 from ..errors import AnekitError
 
 #: Target name -> module defining `make_case(rng) -> case` and `run_case(case) -> None`.
-TARGET_MODULES = {"mil": "anekit.fuzz.mil_text", "blob": "anekit.fuzz.blob", "bundle": "anekit.fuzz.bundle"}
+TARGET_MODULES = {
+    "mil": "anekit.fuzz.mil_text",
+    "blob": "anekit.fuzz.blob",
+    "bundle": "anekit.fuzz.bundle",
+    "model": "anekit.fuzz.model_dir",
+    "serve": "anekit.fuzz.serve_requests",
+}
 
 #: What a case can end in; "other" (an exception that is not an AnekitError) and "hang" are defects.
 OUTCOMES = ("ok", "anekit_error", "other", "hang")
