@@ -268,3 +268,19 @@ def test_stop_matching_equals_find_on_the_whole_text(seed):
     hits = [text.find(s) for s in stops if s in text]
     expected = text[: min(hits)] if hits else text
     assert "".join(shown) == expected and stopped == bool(hits)
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 5e-324, 1e-310])
+def test_a_temperature_so_small_that_logits_overflow_samples_the_argmax(temperature):
+    """Found by the serve fuzz target: logits / 1e-320 overflow to inf and the draw ran on NaNs
+    (a token that was not the best); the limit of T -> 0+ is the argmax."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    for top_k in (0, 5):
+        s = rng.standard_normal(64) * 3
+        s[7] = -np.inf
+        opts = SamplingOptions(temperature=temperature, top_k=top_k, seed=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert Sampler(opts, 64).choose(s) == int(np.argmax(s))

@@ -200,10 +200,18 @@ def candidates(logits: np.ndarray, options: SamplingOptions, seen=None) -> tuple
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     if finite.all():  # the usual case: no index array over the whole vocabulary
         live, v = None, scores
-        v /= options.temperature  # `scores` is this function's own copy
     else:
         live = np.flatnonzero(finite)
-        v = scores[live] / options.temperature
+        v = scores[live]
+    with np.errstate(over="ignore"):
+        scaled = v / options.temperature
+    if not np.isfinite(scaled).all():
+        # a temperature so small (1e-320) that score / T overflows float64, where transformers'
+        # softmax would give NaN probabilities: its limit T -> 0+, the best candidate (which every
+        # later processor keeps)
+        best = int(np.argmax(v))
+        return np.array([best if live is None else live[best]]), v[best : best + 1]
+    v = scaled
     for keep_of, value in (
         (_keep_top_k, options.top_k),
         (_keep_top_p, options.top_p),
