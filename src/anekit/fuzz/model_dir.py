@@ -17,8 +17,8 @@ the wrong shard), safetensors headers (length, offsets, dtypes, shapes, truncati
 tokenizer files (broken JSON, wrong ids, BOS/EOS absent), the chat template (syntax errors,
 ``raise_exception``, deep recursion, loops too long to finish), generation_config.json values, and the
 files themselves (missing, a directory, a fifo, a symlink leaving the directory, a symlink inside it,
-dangling or looping links). Then `anekit.llm.load(dir, backend="float64", max_len=16)`, `logits` of a
-few tokens, `generate` of 2 tokens and `render_chat` of a short conversation.
+dangling or looping links). Then `anekit.llm.load(dir, backend="float64", max_len=48)`, `logits` of a
+few tokens, `generate` of 2 tokens, `render_chat` of a short conversation and `chat` (1 token).
 
 Acceptable outcomes: success or an AnekitError. One more check: a model whose file is a symlink leaving
 the directory must not load (the link's target is a valid copy, so only the path check can refuse it).
@@ -53,7 +53,7 @@ MESSAGES = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "hello cat"},
 ]
-MAX_LEN = 16
+MAX_LEN = 48
 
 CONFIG_KEYS = [
     "model_type",
@@ -257,7 +257,7 @@ def _workdir() -> Path:
 def _config(kind: str):
     from ..model.config import ModelConfig
 
-    common = dict(dim=16, hidden_dim=32, n_heads=2, n_kv_heads=1, vocab_size=VOCAB, seq_len=32)
+    common = dict(dim=16, hidden_dim=32, n_heads=2, n_kv_heads=1, vocab_size=VOCAB, seq_len=64)
     if kind == "qwen2-sharded":
         return ModelConfig("fuzz-qwen2", n_layers=2, tie_embeddings=False, qkv_bias=True, **common)
     if kind == "qwen3":
@@ -847,6 +847,9 @@ def _run(path: Path) -> None:
             text = model.render_chat(MESSAGES)
             if not isinstance(text, str):
                 raise AssertionError(f"render_chat gave {type(text).__name__}")
+            reply = model.chat(MESSAGES, max_tokens=1)
+            if reply.completion_tokens > 1:
+                raise AssertionError(f"chat of 1 token gave {reply!r}")
     finally:
         model.close()
 

@@ -1,7 +1,7 @@
 """Fuzz target `serve`: OpenAI-style request bodies POSTed to the app of `anekit.serve.create_app`.
 
 The app serves a tiny model made once per process (the Llama seed of the `model` target,
-`anekit.fuzz.model_dir`, on the float64 session with a 32-token context) and is called in process
+`anekit.fuzz.model_dir`, on the float64 session with a 64-token context) and is called in process
 through ASGI (`_post`: the request body, then a client that stays connected until the answer ends),
 one request at a time. Each case starts from a valid body for `/v1/completions` or
 `/v1/chat/completions` and applies zero to four mutations: fields set to other JSON values (wrong
@@ -30,7 +30,7 @@ from ..errors import AnekitError
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 MODEL_NAME = "fuzz-model"
-CONTEXT = 32
+CONTEXT = 64
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
