@@ -284,3 +284,19 @@ def test_a_temperature_so_small_that_logits_overflow_samples_the_argmax(temperat
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             assert Sampler(opts, 64).choose(s) == int(np.argmax(s))
+
+
+def test_a_logit_of_plus_infinity_is_the_draw_not_dropped():
+    """Found by the serve fuzz target: repetition_penalty 1e-320 divides a seen token's positive logit
+    to +inf, which the sampler dropped as non-finite (the penalty's opposite); +inf outweighs every
+    finite logit, so it is the token drawn."""
+    import warnings
+
+    s = np.linspace(-1, 1, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        opts = SamplingOptions(temperature=1.0, repetition_penalty=1e-320, seed=0)
+        assert all(Sampler(opts.updated(seed=i), 32, prompt=[5, 20]).choose(s) == 20 for i in range(20))
+        s2 = s.copy()
+        s2[3] = np.inf
+        assert Sampler(SamplingOptions(temperature=0.8, top_p=0.5, seed=1), 32).choose(s2) == 3

@@ -191,8 +191,11 @@ def candidates(logits: np.ndarray, options: SamplingOptions, seen=None) -> tuple
     """(token ids, their scores) the next token is drawn from (softmax of the scores): every processor
     of `options` in transformers' order. At temperature 0 only the repetition penalty applies and
     the one candidate is the argmax."""
-    scores = _penalised(logits, seen, options.repetition_penalty)
-    if options.greedy:
+    with np.errstate(over="ignore"):
+        scores = _penalised(logits, seen, options.repetition_penalty)
+    if options.greedy or np.isposinf(scores).any():
+        # +inf: a logit that overflowed, or one a repetition penalty near 0 divided past float64's
+        # range; it outweighs every finite score (softmax would be NaN), so it is the draw, as at T 0
         top = np.array([_argmax(scores)])
         return top, scores[top]
     finite = np.isfinite(scores)
