@@ -266,6 +266,14 @@ def test_bad_templates_and_conversations_are_llm_errors(template, messages, matc
         ("{{ 'ab' * 10**9 }}", "repeats a str past"),
         ("{% for x in [1] * 10**9 %}{% endfor %}", "repeats a list past"),
         ("{{ 7 ** 1000000000 }}", "raises an integer to a huge power"),
+        # widths and counts that size an allocation
+        ("{{ 'x' | center(10**10) }}", "the center filter.* more than"),
+        ("{{ 'x'.rjust(10**10) }}", "str.rjust.* more than"),
+        ("{{ '{:>9999999999}'.format(1) }}", "str.format with a width of more than"),
+        ("{{ '%09999999999d' | format(1) }}", "the format filter with a width"),
+        ("{{ '%09999999999d' % 1 }}", "a % format with a width"),
+        ("{{ [1] | batch(10**10, 0) | list }}", "the batch filter"),
+        ("{{ lipsum(10**9) }}", "lipsum"),
     ],
 )
 def test_a_template_that_would_not_end_is_refused(template, message):
@@ -277,3 +285,5 @@ def test_a_template_within_the_limits_still_loops():
     text = render_chat("{% for i in range(3) %}{% for j in range(2) %}{{ i }}{{ j }} {% endfor %}{% endfor %}",
                        [{"role": "user", "content": "hi"}])  # fmt: skip
     assert text == "00 01 10 11 20 21 "
+    small = "{{ 'ab'.center(6) }}|{{ '%3d' % 7 }}|{{ '{:>3}'.format(1) }}|{{ [1, 2, 3] | batch(2) | list }}"
+    assert render_chat(small, [{"role": "user", "content": "hi"}]) == "  ab  |  7|  1|[[1, 2], [3]]"

@@ -198,6 +198,10 @@ TEMPLATES: list[object] = [
     "{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}"
     "{% endfor %}{% endfor %}{% endfor %}",
     "{% for i in range(99999999999) %}{{ i }}{% endfor %}",
+    # allocations sized by the template (100 MB each: refused before they are made)
+    "{{ 'x' | center(100000000) }}",
+    "{{ '{:>100000000}'.format(messages[0].role) }}",
+    "{{ 'ab' * 100000000 }}",
     "{% generation %}{{ messages | length }}{% endgeneration %}",
     "{% for m in messages %}{% break %}{% endfor %}ok",
     "{{ messages | map(attribute='role') | join(',') }}",

@@ -20,6 +20,7 @@ fails to parse or raises while rendering is an `LLMError` naming the template an
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -77,9 +78,10 @@ def select_template(template, name: str | None = None, tools=None) -> str:
 
 #: Limits on one render. A template is code from a downloaded model, and Jinja's sandbox bounds a
 #: single range() to 100000 items (`jinja2.sandbox.MAX_RANGE`) but not loops nested over them, a
-#: repetition (``'a' * 10**10``) or the time spent: without these a template loops for hours or
-#: exhausts memory while the server's event loop waits on it. Real templates use a few milliseconds,
-#: a few thousand items and a few kB of output per message.
+#: repetition (``'a' * 10**10``), a width (``center(10**10)``, ``'{:>9999999999}'.format``) or the
+#: time spent: without these a template loops for hours or exhausts memory while the server's event
+#: loop waits on it. Real templates use a few milliseconds, a few thousand items and a few kB of
+#: output per message.
 MAX_RENDER_SECONDS = 2.0
 MAX_LOOP_ITEMS = 2_000_000  #: range() items iterated over in one render, summed over every loop
 MAX_REPEAT_ITEMS = 1_000_000  #: the length of a string or list made by ``*``
@@ -130,6 +132,44 @@ class _CountedRange(Sequence):
 
     def __repr__(self) -> str:
         return repr(self._range)
+
+
+#: a width or count of 7+ digits in a format spec ("{:>99999999}", "%099999999d"): text that large
+_HUGE_WIDTH = re.compile(r"(?:%[-+ #0]*|\{[^{}]*:[^{}]*?)(?:\d{7,})")
+#: str methods and filters whose numeric arguments size what they allocate
+_SIZING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_SIZING_FILTERS = ("center", "indent", "batch", "slice", "wordcount")
+
+
+def _check_size(what: str, args, kwargs) -> None:
+    from jinja2.exceptions import SecurityError
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_REPEAT_ITEMS:
+            raise SecurityError(f"{what}({value}) would make more than {MAX_REPEAT_ITEMS} items")
+
+
+def _check_format(what: str, spec) -> None:
+    from jinja2.exceptions import SecurityError
+
+    if isinstance(spec, str) and _HUGE_WIDTH.search(spec):
+        raise SecurityError(f"{what} with a width of more than {MAX_REPEAT_ITEMS} characters")
+
+
+def _sized_filter(name: str, f):
+    def sized(*args, **kwargs):
+        _check_size(f"the {name} filter", args[1:], kwargs)
+        return f(*args, **kwargs)
+
+    return sized
+
+
+def _sized_format(f):
+    def sized(value, *args, **kwargs):
+        _check_format("the format filter", value)
+        return f(value, *args, **kwargs)
+
+    return sized
 
 
 def _raise_exception(message):
@@ -194,7 +234,7 @@ def _environment():
         """The sandbox with a time budget checked on every call, attribute and item access, and
         ``*`` refused when it would repeat a string or list past `MAX_REPEAT_ITEMS` (`_charge`)."""
 
-        intercepted_binops = frozenset({"*", "**"})
+        intercepted_binops = frozenset({"*", "**", "%"})
 
         def call_binop(self, context, operator, left, right):
             if operator == "*":
@@ -207,6 +247,8 @@ def _environment():
                         raise jinja2.exceptions.SecurityError(
                             f"the template repeats a {type(seq).__name__} past {MAX_REPEAT_ITEMS} items"
                         )
+            elif operator == "%":
+                _check_format("a % format", left)
             elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 4096:
                 raise jinja2.exceptions.SecurityError("the template raises an integer to a huge power")
             _charge()
@@ -214,6 +256,15 @@ def _environment():
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - the sandbox's signature
             _charge()
+            bound = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+            owner, name = getattr(bound, "__self__", None), getattr(bound, "__name__", "")
+            if isinstance(owner, str):  # a str method: "x".center(10**10), "{:>9999999999}".format(1)
+                if name in _SIZING_METHODS:
+                    _check_size(f"str.{name}", args, kwargs)
+                elif name in ("format", "format_map"):
+                    _check_format(f"str.{name}", owner)
+            elif name == "generate_lorem_ipsum":  # lipsum(n): n paragraphs
+                _check_size("lipsum", args, kwargs)
             return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
         def getattr(self, obj, attribute):
@@ -226,6 +277,9 @@ def _environment():
 
     env = _Environment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
     env.filters["tojson"] = _tojson
+    for name in _SIZING_FILTERS:
+        env.filters[name] = _sized_filter(name, env.filters[name])
+    env.filters["format"] = _sized_format(env.filters["format"])
     env.globals["range"] = _CountedRange
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
