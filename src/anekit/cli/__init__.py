@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, estimate, lint, record, run, tokenizer, train
+from . import bench, doctor, estimate, lint, record, run, scaling, tokenizer, train
 from .toplevel import AnekitGroup, version_callback
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ app.command("record")(record.record)
 app.command("replay")(record.replay)
 app.command("bench")(bench.bench)
 app.command("estimate")(estimate.estimate)
+app.command("scaling")(scaling.scaling)
 
 
 def main() -> None:

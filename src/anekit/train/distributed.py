@@ -30,6 +30,7 @@ torch is an optional extra (`pip install 'anekit[distributed]'`); `require_torch
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import socket
 import time
@@ -442,6 +443,13 @@ class ScalingEstimate:
     def tokens_speedup(self) -> float:
         return self.world * self.efficiency
 
+    def accum_factor_for(self, efficiency: float = 0.8) -> int:
+        """How many times longer the step must be (e.g. `--accum` x this) to reach `efficiency`."""
+        if self.world <= 1 or self.exposed_ms <= 0:
+            return 1
+        need = efficiency / (1 - efficiency) * self.exposed_ms  # step >= that many ms
+        return max(1, math.ceil(need / self.step_ms))
+
     def to_json(self) -> dict:
         return {
             "params": self.params,
@@ -456,6 +464,7 @@ class ScalingEstimate:
             "exposed_comm_ms": self.exposed_ms,
             "efficiency": self.efficiency,
             "speedup": self.tokens_speedup,
+            "step_factor_for_80_percent": self.accum_factor_for(0.8),
         }
 
 
@@ -471,14 +480,16 @@ def estimate_scaling(
     step_ms: float,
     precision: str = "full",
     bytes_per_grad: int = 4,
-    buckets: int = 1,
+    bucket_mb: float = DEFAULT_BUCKET_MB,
     overlap: float = 0.0,
 ) -> ScalingEstimate:
     """The all-reduce time of `params` gradients across `world` ranks over a `link_gbps` link:
-    ring bytes / link speed + 2 (W - 1) hops x `buckets` x `HOP_LATENCY_MS`; and the scaling efficiency
-    beside a step of `step_ms` of compute."""
+    ring bytes / link speed + 2 (W - 1) hops x buckets x `HOP_LATENCY_MS` (buckets of `bucket_mb` of
+    `bytes_per_grad`-byte gradients: fp32 on the engine's CPU side); and the scaling efficiency beside a
+    step of `step_ms` of compute."""
     if precision not in ALLREDUCE_PRECISIONS:
         raise ValueError(f"precision must be one of {ALLREDUCE_PRECISIONS}, got {precision!r}")
+    buckets = max(1, math.ceil(params * bytes_per_grad / (bucket_mb * (1 << 20))))
     width = 2 if precision == "fp16" else bytes_per_grad
     payload = params * width
     wire = ring_allreduce_bytes(payload, world)
@@ -486,3 +497,14 @@ def estimate_scaling(
     if world > 1:
         comm += 2 * (world - 1) * buckets * HOP_LATENCY_MS
     return ScalingEstimate(params, world, link_gbps, precision, step_ms, payload, wire, comm, overlap)
+
+
+#: Measured times of one optimizer step of one process on the engine, for `anekit scaling`'s default
+#: (per sequence of the model's seq_len; scaled by batch x accum): preset -> (ms, what and where).
+PUBLISHED_STEP_MS: dict[str, tuple[float, str]] = {
+    "stories110m": (
+        91.8,
+        "M4, 1 x 256 tokens per step, train_large_ane (ane-private-api.md §4.8, PR #19)",
+    ),
+    "qwen3-0.6b": (412.0, "M4, 1 x 256 tokens per step, dynamic pipeline (ane-private-api.md §4.8)"),
+}
