@@ -4,7 +4,8 @@
   (params-rank<R>.npz) and every path under DIST_TEST_RUN it opened for writing, renamed, created or
   removed (writes-rank<R>.json), as seen by a Python audit hook (PEP 578: the interpreter reports
   each `open`, `os.rename`, `os.mkdir`, `os.remove`, ... whoever calls it).
-- DIST_TEST_DIE="R:S": rank R kills itself with SIGKILL as it starts step S (0-based).
+- DIST_TEST_DIE="R:S": rank R kills itself with SIGKILL as it starts step S (0-based), in the first
+  attempt only (torchrun numbers its restarts in TORCHELASTIC_RESTART_COUNT).
 
 Started as ``python -m dist_worker train ...`` by torchrun (tests/train/test_distributed.py).
 """
@@ -68,7 +69,8 @@ if os.environ.get("DIST_TEST_DIE"):
     _train_step = loop.Trainer.train_step
 
     def _train_step_or_die(self, step):
-        if RANK == die_rank and step == die_step:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if RANK == die_rank and step == die_step and first_attempt:
             os.kill(os.getpid(), signal.SIGKILL)
         return _train_step(self, step)
 

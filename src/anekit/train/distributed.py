@@ -146,13 +146,18 @@ class Group:
         self.rank, self.world_size = info.rank, info.world_size
         self.timeout_s = timeout_s
         self.step = 0  #: the step being trained, for messages
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
+            from torch.distributed import PrefixStore
+            from torch.distributed.rendezvous import rendezvous
+
+            # torchrun's store (MASTER_ADDR:MASTER_PORT) outlives a restart of the workers, and with it
+            # the previous attempt's gloo addresses: a restarted rank read a dead peer's address and
+            # could not connect. Each attempt gets its own key prefix.
+            store, _, _ = next(rendezvous("env://", info.rank, info.world_size, timeout=timeout))
+            store = PrefixStore(f"anekit/attempt-{info.restart_count}/", store)
             self.dist.init_process_group(
-                "gloo",
-                init_method="env://",
-                rank=info.rank,
-                world_size=info.world_size,
-                timeout=datetime.timedelta(seconds=timeout_s),
+                "gloo", store=store, rank=info.rank, world_size=info.world_size, timeout=timeout
             )
         except Exception as e:  # torch raises RuntimeError / DistNetworkError / TimeoutError variants
             raise DistributedError(
