@@ -6,6 +6,8 @@
   each `open`, `os.rename`, `os.mkdir`, `os.remove`, ... whoever calls it).
 - DIST_TEST_DIE="R:S": rank R kills itself with SIGKILL as it starts step S (0-based), in the first
   attempt only (torchrun numbers its restarts in TORCHELASTIC_RESTART_COUNT).
+- DIST_TEST_HANG="R:S": rank R writes its pid to hung-rank<R>.pid and stops itself (SIGSTOP) as it
+  starts step S: a hung Mac, as its peers see it.
 
 Started as ``python -m dist_worker train ...`` by torchrun (tests/train/test_distributed.py).
 """
@@ -75,6 +77,19 @@ if os.environ.get("DIST_TEST_DIE"):
         return _train_step(self, step)
 
     loop.Trainer.train_step = _train_step_or_die
+
+if os.environ.get("DIST_TEST_HANG"):
+    hang_rank, hang_step = (int(x) for x in os.environ["DIST_TEST_HANG"].split(":"))
+    _train_step_h = loop.Trainer.train_step
+
+    def _train_step_or_hang(self, step):
+        if RANK == hang_rank and step == hang_step:
+            with open(os.path.join(OUT_DIR, f"hung-rank{RANK}.pid"), "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return _train_step_h(self, step)
+
+    loop.Trainer.train_step = _train_step_or_hang
 
 atexit.register(_report)
 sys.addaudithook(_audit)

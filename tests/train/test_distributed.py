@@ -67,7 +67,7 @@ def train_args(config: Path, run: Path, batch: int = PER_RANK, *extra: str) -> l
         "train", "--config", str(config), "--steps", str(STEPS), "--batch", str(batch),
         "--backend", "reference", "--numerics", "exact", "--save-every", str(SAVE_EVERY), "--warmup", "2",
         "--eval-every", "0", "--sample-tokens", "0", "--out", str(run), "--check-every", "1",
-        "--dist-timeout", str(DIST_TIMEOUT_S), *extra,
+        "--dist-timeout", str(DIST_TIMEOUT_S), "--bucket-mb", "0.1", *extra,
     ]  # fmt: skip
 
 
@@ -181,15 +181,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_killed_rank_is_named(work):
-    """Two 'machines' (two torchrun agents, one rank each, static rendezvous on 127.0.0.1): rank 1
-    is SIGKILLed as it starts step 3 (after the checkpoint at step 2). Rank 0 must stop with an error
-    naming rank 1 well within PROC_TIMEOUT_S (its bound: the dead peer's closed socket, else
-    --dist-timeout, plus the 3 s grace for the marks), with the checkpoint and the resume command."""
-    run, out = work / "killed" / "run", work / "killed"
-    out.mkdir(parents=True)
+def _two_agents(work: Path, name: str, args: list[str], **env) -> tuple[list, str]:
+    """Two 'machines': two torchrun agents, one rank each, static rendezvous on 127.0.0.1. Returns
+    (agents, agent 0's stderr) once agent 0 has ended; a rank that hangs (its pid in hung-rank1.pid)
+    is then killed, and agent 1 given 10 s more. Output goes to files, not pipes: a stopped rank
+    holds its inherited pipe open, and reading to its end would never return."""
+    out = work / name
     port = str(_free_port())
-    args = train_args(work / "micro.json", run)
     agents = []
     for node in (0, 1):
         cmd = [
@@ -197,22 +195,54 @@ def test_a_killed_rank_is_named(work):
             "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", port,
             "--max-restarts", "0", "--module", "dist_worker", *args,
         ]  # fmt: skip
-        env = _env(out, run, DIST_TEST_DIE="1:2")
-        agents.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
+        with open(out / f"agent{node}.out", "w") as o, open(out / f"agent{node}.err", "w") as e:
+            agents.append(subprocess.Popen(cmd, env=_env(out, out / "run", **env), stdout=o, stderr=e))
     try:
-        results = [a.communicate(timeout=PROC_TIMEOUT_S) for a in agents]
+        agents[0].wait(timeout=PROC_TIMEOUT_S)
+        hung = out / "hung-rank1.pid"
+        if hung.exists():  # the stopped rank outlives everything: end it
+            try:
+                os.kill(int(hung.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            agents[1].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
     finally:
         for a in agents:
             if a.poll() is None:
-                a.send_signal(signal.SIGKILL)
-    assert agents[0].returncode != 0 and agents[1].returncode != 0
-    err0 = results[0][1]
+                a.kill()
+                a.wait()
+    return agents, (out / "agent0.err").read_text()
+
+
+@pytest.mark.parametrize(
+    "fault, bound",
+    [
+        # a dead process's sockets are closed by the kernel: the peer's all-reduce fails at once
+        ("DIST_TEST_DIE", "at once"),
+        # a hung one is given up on after --dist-timeout
+        ("DIST_TEST_HANG", "--dist-timeout"),
+    ],
+)
+def test_a_dead_or_hung_rank_is_named(work, fault, bound):
+    """Rank 1 dies (SIGKILL) or hangs (SIGSTOP) as it starts step 3, after the checkpoint at step 2.
+    Rank 0 must stop with an error naming rank 1, the checkpoint and the resume command, well within
+    PROC_TIMEOUT_S (its bounds: the closed socket or --dist-timeout, then 3 s of grace for the marks)."""
+    name = fault.lower()
+    (work / name).mkdir()
+    run = work / name / "run"
+    args = train_args(work / "micro.json", run)
+    if fault == "DIST_TEST_HANG":
+        i = args.index("--dist-timeout")
+        args[i + 1] = "8"  # start-up included: rank 0 loads the data while rank 1 waits
+    agents, err0 = _two_agents(work, name, args, **{fault: "1:2"})
+    assert agents[0].returncode != 0
     assert "rank 1 (host" in err0 and "stopped answering during the gradient all-reduce of step 3" in err0, (
         err0[-3000:]
     )
-    assert "checkpoint" in err0 and "(step 2)" in err0 and "--resume" in err0, err0[-3000:]
+    assert "(step 2)" in err0 and "--resume" in err0, err0[-3000:]
     assert load_checkpoint(run / "checkpoint")[3].step == 2
 
 
