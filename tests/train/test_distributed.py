@@ -34,6 +34,7 @@ pytest.importorskip("torch.distributed")
 SRC = Path(anekit.__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 STEPS, PER_RANK, SAVE_EVERY = 4, 2, 2
+ACCUM = 2  #: micro-batches per step: accumulation composes with the all-reduce
 #: Every subprocess gets this long (a stuck run fails the test instead of hanging CI); the runs take
 #: ~10-15 s each on 2 busy cores.
 PROC_TIMEOUT_S = 240
@@ -64,7 +65,7 @@ def _env(test_dir: Path, run: Path, **extra: str) -> dict:
 
 def train_args(config: Path, run: Path, batch: int = PER_RANK, *extra: str) -> list[str]:
     return [
-        "train", "--config", str(config), "--steps", str(STEPS), "--batch", str(batch),
+        "train", "--config", str(config), "--steps", str(STEPS), "--batch", str(batch), "--accum", str(ACCUM),
         "--backend", "reference", "--numerics", "exact", "--save-every", str(SAVE_EVERY), "--warmup", "2",
         "--eval-every", "0", "--sample-tokens", "0", "--out", str(run), "--check-every", "1",
         "--dist-timeout", str(DIST_TIMEOUT_S), "--bucket-mb", "0.1", *extra,
@@ -84,7 +85,7 @@ def launch_ranks(test_dir: Path, run: Path, args: list[str], nproc: int = 2, max
 
 def single_process(config: Path, run: Path, batch: int, **kw):
     opts = TrainOptions(
-        config_file=config, steps=STEPS, batch=batch, backend="reference", numerics="exact",
+        config_file=config, steps=STEPS, batch=batch, accum=ACCUM, backend="reference", numerics="exact",
         save_every=SAVE_EVERY, warmup=2, eval_every=0, sample_tokens=0, out=run, **kw,
     )  # fmt: skip
     trainer = Trainer(opts)
@@ -110,7 +111,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_rank(work):
-    """The oracle: one process, no torch, --batch 4 = the 2-rank global batch."""
+    """The oracle: one process, no torch, --batch 4 = the 2-rank global batch (both x --accum 2)."""
     return single_process(work / "micro.json", work / "one" / "run", batch=2 * PER_RANK)
 
 

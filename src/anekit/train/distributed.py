@@ -206,14 +206,15 @@ class Group:
         """The `RankFailed` for a collective `what` that raised `error` on this rank."""
         silent = self._silent_ranks(f"{what}-{self.step}")
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        when = f"the {what} of step {self.step}" if self.step else f"the {what}"
         if silent:
             who = ", ".join(self.describe(r) for r in silent)
             head = (
-                f"{who} stopped answering during the {what} of step {self.step} (it died, or hung for "
-                f"longer than --dist-timeout {self.timeout_s:g} s)"
+                f"{who} stopped answering during {when} (it died, stopped with its own error, or hung "
+                f"for longer than --dist-timeout {self.timeout_s:g} s)"
             )
         else:
-            head = f"the {what} of step {self.step} failed on {self.describe(self.rank)}"
+            head = f"{when} failed on {self.describe(self.rank)}"
         return RankFailed(f"{head}; gloo said: {detail}")
 
     # -- collectives -----------------------------------------------------------------------------

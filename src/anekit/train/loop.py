@@ -713,7 +713,8 @@ class Trainer:
         due = self.opts.eval_every and (done % self.opts.eval_every == 0 or done == self.opts.steps)
         if due and self.is_main:  # the others go on to the next step's all-reduce and wait there
             entry.val_loss = self.val_loss = self.validation_loss()
-        if self.group and done % self.opts.check_every == 0:
+        saving = done % self.opts.save_every == 0 or done == self.opts.steps  # checked there
+        if self.group and done % self.opts.check_every == 0 and not saving:
             self.group.check_identical(self.params, done)
         log.write(entry.to_json() + "\n")
         log.flush()
