@@ -65,6 +65,6 @@ def describe_failures(failures: dict, nproc: int, max_restarts: int = 0) -> str:
     return (
         f"the run on {nproc} processes stopped{restarts}: "
         + "; ".join(parts)
-        + " (the ranks' own messages, if any, are above; torchrun stopped the rest). If the run saved a "
-        "checkpoint, the same command with --resume continues it"
+        + " (torchrun stopped the rest). The ranks' own messages, if any, are above: act on them; a run "
+        "that saved a checkpoint then continues with the same command and --resume"
     )
