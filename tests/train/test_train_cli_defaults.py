@@ -12,8 +12,8 @@ from anekit.train.options import NUMERICS, TrainOptions
 
 #: CLI parameter -> TrainOptions field, where the names differ.
 RENAMED = {"config": "config_file"}
-#: CLI-only options (no TrainOptions field).
-CLI_ONLY = {"print_every"}
+#: CLI-only options (no TrainOptions field): how to report, how many ranks to launch (anekit.train.launch).
+CLI_ONLY = {"print_every", "nproc", "max_restarts"}
 
 
 def _options(command):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, estimate, lint, llm, record, run, serve, tokenizer, train
+from . import bench, doctor, estimate, lint, llm, record, run, scaling, serve, tokenizer, train
 from .toplevel import AnekitGroup, version_callback
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ app.command("replay")(record.replay)
 app.command("bench")(bench.bench)
 app.command("estimate")(estimate.estimate)
 app.command("serve")(serve.serve)
+app.command("scaling")(scaling.scaling)
 
 
 def main() -> None:

@@ -113,6 +113,30 @@ def train(
     print_every: int = typer.Option(
         PRINT_EVERY, help="When output is not a terminal: a progress line every N steps (and at the end)."
     ),
+    nproc: int = typer.Option(
+        1,
+        help="Train data-parallel on N processes of this machine, started by torch's launcher (torchrun); "
+        "--batch is per process. Across machines, run torchrun on each (docs/distributed.md). Needs "
+        "pip install 'anekit[distributed]'.",
+    ),
+    max_restarts: int = typer.Option(
+        0, help="With --nproc: restart all ranks this many times after a failure, from the last checkpoint."
+    ),
+    allreduce: str = typer.Option(
+        D.allreduce,
+        help="Data-parallel gradient all-reduce precision: full (the gradients' float type) or fp16 (half "
+        "the bytes; the loss scale keeps small gradients).",
+    ),
+    bucket_mb: float = typer.Option(D.bucket_mb, help="Data-parallel gradient bucket size, in MB."),
+    dist_timeout: float = typer.Option(
+        D.dist_timeout,
+        help="Data-parallel: seconds a rank waits for the others before the run stops with an error naming "
+        "the rank that died or hangs.",
+    ),
+    check_every: int = typer.Option(
+        D.check_every,
+        help="Data-parallel: compare the ranks' parameter checksums every N steps (and before each save).",
+    ),
 ) -> None:
     """Train a transformer with forward and input-gradient kernels on the engine, the rest on the CPU.
 
@@ -153,7 +177,14 @@ def train(
         eval_batches=eval_batches,
         max_skipped=max_skipped,
         sample_tokens=sample_tokens,
+        allreduce=allreduce,
+        bucket_mb=bucket_mb,
+        dist_timeout=dist_timeout,
+        check_every=check_every,
     )
+    if nproc != 1 or max_restarts != 0:
+        _launch(opts, nproc, max_restarts, print_every)
+        return
     console = stdout_console()
     try:
         trainer = Trainer(opts)
@@ -161,7 +192,14 @@ def train(
         err.print("interrupted before training started; nothing was written")
         raise typer.Exit(130) from None
     except (AnekitError, ValueError, OSError) as e:
-        raise fail(str(e)) from None
+        raise _rank_fail(e) from None
+    if not trainer.is_main:  # rank 0 alone reports and writes; the others train and report errors
+        try:
+            with _closing(trainer):
+                trainer.run()
+        except AnekitError as e:
+            raise _rank_fail(e, trainer.rank) from None
+        return
     cfg = trainer.config
     run_dir = trainer.out
     emulated = trainer.backend == "reference"
@@ -178,7 +216,7 @@ def train(
         err.print(f"[yellow]interrupted:[/] {_escape(str(e))}")
         raise typer.Exit(130) from None
     except AnekitError as e:
-        raise fail(str(e)) from None
+        raise _rank_fail(e, trainer.rank) from None
     try:
         png = plot_losses(run_dir / LOG_FILE, run_dir / PLOT_FILE, title=f"{cfg.name} on {trainer.backend}")
     except OSError as e:
@@ -205,6 +243,93 @@ def train(
     if sample:
         console.print("[bold]sample:[/]")
         console.print(sample, highlight=False, markup=False)
+
+
+#: `anekit train` options as the ranks started by --nproc get them: TrainOptions field -> flag.
+_RANK_FLAGS = {
+    "preset": "--preset",
+    "config_file": "--config",
+    "data": "--data",
+    "tokenizer": "--tokenizer",
+    "steps": "--steps",
+    "batch": "--batch",
+    "accum": "--accum",
+    "lr": "--lr",
+    "warmup": "--warmup",
+    "clip": "--clip",
+    "backend": "--backend",
+    "numerics": "--numerics",
+    "out": "--out",
+    "seed": "--seed",
+    "loss_scale": "--loss-scale",
+    "save_every": "--save-every",
+    "eval_every": "--eval-every",
+    "eval_batches": "--eval-batches",
+    "max_skipped": "--max-skipped",
+    "sample_tokens": "--sample-tokens",
+    "allreduce": "--allreduce",
+    "bucket_mb": "--bucket-mb",
+    "dist_timeout": "--dist-timeout",
+    "check_every": "--check-every",
+}
+_RANK_SWITCHES = {
+    "resume": "--resume",
+    "overwrite": "--overwrite",
+    "reschedule": "--reschedule",
+    "force": "--force",
+}
+
+
+def rank_args(opts: TrainOptions, print_every: int = PRINT_EVERY) -> list[str]:
+    """The `anekit train` arguments that give each rank `opts` (each option that is not its default)."""
+    defaults = TrainOptions()
+    args = ["train"]
+    for name, flag in _RANK_FLAGS.items():
+        value = getattr(opts, name)
+        if value is not None and value != getattr(defaults, name):
+            args += [flag, str(value)]
+    args += [flag for name, flag in _RANK_SWITCHES.items() if getattr(opts, name)]
+    if print_every != PRINT_EVERY:
+        args += ["--print-every", str(print_every)]
+    return args
+
+
+def _launch(opts: TrainOptions, nproc: int, max_restarts: int, print_every: int) -> None:
+    """--nproc N: check the options here, then start N ranks through torchrun (`anekit.train.launch`)."""
+    import os
+
+    from ..train.launch import launch
+
+    if nproc < 1 or nproc > 1024:
+        raise fail(f"--nproc must be from 1 to 1024, got {nproc}")
+    if max_restarts < 0:
+        raise fail(f"--max-restarts must be >= 0, got {max_restarts}")
+    if "WORLD_SIZE" in os.environ:
+        raise fail(
+            "--nproc starts the ranks itself, but this process already is one (WORLD_SIZE is set by "
+            "torchrun): under torchrun, leave --nproc and --max-restarts out"
+        )
+    try:
+        opts.validate()
+        launch(nproc, rank_args(opts, print_every), max_restarts=max_restarts)
+    except AnekitError as e:
+        raise fail(str(e)) from None
+
+
+def _rank_fail(e: BaseException, rank: int | None = None) -> typer.Exit:
+    """`fail` for an error on one rank of a data-parallel run (named, unless it runs alone); a rank that
+    stopped because rank 0 did stays quiet: rank 0 prints the reason."""
+    import os
+
+    from ..train.distributed import DistributedError
+
+    if rank is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank = int(os.environ["RANK"]) if os.environ["RANK"].isdigit() else None
+    if rank is None or os.environ.get("WORLD_SIZE") == "1":
+        return fail(str(e))
+    if rank != 0 and isinstance(e, DistributedError) and str(e).startswith("rank 0 stopped before"):
+        return typer.Exit(1)
+    return fail(f"rank {rank}: {e}")
 
 
 def _escape(text: str) -> str:
@@ -237,6 +362,13 @@ def header_lines(trainer) -> list[str]:
     else:
         lines.append(f"backend: {trainer.backend}")
     lines.append(f"memory: {trainer.memory.describe()}")
+    if trainer.world > 1:
+        lines.append(
+            f"data-parallel: {trainer.world} processes (gloo), each --batch {opts.batch} x --accum "
+            f"{opts.accum}: "
+            f"{trainer.world * opts.batch * opts.accum} sequences per step; gradients all-reduced in "
+            f"{len(trainer.buckets.flat)} bucket(s) of <= {opts.bucket_mb:g} MB, {opts.allreduce} precision"
+        )
     lines.append("time per step: " + _time_estimate(trainer))
     where = f"resuming at step {trainer.start_step} of {opts.steps}" if opts.resume else f"{opts.steps} steps"
     lines.append(f"run: {trainer.out} ({where}; checkpoint every {opts.save_every} steps)")

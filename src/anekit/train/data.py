@@ -299,14 +299,34 @@ class Batches:
     Window starts are uniform over every position where a whole window fits (llama2.c draws them the
     same way with drand48, §5.1), from ``numpy.random.Generator(PCG64(seed))``. `state_dict` captures
     the generator state and the number of batches drawn; `load_state_dict` resumes the same stream.
+
+    Data parallelism (`rank` of `world` processes): every rank draws the starts of the whole global
+    batch of ``batch_size x world`` windows from the same stream and keeps its own contiguous slice of
+    ``batch_size`` of them, so the ranks' shards are disjoint and the global batches are those one
+    process drawing ``batch_size x world`` windows would draw. The saved state describes the global
+    stream (its ``batch_size`` is the global one), so a run resumes exactly under any split of the same
+    global batch (2 ranks x 4 = 1 rank x 8), and refuses another global batch.
     """
 
-    def __init__(self, data: TokenDataset | np.ndarray, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(
+        self,
+        data: TokenDataset | np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world) and world >= 1, got rank {rank}, world {world}")
         self.tokens, self.source = _as_tokens(data)
         TokenDataset(self.tokens, self.source).check_length(seq_len)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rank, self.world = rank, world
+        self.global_batch = batch_size * world
         self.batches_drawn = 0
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self._offsets = np.arange(seq_len + 1)
@@ -316,7 +336,8 @@ class Batches:
 
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
         n, S = len(self.tokens), self.seq_len
-        starts = self._rng.integers(0, n - S, size=self.batch_size)  # start <= n - S - 1: window fits
+        starts = self._rng.integers(0, n - S, size=self.global_batch)  # start <= n - S - 1: window fits
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)
         self.batches_drawn += 1
         return windows[:, :-1], windows[:, 1:]
@@ -326,7 +347,7 @@ class Batches:
         return {
             "kind": "random_windows",
             "seed": self.seed,
-            "batch_size": self.batch_size,
+            "batch_size": self.global_batch,  #: windows per draw across all ranks
             "seq_len": self.seq_len,
             "n_tokens": int(len(self.tokens)),
             "batches_drawn": self.batches_drawn,
@@ -335,8 +356,14 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; refuses a state drawn from different data or window shapes."""
+        saved = state.get("batch_size")
+        if saved != self.global_batch:
+            raise DataError(
+                f"cannot resume the batch sampler ({self.source}): the run drew {saved} sequences per "
+                f"micro-batch in all, now {self.world} process(es) x --batch {self.batch_size} = "
+                f"{self.global_batch}; " + _global_batch_hint(saved, self.world)
+            )
         for key, mine in (
-            ("batch_size", self.batch_size),
             ("seq_len", self.seq_len),
             ("n_tokens", len(self.tokens)),
         ):
@@ -350,6 +377,16 @@ class Batches:
         self._rng = rng
         self.seed = state.get("seed", self.seed)
         self.batches_drawn = int(state.get("batches_drawn", 0))
+
+
+def _global_batch_hint(saved, world: int) -> str:
+    """What to pass to resume a sampler whose global batch was `saved` with `world` processes."""
+    if isinstance(saved, int) and saved > 0 and saved % world == 0:
+        return f"resume with --batch {saved // world} to keep the global batch"
+    if isinstance(saved, int) and saved > 0:
+        splits = [f"{w} x --batch {saved // w}" for w in range(1, saved + 1) if saved % w == 0][:6]
+        return f"{saved} does not split over {world} processes; use one of: " + ", ".join(splits)
+    return "resume with the same data, batch size and sequence length"
 
 
 def sequential_batches(

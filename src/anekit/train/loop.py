@@ -46,6 +46,7 @@ from .checkpoint import (
     read_state,
     save_checkpoint,
 )
+from .distributed import DistributedError
 from .optim import AdamW, LossScaler, clip_by_global_norm, cosine_lr
 from .options import OptionError, TrainOptions, resume_command
 from .runlog import StepLog, plot_losses, read_log, tail_mean, write_log
@@ -70,6 +71,10 @@ LOG_FILE = "log.jsonl"
 PENDING_LOG_FILE = ".log.jsonl.new"  #: a run replacing another logs here until its first save
 PLOT_FILE = "loss.png"
 RUN_FILES = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".prev", LOG_FILE, PLOT_FILE)
+#: Set by `anekit train --nproc N` for its ranks: the run's id (so a torchrun restart recognises the
+#: run's own checkpoint) and N (for the resume command).
+RUN_ID_ENV = "ANEKIT_RUN_ID"
+NPROC_ENV = "ANEKIT_NPROC"
 
 
 class TrainingStalled(AnekitError, RuntimeError):
@@ -143,23 +148,67 @@ class Trainer:
     Construction does every check that can fail before any file is written (see module docstring);
     `notes` collects what the caller should tell the user (schedule kept or changed, ...)."""
 
-    def __init__(self, opts: TrainOptions):
-        from ..backends import resolve
+    def __init__(self, opts: TrainOptions, group=None):
+        """group: the `anekit.train.distributed.Group` of a data-parallel run; by default joined when
+        torchrun's variables say this process is one of several (`distributed.world_from_env`)."""
 
         opts.validate()
         self.opts = opts
         self.notes: list[str] = []
+        self.group = group if group is not None else _join_group(opts)
+        self.rank = self.group.rank if self.group else 0
+        self.world = self.group.world_size if self.group else 1
+        self.is_main = self.rank == 0  #: rank 0 alone reads the checkpoint and writes files
+        self.replacing = False
+        self.last_saved_step: int | None = None
+        try:
+            if self.is_main:
+                self._plan()
+                # -- the work starts here: data, weights ----------------------------------------
+                _make_out_dir(self.out)
+                self._load_data(self._info)
+                self._init_state(self._info)
+        except (AnekitError, ValueError, OSError) as e:
+            if self.group:  # the other ranks wait for rank 0's set-up: tell them why it stopped
+                self.group.broadcast_object({"error": str(e)})
+                self.group.close()
+            raise
+        if self.group:
+            self._share_start()
+        options = {"numerics": opts.numerics} if self.backend == "reference" else {}
+        from .step import ModelRunner
+
+        self.runner = ModelRunner(self.config, opts.batch, backend=self.backend, **options)
+        self.runner.set_params(self.params)
+        self.step = self.start_step  #: optimizer steps done so far
+        self.val_loss: float | None = None
+        if self.group:
+            self._init_reducer()
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Every check that needs no data, on rank 0 (the only process of a single-process run):
+        model, output directory, checkpoint, schedule, tokenizer, memory."""
+        from ..backends import resolve
+
+        opts = self.opts
         _check_option_paths(opts)
         config = opts.model_config() if (opts.preset or opts.config_file or not opts.resume) else None
         self.out = opts.run_dir(config)
         _check_out_dir(self.out)
         self.ckpt_path = self.out / CHECKPOINT_DIR
         self.backend = resolve(opts.backend)
+        self._after_restart()
         info, config = self._checkpoint_info(config)  # also sets self.replacing
         _check_trainable(config)
+        self._info = info
         self.config = config
         self.start_step = info.train_state.step if info else 0
-        self.run_id = (info.train_state.extra.get("run_id") if info else None) or uuid.uuid4().hex[:12]
+        self.run_id = (
+            (info.train_state.extra.get("run_id") if info else None)
+            or os.environ.get(RUN_ID_ENV)
+            or uuid.uuid4().hex[:12]
+        )
         self.schedule = self._pick_schedule(info)
         if opts.steps <= self.start_step:
             raise OptionError(
@@ -170,19 +219,97 @@ class Trainer:
         _check_vocab(config, self.tokenizer, opts)
         self.memory = self._check_memory()
 
-        # -- the work starts here: data, weights, kernels -----------------------------------------
-        _make_out_dir(self.out)
-        self._load_data(info)
-        self._init_state(info)
-        options = {"numerics": opts.numerics} if self.backend == "reference" else {}
-        from .step import ModelRunner
+    def _after_restart(self) -> None:
+        """When torchrun restarts the workers of a failed run (--max-restarts), continue from the run's
+        last checkpoint, or start it again when it saved none (its run id comes from the launcher)."""
+        from .distributed import world_from_env
 
-        self.runner = ModelRunner(config, opts.batch, backend=self.backend, **options)
-        self.runner.set_params(self.params)
-        self.step = self.start_step  #: optimizer steps done so far
-        self.val_loss: float | None = None
+        info = world_from_env()
+        if info is None or info.restart_count == 0 or self.opts.resume:
+            return
+        ours = os.environ.get(RUN_ID_ENV)
+        if is_checkpoint(self.ckpt_path):
+            saved = read_state(self.ckpt_path).train_state.extra.get("run_id")
+            if ours is None or saved == ours:
+                self.opts.resume, self.opts.overwrite = True, False
+                self.notes.append(f"restart {info.restart_count}: resuming from {self.ckpt_path}")
+                return
+        self.opts.overwrite = True
+        self.notes.append(f"restart {info.restart_count}: no checkpoint of this run yet, starting again")
 
-    # -- construction helpers ------------------------------------------------------------------
+    def _share_start(self) -> None:
+        """Rank 0's starting point (model, tokenizer, schedule, weights, optimizer, sampler, loss scale)
+        on every rank; each other rank loads its own copy of the data and checks it is rank 0's."""
+        group = self.group
+        if self.is_main:
+            tensors, scalars = self.optimizer.state_dict()
+            start = {
+                "config": self.config,
+                "out": str(self.out),
+                "backend": self.backend,
+                "start_step": self.start_step,
+                "run_id": self.run_id,
+                "schedule": self.schedule,
+                "tokenizer": self.tokenizer,
+                "resume": self.opts.resume,
+                "data": self.data.identity,
+                "sampler": self.batches.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "optimizer": scalars,
+                "moments": {k: (a.shape, a.dtype.str) for k, a in tensors.items()},
+                "last_saved_step": self.last_saved_step,
+                "world": self.world,
+            }
+            group.broadcast_object(start)
+        else:
+            start = group.broadcast_object()
+            if "error" in start:
+                group.close()
+                raise DistributedError(f"rank 0 stopped before training: {start['error']}")
+            self._follow(start)
+            tensors = {k: np.zeros(shape, dtype) for k, (shape, dtype) in start["moments"].items()}
+        group.broadcast_arrays(self.params)
+        group.broadcast_arrays(tensors)
+        if not self.is_main and tensors:
+            self.optimizer.load_state_dict(tensors, start["optimizer"])
+        group.check_identical(self.params, self.start_step)
+
+    def _follow(self, start: dict) -> None:
+        """A rank other than 0 takes rank 0's starting point (its arrays come next, by broadcast)."""
+        from ..backends import resolve
+        from .data import DataError, data_differences
+
+        opts = self.opts
+        self.config, self.tokenizer = start["config"], start["tokenizer"]
+        self.out = Path(start["out"])
+        self.ckpt_path = self.out / CHECKPOINT_DIR
+        self.backend = resolve(opts.backend)
+        self.start_step, self.run_id, self.schedule = start["start_step"], start["run_id"], start["schedule"]
+        opts.resume = start["resume"]
+        self.last_saved_step = start["last_saved_step"]
+        self.memory = self._check_memory()
+        self._load_data(None)
+        diff = data_differences(start["data"], self.data.identity)
+        if diff:
+            raise DataError(
+                f"{self.group.describe(self.rank)}: its data {self.data.source} is not rank 0's ("
+                + "; ".join(diff)
+                + "); every machine needs the same data file (docs/distributed.md)"
+            )
+        self._init_state(None)
+        self.batches.load_state_dict(start["sampler"])
+        self.scaler.load_state_dict(start["scaler"])
+        # rank 0's weights overwrite these (broadcast); zeros, not an initialisation, to make that plain
+        self.params = {k: np.zeros(shape, np.float32) for k, shape in self.config.param_shapes().items()}
+
+    def _init_reducer(self) -> None:
+        from .distributed import GradBuckets, GradReducer, backward_order
+
+        shapes = self.config.param_shapes()
+        order = backward_order(shapes, self.config.n_layers)
+        self.buckets = GradBuckets(shapes, order, self.runner.dtype, int(self.opts.bucket_mb * (1 << 20)))
+        self.reducer = GradReducer(self.group, self.buckets, self.opts.allreduce)
+
     def _checkpoint_info(self, config: ModelConfig | None):
         """(the checkpoint's state or None, the run's model). On --resume: the checkpoint, whose
         model must match a given one; else the check that a fresh run may start in OUT."""
@@ -252,10 +379,13 @@ class Trainer:
         from .data import Batches
 
         opts, config = self.opts, self.config
-        self.batches = Batches(self.train_data, opts.batch, config.seq_len, seed=opts.seed)
+        self.batches = Batches(
+            self.train_data, opts.batch, config.seq_len, seed=opts.seed, rank=self.rank, world=self.world
+        )
         self.optimizer = AdamW(lr=self.schedule["lr"], weight_decay=opts.weight_decay)
         self.scaler = LossScaler(scale=opts.loss_scale)
-        self.last_saved_step: int | None = None
+        if not self.is_main:
+            return  # rank 0's state arrives by broadcast (`_share_start`)
         if info is None:
             from ..model.reference import init_params
 
@@ -345,6 +475,8 @@ class Trainer:
 
     def close(self) -> None:
         self.runner.close()
+        if self.group:
+            self.group.close()
 
     # -- one optimizer step ----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -353,6 +485,15 @@ class Trainer:
 
     def train_step(self, step: int) -> StepLog:
         t0 = time.perf_counter()
+        if self.group:
+            grads, loss, finite, engine, cpu, comm = self._gradients_dp(step)
+        else:
+            grads, loss, finite, engine, cpu = self._gradients()
+            comm = None
+        return self._update(step, grads, loss, finite, engine, cpu, comm, t0)
+
+    def _gradients(self):
+        """(mean gradient over `accum` micro-batches, mean loss, finite, engine s, CPU s)."""
         opts = self.opts
         grads: dict[str, np.ndarray] | None = None
         losses, finite, engine, cpu = [], True, 0.0, 0.0
@@ -372,6 +513,41 @@ class Trainer:
         if opts.accum > 1:
             for g in grads.values():
                 g /= opts.accum
+        return grads, float(np.mean(losses)), finite, engine, cpu
+
+    def _gradients_dp(self, step: int):
+        """As `_gradients`, summed over the ranks: the micro-batches accumulate (loss-scaled) into the
+        gradient buckets, whose all-reduce starts during the last backward pass (`GradReducer`).
+        Also returns the seconds spent waiting for the all-reduce after the backward pass."""
+        opts, scale = self.opts, self.scaler.scale
+        self.group.step = step + 1
+        self.buckets.zero()
+        self.reducer.start(scale, opts.accum)
+        loss, engine, cpu = 0.0, 0.0, 0.0
+        for a in range(opts.accum):
+            tokens, targets = next(self.batches)
+            last = a == opts.accum - 1
+            res = self.runner.step(
+                tokens,
+                targets,
+                loss_scale=scale,
+                grads=self.buckets.views,
+                on_ready=self.reducer.ready if last else None,
+            )
+            engine += res.timing.engine_s
+            cpu += res.timing.total_s - res.timing.engine_s
+            loss += res.loss
+        comm = self.reducer.finish()
+        # the logged loss is the mean over the global batch; a non-finite loss anywhere skips the step
+        # everywhere (a non-finite gradient already reaches every rank through the sum)
+        summary = np.array([loss / opts.accum, 0.0 if math.isfinite(loss) else 1.0])
+        self.group.all_reduce_(summary, "loss all-reduce")
+        mean_loss = float(summary[0]) / self.world
+        return self.buckets.views, mean_loss, bool(summary[1] == 0.0), engine, cpu, comm
+
+    def _update(self, step, grads, loss, finite, engine, cpu, comm, t0) -> StepLog:
+        """Clip, then AdamW (unless a gradient or the update is non-finite), then restage the weights."""
+        opts = self.opts
         lr = self.lr_at(step)
         norm = clip_by_global_norm(grads, opts.clip) if finite else float("nan")
         finite &= math.isfinite(norm)
@@ -389,10 +565,10 @@ class Trainer:
                 self.runner.set_params(self.params)  # restage the weights; nothing recompiles
             cpu += time.perf_counter() - t
         dt = time.perf_counter() - t0
-        n_tokens = opts.accum * opts.batch * self.config.seq_len
+        n_tokens = opts.accum * opts.batch * self.world * self.config.seq_len
         return StepLog(
             step=step + 1,
-            loss=float(np.mean(losses)),
+            loss=loss,
             lr=lr,
             grad_norm=norm,
             loss_scale=self.scaler.scale,
@@ -403,6 +579,8 @@ class Trainer:
             cpu_ms=cpu * 1e3,
             skip_reason=reason,
             run=self.run_id,
+            comm_ms=None if comm is None else comm * 1e3,
+            world=self.world,
         )
 
     def validation_loss(self) -> float | None:
@@ -447,7 +625,13 @@ class Trainer:
     def resume_hint(self) -> str:
         if self.last_saved_step is None:
             return "start again with --overwrite (nothing was saved to resume from)"
-        return f"resume with: {resume_command(self.opts, self.out)}"
+        command = resume_command(self.opts, self.out)
+        if self.world > 1:
+            nproc = os.environ.get(NPROC_ENV)
+            if nproc:  # started by `anekit train --nproc N`
+                return f"resume with: {command.replace(' --resume', f' --nproc {nproc} --resume', 1)}"
+            return f"resume with torchrun as before, running: {command}"
+        return f"resume with: {command}"
 
     def _open_log(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -480,9 +664,10 @@ class Trainer:
     def run(self, on_step: Callable[[StepLog], None] | None = None) -> TrainResult:
         history: list[StepLog] = []
         t0 = time.perf_counter()
+        log_path: Path | None = None
         try:
-            log_path = self._open_log()
-            with open(log_path, "a", encoding="utf-8") as log:
+            log_path = self._open_log() if self.is_main else None  # rank 0 alone writes files
+            with open(log_path or os.devnull, "a", encoding="utf-8") as log:
                 for step in range(self.start_step, self.opts.steps):
                     entry = self._step_logged(step, log)
                     history.append(entry)
@@ -493,6 +678,10 @@ class Trainer:
                         log_path = self._save_during_run(log_path)
         except CheckpointWriteError:
             raise
+        except DistributedError as e:
+            raise type(e)(
+                f"{e}; the run stopped at step {self.step}; {self.where()}; {self.resume_hint()}"
+            ) from None
         except OSError as e:  # the log: disk full, permissions, ...
             raise RunIOError(
                 f"{e}; the run stopped at step {self.step}; {self.where()}; {self.resume_hint()}"
@@ -506,7 +695,7 @@ class Trainer:
             if self.replacing:  # the new run never saved: the old run stays as it was
                 (self.out / PENDING_LOG_FILE).unlink(missing_ok=True)
         seconds = time.perf_counter() - t0
-        all_logs = read_log(log_path)
+        all_logs = read_log(log_path) if log_path is not None else history
         return TrainResult(
             steps_done=self.opts.steps - self.start_step,
             first_loss=all_logs[0].loss if all_logs else None,
@@ -522,8 +711,12 @@ class Trainer:
         """Train step `step`, measure the validation loss when due, append the entry to the log."""
         entry = self.train_step(step)
         self.step = done = step + 1
-        if self.opts.eval_every and (done % self.opts.eval_every == 0 or done == self.opts.steps):
+        due = self.opts.eval_every and (done % self.opts.eval_every == 0 or done == self.opts.steps)
+        if due and self.is_main:  # the others go on to the next step's all-reduce and wait there
             entry.val_loss = self.val_loss = self.validation_loss()
+        saving = done % self.opts.save_every == 0 or done == self.opts.steps  # checked there
+        if self.group and done % self.opts.check_every == 0 and not saving:
+            self.group.check_identical(self.params, done)
         log.write(entry.to_json() + "\n")
         log.flush()
         return entry
@@ -542,6 +735,11 @@ class Trainer:
     def _save_during_run(self, log_path: Path) -> Path:
         """Save at the current step; the first save of a replacing run also promotes its log."""
         replacing = self.replacing
+        if self.group:  # never save weights one rank holds and another does not
+            self.group.check_identical(self.params, self.step)
+        if not self.is_main:
+            self.last_saved_step = self.step
+            return log_path
         try:
             self.save(self.step)
         except CheckpointWriteError as e:
@@ -549,6 +747,14 @@ class Trainer:
                 f"{e} The run stopped at step {self.step}; {self.resume_hint()}"
             ) from e
         return self._promote(log_path) if replacing else log_path
+
+
+def _join_group(opts: TrainOptions):
+    """The process group when torchrun started this process as one of several ranks, else None."""
+    from .distributed import Group, world_from_env
+
+    info = world_from_env()
+    return None if info is None else Group(info, opts.dist_timeout)
 
 
 def _check_out_dir(out: Path) -> None:

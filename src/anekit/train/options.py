@@ -19,6 +19,9 @@ from ..errors import AnekitError
 from ..model.config import ModelConfig, preset
 
 DEFAULT_PRESET = "tiny"
+#: `--allreduce` values (stated here, not in `anekit.train.distributed`, so that reading the options
+#: never imports torch).
+ALLREDUCE_PRECISIONS = ("full", "fp16")
 #: The reference backend's numerics (stated once, in `backends.base`, cheap to import at start-up).
 NUMERICS = NUMERICS_NAMES
 
@@ -60,6 +63,11 @@ class TrainOptions:
     max_skipped: int = 20  #: consecutive skipped steps that stop the run
     sample_tokens: int = 80
     init: str = "dynamic"
+    # -- data parallelism (several processes under torchrun: anekit.train.distributed) -----------
+    allreduce: str = "full"  #: gradient all-reduce precision: "full" (the CPU float type) or "fp16"
+    bucket_mb: float = 25.0  #: gradient bucket size (PyTorch DDP's default bucket_cap_mb)
+    dist_timeout: float = 180.0  #: seconds a rank waits for the others before the run stops
+    check_every: int = 100  #: compare the ranks' parameter checksums every N steps (and at each save)
 
     # -- checks that need no file ----------------------------------------------------------------
     def validate(self) -> None:
@@ -79,6 +87,13 @@ class TrainOptions:
         _int_option("--eval-batches", self.eval_batches, 1, 1 << 20)
         _int_option("--max-skipped", self.max_skipped, 1, 10**9)
         _int_option("--sample-tokens", self.sample_tokens, 0, 1 << 20)
+        _float_option("--bucket-mb", self.bucket_mb, 0.0, 1 << 16, lo_open=True)
+        _float_option("--dist-timeout", self.dist_timeout, 1.0, 86400.0)
+        _int_option("--check-every", self.check_every, 1, 10**9)
+        if self.allreduce not in ALLREDUCE_PRECISIONS:
+            raise OptionError(
+                f"--allreduce must be {' or '.join(ALLREDUCE_PRECISIONS)}, got {self.allreduce!r}"
+            )
         if self.numerics not in NUMERICS:
             raise OptionError(f"--numerics must be {' or '.join(NUMERICS)}, got {self.numerics!r}")
         from ..model.reference import INIT_SCHEMES
@@ -144,6 +159,10 @@ _RESUME_FLAGS = {
     "eval_batches": "--eval-batches",
     "max_skipped": "--max-skipped",
     "sample_tokens": "--sample-tokens",
+    "allreduce": "--allreduce",
+    "bucket_mb": "--bucket-mb",
+    "dist_timeout": "--dist-timeout",
+    "check_every": "--check-every",
 }
 
 

@@ -33,6 +33,10 @@ class StepLog:
     val_loss: float | None = None  #: loss on the held-out slice, on the steps it is measured
     skip_reason: str = ""  #: "non-finite gradients" or "non-finite update" when skipped
     run: str = ""  #: the run's id: lines of a replaced run are never mixed in on resume
+    comm_ms: float | None = (
+        None  #: data-parallel runs: waiting for the gradient all-reduce after the backward
+    )
+    world: int = 1  #: processes training together (each `tokens_per_s` counts them all)
 
     def to_json(self) -> str:
         d = {

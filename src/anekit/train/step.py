@@ -126,6 +126,14 @@ def _layer_kernels(config: ModelConfig, n_seq: int, seq_len: int, compile: Calla
     return specs, {name: kernels[name] for name in specs}
 
 
+def _check_grad_arrays(grads: Mapping[str, np.ndarray], shapes: dict, dtype) -> None:
+    for name, shape in shapes.items():
+        g = grads.get(name)
+        if g is None or g.shape != shape or g.dtype != dtype:
+            got = "missing" if g is None else f"{g.dtype} {g.shape}"
+            raise ValueError(f"grads[{name!r}] must be a {dtype} array of shape {shape}, got {got}")
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -306,13 +314,27 @@ class ModelRunner:
         dx += dx2
         return dx
 
-    def step(self, tokens, targets, loss_scale: float = 1.0) -> StepResult:
+    def step(
+        self,
+        tokens,
+        targets,
+        loss_scale: float = 1.0,
+        *,
+        grads: dict[str, np.ndarray] | None = None,
+        on_ready: Callable[[list[str]], None] | None = None,
+    ) -> StepResult:
         """Loss and gradients of the mean next-token cross-entropy of `tokens` `[B, S]` against
         `targets` `[B, S]` (ids, or `cpu_ops.IGNORE`). fp16 overflow is not an error here: it
-        shows up as `StepResult.finite == False`."""
+        shows up as `StepResult.finite == False`.
+
+        grads: arrays (shapes of `config.param_shapes()`) to add this batch's gradients into, still
+        multiplied by `loss_scale` and not checked for finiteness (the caller unscales and checks
+        them, e.g. after summing micro-batches and ranks: `anekit.train.distributed`). on_ready: called
+        with parameter names as their gradients become final in this call (on the weight-gradient
+        worker, in backward order: the last layer first), so a reduction can start early."""
         tok, tgt = self._check_batch(tokens, targets)
         with blas_threads(self.blas_threads), np.errstate(over="ignore", invalid="ignore"):
-            return self._step(tok, tgt, loss_scale)
+            return self._step(tok, tgt, loss_scale, grads, on_ready)
 
     def _chunks(self, tok: np.ndarray, tgt: np.ndarray):
         """(tokens, targets) of each kernel call: `n_seq` sequences, flat and padded."""
@@ -335,15 +357,23 @@ class ModelRunner:
         xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
         return x, xf, rrms_f
 
-    def _step(self, tok: np.ndarray, tgt: np.ndarray, loss_scale: float) -> StepResult:
+    def _step(self, tok, tgt, loss_scale: float, given=None, on_ready=None) -> StepResult:
         t_start = time.perf_counter()
         self._timing = timing = StepTiming()
         cfg, dt = self.config, self.dtype
-        grads = {name: np.zeros(shape, dtype=dt) for name, shape in cfg.param_shapes().items()}
+        shapes = cfg.param_shapes()
+        if given is not None:
+            _check_grad_arrays(given, shapes, dt)
+        grads = (
+            given
+            if given is not None
+            else {name: np.zeros(shape, dtype=dt) for name, shape in shapes.items()}
+        )
         futures: list[Future] = []
         n_count = int(np.sum(tgt != cpu_ops.IGNORE))
         loss_sum = 0.0
-        for ctok, ctgt in self._chunks(tok, tgt):
+        last_chunk = (self.batch_size - 1) // self.n_seq * self.n_seq
+        for c0, (ctok, ctgt) in zip(range(0, self.batch_size, self.n_seq), self._chunks(tok, tgt)):
             saved: list[_Saved | None] = []
             x, xf, rrms_f = self._forward(ctok, saved)
             ls, dxf, dcls = cpu_ops.cross_entropy(
@@ -357,11 +387,23 @@ class ModelRunner:
             for i in reversed(range(cfg.n_layers)):
                 dx = self._backward_layer(i, dx, saved[i], grads, futures)
                 saved[i] = None
+                if on_ready is not None and c0 == last_chunk:
+                    # the worker runs jobs in order: this runs once layer i's dW jobs are done, and the
+                    # main thread added its norm gains before submitting it
+                    names = [n for n in shapes if n.startswith(f"layers.{i}.")]
+                    futures.append(self._pool.submit(on_ready, names))
             cpu_ops.embedding_backward(dx, ctok, cfg.vocab_size, out=grads["embed"])
         t_wait = time.perf_counter()
         for fut in futures:
             fut.result()
         timing.dw_wait_s = time.perf_counter() - t_wait
+        if given is not None:
+            if on_ready is not None:
+                on_ready([n for n in shapes if not n.startswith("layers.")])
+            timing.total_s = time.perf_counter() - t_start
+            timing.cpu_s = timing.total_s - timing.engine_s - timing.dw_wait_s
+            loss = loss_sum / max(n_count, 1)
+            return StepResult(loss, grads, bool(np.isfinite(loss)), [], timing)
         if loss_scale != 1.0:
             inv = 1.0 / loss_scale
             for g in grads.values():
