@@ -513,8 +513,15 @@ def _load_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8")) if _regular(path) else None
 
 
+def _writable(path: Path) -> bool:
+    """Whether a mutation may write `path`: absent, or a regular file (writing a fifo would block the
+    mutation itself, before anekit is called)."""
+    return _regular(path) or not (path.exists() or path.is_symlink())
+
+
 def _dump_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value), encoding="utf-8")
+    if _writable(path):
+        path.write_text(json.dumps(value), encoding="utf-8")
 
 
 def _edit_json_object(path: Path, edit) -> None:
@@ -703,12 +710,15 @@ def _tokenizer_file(root: Path, kind: str, rng: np.random.Generator) -> None:
 
 def _tokenizer_config(root: Path, kind: str, rng: np.random.Generator) -> None:
     path = root / "tokenizer_config.json"
+    jinja = root / "chat_template.jinja"
+    if kind in ("jinja-file", "jinja-file-only") and not _writable(jinja):
+        return
     if kind == "jinja-file":
-        (root / "chat_template.jinja").write_text(_pick(rng, [t for t in TEMPLATES if isinstance(t, str)]))
+        jinja.write_text(_pick(rng, [t for t in TEMPLATES if isinstance(t, str)]))
         _edit_json_object(path, lambda d: d.pop("chat_template", None))
         return
     if kind == "jinja-file-only":
-        (root / "chat_template.jinja").write_bytes(b"\xff\xfe{{ x }}")
+        jinja.write_bytes(b"\xff\xfe{{ x }}")
         _edit_json_object(path, lambda d: d.pop("chat_template", None))
         return
     if kind == "special-map":
@@ -797,13 +807,16 @@ def _apply(case: Case, work: Path) -> tuple[Path, bool]:
     outside = work / "outside"
     outside.mkdir()
     shutil.copytree(seeds()[case.seed], root, symlinks=True)
-    escaping = False
+    escaping: set[str] = set()  # files now a symlink leaving the directory, which the load must refuse
     for m in case.mutations:
+        if m[0] == "file":
+            escaping.discard(m[1])  # replaced again (e.g. then deleted): no longer a link out
         try:
-            escaping |= _apply_one(root, outside, case.seed, m[:-1], np.random.default_rng(m[-1]))
+            if _apply_one(root, outside, case.seed, m[:-1], np.random.default_rng(m[-1])):
+                escaping.add(m[1])
         except Exception:  # noqa: BLE001 - the mutation's own reading failed; anekit was not called yet
             continue
-    return _target(case.seed, root), escaping
+    return _target(case.seed, root), bool(escaping)
 
 
 def _apply_one(root: Path, outside: Path, seed: str, m: tuple, rng: np.random.Generator) -> bool:
