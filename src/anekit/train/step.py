@@ -134,6 +134,15 @@ def _check_grad_arrays(grads: Mapping[str, np.ndarray], shapes: dict, dtype) -> 
             raise ValueError(f"grads[{name!r}] must be a {dtype} array of shape {shape}, got {got}")
 
 
+def _unscale(grads: dict[str, np.ndarray], loss_scale: float) -> list[str]:
+    """Divide the loss scale out of `grads` in place; the names of those not all finite."""
+    if loss_scale != 1.0:
+        inv = 1.0 / loss_scale
+        for g in grads.values():
+            g *= inv
+    return [name for name, g in grads.items() if not np.all(np.isfinite(g))]
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -360,59 +369,72 @@ class ModelRunner:
     def _step(self, tok, tgt, loss_scale: float, given=None, on_ready=None) -> StepResult:
         t_start = time.perf_counter()
         self._timing = timing = StepTiming()
-        cfg, dt = self.config, self.dtype
-        shapes = cfg.param_shapes()
-        if given is not None:
-            _check_grad_arrays(given, shapes, dt)
-        grads = (
-            given
-            if given is not None
-            else {name: np.zeros(shape, dtype=dt) for name, shape in shapes.items()}
-        )
+        shapes = self.config.param_shapes()
+        grads = self._grad_arrays(given, shapes)
         futures: list[Future] = []
         n_count = int(np.sum(tgt != cpu_ops.IGNORE))
         loss_sum = 0.0
         last_chunk = (self.batch_size - 1) // self.n_seq * self.n_seq
         for c0, (ctok, ctgt) in zip(range(0, self.batch_size, self.n_seq), self._chunks(tok, tgt)):
-            saved: list[_Saved | None] = []
-            x, xf, rrms_f = self._forward(ctok, saved)
-            ls, dxf, dcls = cpu_ops.cross_entropy(
-                xf, self.classifier, ctgt, grad_scale=loss_scale, normalizer=max(n_count, 1),
-                chunk=self.vocab_chunk, dtype=dt,
-            )  # fmt: skip
-            loss_sum += ls
-            grads["embed" if cfg.tie_embeddings else "lm_head"] += dcls
-            dx, dg = cpu_ops.rmsnorm_backward(dxf, x, self.params["final_norm"], rrms_f, dt)
-            grads["final_norm"] += dg
-            for i in reversed(range(cfg.n_layers)):
-                dx = self._backward_layer(i, dx, saved[i], grads, futures)
-                saved[i] = None
-                if on_ready is not None and c0 == last_chunk:
-                    # the worker runs jobs in order: this runs once layer i's dW jobs are done, and the
-                    # main thread added its norm gains before submitting it
-                    names = [n for n in shapes if n.startswith(f"layers.{i}.")]
-                    futures.append(self._pool.submit(on_ready, names))
-            cpu_ops.embedding_backward(dx, ctok, cfg.vocab_size, out=grads["embed"])
+            ready = on_ready if c0 == last_chunk else None  # reported once, in the last call's backward
+            loss_sum += self._call_step(ctok, ctgt, loss_scale, max(n_count, 1), grads, futures, ready)
         t_wait = time.perf_counter()
         for fut in futures:
             fut.result()
         timing.dw_wait_s = time.perf_counter() - t_wait
+        loss = loss_sum / max(n_count, 1)
         if given is not None:
             if on_ready is not None:
                 on_ready([n for n in shapes if not n.startswith("layers.")])
-            timing.total_s = time.perf_counter() - t_start
-            timing.cpu_s = timing.total_s - timing.engine_s - timing.dw_wait_s
-            loss = loss_sum / max(n_count, 1)
+            self._finish_timing(t_start)
             return StepResult(loss, grads, bool(np.isfinite(loss)), [], timing)
-        if loss_scale != 1.0:
-            inv = 1.0 / loss_scale
-            for g in grads.values():
-                g *= inv
-        nonfinite = [name for name, g in grads.items() if not np.all(np.isfinite(g))]
+        nonfinite = _unscale(grads, loss_scale)
+        self._finish_timing(t_start)
+        return StepResult(loss, grads, not nonfinite and bool(np.isfinite(loss)), nonfinite, timing)
+
+    def _grad_arrays(self, given, shapes: dict) -> dict[str, np.ndarray]:
+        """The arrays a step adds its gradients into: `given` (checked), else fresh zeros."""
+        if given is not None:
+            _check_grad_arrays(given, shapes, self.dtype)
+            return given
+        return {name: np.zeros(shape, dtype=self.dtype) for name, shape in shapes.items()}
+
+    def _call_step(self, ctok, ctgt, loss_scale: float, normalizer: int, grads, futures, on_ready) -> float:
+        """Forward and backward of one kernel call's tokens: adds their gradients into `grads`
+        (weight gradients queued on the worker, `futures`), returns their summed loss / normalizer.
+        on_ready: as in `step`, or None when this is not the step's last call."""
+        cfg, dt = self.config, self.dtype
+        saved: list[_Saved | None] = []
+        x, xf, rrms_f = self._forward(ctok, saved)
+        ls, dxf, dcls = cpu_ops.cross_entropy(
+            xf, self.classifier, ctgt, grad_scale=loss_scale, normalizer=normalizer,
+            chunk=self.vocab_chunk, dtype=dt,
+        )  # fmt: skip
+        grads["embed" if cfg.tie_embeddings else "lm_head"] += dcls
+        dx, dg = cpu_ops.rmsnorm_backward(dxf, x, self.params["final_norm"], rrms_f, dt)
+        grads["final_norm"] += dg
+        dx = self._backward_layers(dx, saved, grads, futures, on_ready)
+        cpu_ops.embedding_backward(dx, ctok, cfg.vocab_size, out=grads["embed"])
+        return ls
+
+    def _backward_layers(self, dx: np.ndarray, saved: list, grads, futures, on_ready) -> np.ndarray:
+        """Every layer's backward, the last first (freeing each one's activations); returns the
+        gradient of the first layer's input."""
+        all_names = list(self.config.param_shapes()) if on_ready is not None else []
+        for i in reversed(range(self.config.n_layers)):
+            dx = self._backward_layer(i, dx, saved[i], grads, futures)
+            saved[i] = None
+            if on_ready is not None:
+                # the worker runs jobs in order: this runs once layer i's dW jobs are done, and the
+                # main thread added its norm gains before submitting it
+                names = [n for n in all_names if n.startswith(f"layers.{i}.")]
+                futures.append(self._pool.submit(on_ready, names))
+        return dx
+
+    def _finish_timing(self, t_start: float) -> None:
+        timing = self._timing
         timing.total_s = time.perf_counter() - t_start
         timing.cpu_s = timing.total_s - timing.engine_s - timing.dw_wait_s
-        loss = loss_sum / max(n_count, 1)
-        return StepResult(loss, grads, not nonfinite and bool(np.isfinite(loss)), nonfinite, timing)
 
     def loss(self, tokens, targets) -> float:
         """Mean cross-entropy only (forward kernels, no gradients)."""
