@@ -56,6 +56,36 @@ def _is_number(value) -> bool:
         return False
 
 
+#: The numeric options' checks, in the order `SamplingOptions` runs them: (name, ok(value), rule).
+_RULES = (
+    ("max_tokens", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+    ("temperature", lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0 (0: greedy)"),
+    ("top_k", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: all tokens)"),
+    ("top_p", lambda v: _is_number(v) and 0 < v <= 1, "must be a number in (0, 1] (1: off)"),
+    ("min_p", lambda v: _is_number(v) and 0 <= v <= 1, "must be a number in [0, 1] (0: off)"),
+    ("repetition_penalty", lambda v: _is_number(v) and v > 0, "must be a finite number > 0 (1: off)"),
+)
+
+
+def _seed_ok(seed) -> bool:
+    return seed is None or (_is_int(seed) and seed >= 0)
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    """`stop` (one string, None, or an iterable of strings) as a tuple of non-empty strings."""
+    given = stop
+    if isinstance(stop, str):
+        stop = (stop,)
+    if stop is None:
+        stop = ()
+    if not isinstance(stop, Iterable) or isinstance(stop, (bytes, dict)):
+        raise OptionError("stop", "must be a string or a list of strings", given)
+    stop = tuple(stop)
+    if not all(isinstance(s, str) and s for s in stop):
+        raise OptionError("stop", "must hold non-empty strings only", given)
+    return stop
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to pick tokens. Checked on construction: a value out of range raises `OptionError` (an
@@ -71,32 +101,11 @@ class SamplingOptions:
     seed: int | None = None  #: None: fresh entropy each call
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise OptionError("max_tokens", "must be an integer >= 1", self.max_tokens)
-        if not _is_number(self.temperature) or self.temperature < 0:
-            raise OptionError("temperature", "must be a finite number >= 0 (0: greedy)", self.temperature)
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise OptionError("top_k", "must be an integer >= 0 (0: all tokens)", self.top_k)
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise OptionError("top_p", "must be a number in (0, 1] (1: off)", self.top_p)
-        if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
-            raise OptionError("min_p", "must be a number in [0, 1] (0: off)", self.min_p)
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise OptionError(
-                "repetition_penalty", "must be a finite number > 0 (1: off)", self.repetition_penalty
-            )
-        stop = self.stop
-        if isinstance(stop, str):
-            stop = (stop,)
-        if stop is None:
-            stop = ()
-        if not isinstance(stop, Iterable) or isinstance(stop, (bytes, dict)):
-            raise OptionError("stop", "must be a string or a list of strings", self.stop)
-        stop = tuple(stop)
-        if not all(isinstance(s, str) and s for s in stop):
-            raise OptionError("stop", "must hold non-empty strings only", self.stop)
-        object.__setattr__(self, "stop", stop)
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        for name, ok, rule in _RULES:  # in this order: it decides which error a call reports
+            if not ok(getattr(self, name)):
+                raise OptionError(name, rule, getattr(self, name))
+        object.__setattr__(self, "stop", _stop_strings(self.stop))
+        if not _seed_ok(self.seed):
             raise OptionError("seed", "must be an integer >= 0 (or None: fresh entropy)", self.seed)
         for name in ("max_tokens", "top_k") + (("seed",) if self.seed is not None else ()):
             object.__setattr__(self, name, int(getattr(self, name)))
