@@ -166,6 +166,26 @@ def hf_tokenizer(
     from tokenizers import Tokenizer as _Raw
 
     d = Path(directory)
+    file = _tokenizer_json(d, tokenizer_file)
+    raw = _load_raw(_Raw, file)
+    cfg = _given_or_read(tokenizer_config, d / "tokenizer_config.json", "tokenizer config")
+    gen = _given_or_read(generation_config, d / "generation_config.json", "generation config")
+    model = _given_or_read(model_config, d / "config.json", "model config")
+    special = _special_tokens(d, cfg)
+    vocab = raw.get_vocab_size(with_added_tokens=True)
+    return _HFTextTokenizer(
+        raw,
+        vocab_size=vocab,
+        bos_id=_bos_id(raw, special, gen, model),
+        eos_ids={i for i in _eos_ids(raw, special, gen, model) if 0 <= i < vocab},
+        special_tokens=special,
+        chat_template=_chat_template(d, cfg),
+        identity=f"hf:{file}",
+    )
+
+
+def _tokenizer_json(d: Path, tokenizer_file: Path | None) -> Path:
+    """The tokenizer.json to read: `tokenizer_file` as given, else d's, checked to lie inside d."""
     file = tokenizer_file or d / "tokenizer.json"
     if not file.is_file():
         raise LLMError(
@@ -173,65 +193,69 @@ def hf_tokenizer(
             "SentencePiece tokenizer.model with transformers: "
             "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
         )
-    if tokenizer_file is None:  # (`anekit.llm.source` hands over a path it has checked)
-        from ..errors import AnekitError
-        from ..model.io import model_file
+    if tokenizer_file is not None:  # (`anekit.llm.source` hands over a path it has checked)
+        return file
+    from ..errors import AnekitError
+    from ..model.io import model_file
 
-        try:
-            file = model_file(d, file.name, d, "tokenizer")
-        except AnekitError as e:
-            raise LLMError(str(e)) from None
     try:
-        raw = _Raw.from_file(str(file))
+        return model_file(d, file.name, d, "tokenizer")
+    except AnekitError as e:
+        raise LLMError(str(e)) from None
+
+
+def _load_raw(tokenizer_class, file: Path):
+    """`file` read by `tokenizer_class` (`tokenizers.Tokenizer`)."""
+    try:
+        return tokenizer_class.from_file(str(file))
     except Exception as e:  # tokenizers raises its own Exception subclass on a bad file
         raise LLMError(f"{file}: not a valid Hugging Face tokenizer.json: {e}") from None
-    cfg = (
-        tokenizer_config
-        if tokenizer_config is not None
-        else read_json(d / "tokenizer_config.json", "tokenizer config")
-    )
-    gen = (
-        generation_config
-        if generation_config is not None
-        else read_json(d / "generation_config.json", "generation config")
-    )
-    model = model_config if model_config is not None else read_json(d / "config.json", "model config")
 
-    # the special tokens: tokenizer_config.json's, overridden by special_tokens_map.json's where an
-    # older model directory has one (as transformers' AutoTokenizer reads them)
+
+def _given_or_read(given: dict | None, path: Path, what: str) -> dict:
+    return given if given is not None else read_json(path, what)
+
+
+def _special_tokens(d: Path, cfg: dict) -> dict[str, str]:
+    """The special tokens: tokenizer_config.json's, overridden by special_tokens_map.json's where an
+    older model directory has one (as transformers' AutoTokenizer reads them)."""
     mapped = read_json(d / "special_tokens_map.json", "special tokens map")
     special = {}
     for key in SPECIAL_TOKEN_KEYS:
         text = _token_text(mapped.get(key)) or _token_text(cfg.get(key))
         if text is not None:
             special[key] = text
+    return special
 
-    def tid(name: str | None) -> int | None:
-        return raw.token_to_id(name) if name else None
 
-    bos_id = tid(special.get("bos_token"))
+def _token_id(raw, name: str | None) -> int | None:
+    return raw.token_to_id(name) if name else None
+
+
+def _bos_id(raw, special: dict[str, str], gen: dict, model: dict) -> int | None:
+    """The bos token's id, else generation_config.json's (else config.json's) first bos id."""
+    bos_id = _token_id(raw, special.get("bos_token"))
     if bos_id is None:
         bos_id = next(iter(_ids(gen.get("bos_token_id")) or _ids(model.get("bos_token_id"))), None)
-    vocab = raw.get_vocab_size(with_added_tokens=True)
-    # generation_config.json's eos ids (else config.json's), as transformers' generate stops on them,
-    # plus the tokenizer's own eos token
+    return bos_id
+
+
+def _eos_ids(raw, special: dict[str, str], gen: dict, model: dict) -> set[int]:
+    """generation_config.json's eos ids (else config.json's), as transformers' generate stops on
+    them, plus the tokenizer's own eos token."""
     eos = set(_ids(gen.get("eos_token_id")) or _ids(model.get("eos_token_id")))
-    own = tid(special.get("eos_token"))
+    own = _token_id(raw, special.get("eos_token"))
     if own is not None:
         eos.add(own)
+    return eos
+
+
+def _chat_template(d: Path, cfg: dict) -> str | None:
     template = cfg.get("chat_template")
     jinja = d / "chat_template.jinja"  # transformers >= 4.43 may save the template beside the config
     if template is None and (jinja.exists() or jinja.is_symlink()):
         template = _read_template(d, jinja.name)
-    return _HFTextTokenizer(
-        raw,
-        vocab_size=vocab,
-        bos_id=bos_id,
-        eos_ids={i for i in eos if 0 <= i < vocab},
-        special_tokens=special,
-        chat_template=template,
-        identity=f"hf:{file}",
-    )
+    return template
 
 
 def _read_template(d: Path, name: str) -> str:
