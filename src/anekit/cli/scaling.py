@@ -65,29 +65,11 @@ def scaling(
 ) -> None:
     """Predict the data-parallel all-reduce time per step and the scaling efficiency for a model,
     world sizes and link speeds (arithmetic from the ring all-reduce, not a measurement)."""
-    from ..errors import AnekitError
-    from ..model.config import ModelConfig
-    from ..model.config import preset as get_preset
     from ..train.distributed import estimate_scaling
-    from ..train.options import ALLREDUCE_PRECISIONS
 
-    try:
-        cfg = ModelConfig.from_file(config) if config is not None else get_preset(preset)
-    except (AnekitError, ValueError, OSError) as e:
-        raise fail(str(e)) from None
-    for name, value, lo in (("--batch", batch, 1), ("--accum", accum, 1)):
-        if value < lo:
-            raise fail(f"{name} must be at least {lo}, got {value}")
-    if any(w < 1 or w > 1024 for w in world):
-        raise fail(f"--world must be from 1 to 1024, got {world}")
-    bad = [p for p in allreduce if p not in ALLREDUCE_PRECISIONS]
-    if bad:
-        raise fail(f"--allreduce must be {' or '.join(ALLREDUCE_PRECISIONS)}, got {bad[0]!r}")
-    if not 0.0 <= overlap <= 1.0:
-        raise fail(f"--overlap must be from 0 to 1, got {overlap}")
-    links = {f"{g:g} Gb/s": g for g in link_gbps} if link_gbps else DEFAULT_LINKS
-    if any(not (math.isfinite(g) and g > 0) for g in links.values()):
-        raise fail(f"--link-gbps must be numbers > 0, got {link_gbps}")
+    cfg = _model_config(preset, config)
+    _check_options(batch, accum, world, allreduce, overlap)
+    links = _links(link_gbps)
     ms, source = _step_ms(cfg, None if config else preset, step_ms, log, batch, accum)
     n = cfg.n_params()
     rows = [
@@ -107,9 +89,50 @@ def scaling(
             }
         )
         return
+    _print_table(cfg.name, n, ms, source, rows, accum)
+
+
+def _model_config(preset: str, config: Path | None):
+    """The model: `config`'s file, else the preset (a bad one fails the command)."""
+    from ..errors import AnekitError
+    from ..model.config import ModelConfig
+    from ..model.config import preset as get_preset
+
+    try:
+        return ModelConfig.from_file(config) if config is not None else get_preset(preset)
+    except (AnekitError, ValueError, OSError) as e:
+        raise fail(str(e)) from None
+
+
+def _check_options(batch: int, accum: int, world: list[int], allreduce: list[str], overlap: float) -> None:
+    """Fail on the first option out of range: --batch, --accum, --world, --allreduce, --overlap."""
+    from ..train.options import ALLREDUCE_PRECISIONS
+
+    for name, value, lo in (("--batch", batch, 1), ("--accum", accum, 1)):
+        if value < lo:
+            raise fail(f"{name} must be at least {lo}, got {value}")
+    if any(w < 1 or w > 1024 for w in world):
+        raise fail(f"--world must be from 1 to 1024, got {world}")
+    bad = [p for p in allreduce if p not in ALLREDUCE_PRECISIONS]
+    if bad:
+        raise fail(f"--allreduce must be {' or '.join(ALLREDUCE_PRECISIONS)}, got {bad[0]!r}")
+    if not 0.0 <= overlap <= 1.0:
+        raise fail(f"--overlap must be from 0 to 1, got {overlap}")
+
+
+def _links(link_gbps: list[float] | None) -> dict[str, float]:
+    """Label -> Gb/s of the links to estimate: --link-gbps, else `DEFAULT_LINKS`."""
+    links = {f"{g:g} Gb/s": g for g in link_gbps} if link_gbps else DEFAULT_LINKS
+    if any(not (math.isfinite(g) and g > 0) for g in links.values()):
+        raise fail(f"--link-gbps must be numbers > 0, got {link_gbps}")
+    return links
+
+
+def _print_table(model: str, n: int, ms: float, source: str, rows: list, accum: int) -> None:
+    """The estimates `rows` ((link label, `ScalingEstimate`)) as a table, and what its last column means."""
     table = Table(
         title=escape(
-            f"{cfg.name}: {n / 1e6:.1f} M parameters, {ms:.0f} ms per step on one process ({source}); "
+            f"{model}: {n / 1e6:.1f} M parameters, {ms:.0f} ms per step on one process ({source}); "
             "arithmetic, not a measurement"
         ),
         title_justify="left",
