@@ -637,57 +637,73 @@ def best_plan(
 ):
     """The `DecoderPlan` with the least predicted time per token (see `anekit.llm.plan.choose_plan`
     for the reasoning); ties go to fewer loaded programs, then to smaller (balanced) groups."""
-    from .plan import (
-        FP16_RESIDUAL_MAX_LAYERS,
-        DecoderPlan,
-        _layer_weight_bytes,
-        _residual,
-        default_plan,
-        group_channels,
-        program_count,
-    )
+    from .plan import _residual, default_plan
 
     _check_quant(quant)
     base = default_plan(config, quant=quant, max_len=max_len)
     ctx = max_len if max_len is not None else min(config.seq_len, 4096)
     residual = _residual(config)
+    timer = _Timer(config, quant, chip, ctx, residual, options, default_params())
+    # group time and classifier time add up, so each is minimised over its own candidates
+    groups = _group_times(config, quant, residual, base.prefill_chunk, timer)
+    chunks = _classifier_times(config, quant, timer)
+    found = _plans_within_budget(config, groups, chunks, residual, base.prefill_chunk, max_len)
+    return _fastest(found) if found else base
+
+
+def _group_times(config, quant: str, residual: str, prefill_chunk: int, timer: _Timer) -> dict[int, float]:
+    """Layers per program -> predicted time of all the layer groups, for each size that fits: more
+    layers per program only ever removes dispatches, and each group count is tried at its balanced size."""
+    from .plan import FP16_RESIDUAL_MAX_LAYERS, _layer_weight_bytes, group_channels
+
     lpp_max = config.n_layers
     if residual == "fp32-host":
         lpp_max = min(lpp_max, FP16_RESIDUAL_MAX_LAYERS)
     per_layer = _layer_weight_bytes(config, quant)
-    p = default_params()
-    timer = _Timer(config, quant, chip, ctx, residual, options, p)
-    # group time and classifier time add up, so each is minimised over its own candidates; more
-    # layers per program only ever removes dispatches, and each group count is tried at its balanced size
     groups = {}
     for n_groups in range(1, config.n_layers + 1):
         lpp = -(-config.n_layers // n_groups)
         if lpp in groups or lpp > lpp_max or per_layer * lpp >= WEIGHT_FILE_BYTES:
             continue
-        if group_channels(config, lpp, base.prefill_chunk) > MAX_AXIS:  # caches in one input (axis cap)
+        if group_channels(config, lpp, prefill_chunk) > MAX_AXIS:  # caches in one input (axis cap)
             continue
         groups[lpp] = sum(timer("group", n)[0] for n in _split(config.n_layers, lpp))
+    return groups
+
+
+def _classifier_times(config, quant: str, timer: _Timer) -> dict[int, float]:
+    """Classifier chunk rows -> predicted classifier time, for each chunking whose weights fit a file."""
     chunks = {}
     for chunk in _vocab_candidates(config.vocab_size):
         n_chunks = -(-config.vocab_size // chunk)
         if matrix_bytes(n_chunks * chunk, config.dim, quant) >= WEIGHT_FILE_BYTES:
             continue
         chunks[chunk] = timer("classifier", chunk)[0]
+    return chunks
+
+
+def _plans_within_budget(config, groups: dict, chunks: dict, residual: str, prefill_chunk: int, max_len):
+    """(time, programs, classifier chunks, layers per program, plan) of every combination of
+    `groups` and `chunks` that loads at most `DEFAULT_LOADED_PROGRAM_BUDGET` programs."""
+    from .plan import DecoderPlan, program_count
+
     found = []
     for lpp, tg in groups.items():
         for chunk, tc in chunks.items():
-            plan = DecoderPlan(lpp, residual, chunk, base.prefill_chunk)
+            plan = DecoderPlan(lpp, residual, chunk, prefill_chunk)
             n_prog = program_count(config, plan, max_len)
             if n_prog <= DEFAULT_LOADED_PROGRAM_BUDGET:
                 found.append((tg + tc, n_prog, plan.n_vocab_chunks(config.vocab_size), lpp, plan))
-    best = None
-    if found:
-        # within TIE_TOLERANCE of the fastest, the fewest programs, then the fewest classifier ops: the
-        # model's finer differences (e.g. a smaller first op exposing less of its load) are below its error
-        fastest = min(f[0] for f in found)
-        close = [f for f in found if f[0] <= fastest * (1 + TIE_TOLERANCE)]
-        best = (None, min(close, key=lambda f: (f[1], f[2], f[3], f[0]))[4])
-    return base if best is None else best[1]
+    return found
+
+
+def _fastest(found: list):
+    """The plan of `found` (`_plans_within_budget`) to use: within TIE_TOLERANCE of the fastest, the
+    fewest programs, then the fewest classifier ops: the model's finer differences (e.g. a smaller
+    first op exposing less of its load) are below its error."""
+    fastest = min(f[0] for f in found)
+    close = [f for f in found if f[0] <= fastest * (1 + TIE_TOLERANCE)]
+    return min(close, key=lambda f: (f[1], f[2], f[3], f[0]))[4]
 
 
 # ------------------------------------------------------------------------------------------------
