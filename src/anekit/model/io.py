@@ -526,30 +526,44 @@ def _hf_sliding_window(cfg: dict, model_type: str, n_layers) -> int | None:
         window = cfg.get("sliding_window", _HF_DEFAULTS["mistral"]["sliding_window"])
         kinds = cfg.get("layer_types")
     else:
-        get = lambda k: cfg.get(k, _QWEN_WINDOW[k])  # noqa: E731
-        window = get("sliding_window") if get("use_sliding_window") else None
-        kinds = cfg.get("layer_types")
-        if kinds is None and window is not None:
-            first = get("max_window_layers")
-            for key, value in (("max_window_layers", first), ("num_hidden_layers", n_layers)):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ModelFileError(f"{key} must be an integer, got {value!r}")
-            kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
-    if kinds is not None:
-        if not isinstance(kinds, list) or not set(kinds) <= {"full_attention", "sliding_attention"}:
-            raise ModelFileError(
-                f"layer_types {kinds!r:.120} is not a list of 'full_attention' / 'sliding_attention'"
-            )
-        if set(kinds) == {"full_attention", "sliding_attention"}:
-            raise ModelFileError(
-                "layers mix full and sliding-window attention (layer_types / max_window_layers); anekit "
-                "implements one attention kind for all layers: set use_sliding_window to false if the "
-                "model was trained without it"
-            )
-        if kinds and kinds[0] == "full_attention":
-            return None
-        if window is None:
-            raise ModelFileError("layer_types names sliding_attention but sliding_window is null")
+        window, kinds = _qwen_window(cfg, n_layers)
+    if kinds is None:
+        return window
+    return _layer_types_window(kinds, window)
+
+
+def _qwen_window(cfg: dict, n_layers) -> tuple[object, object]:
+    """Qwen2/Qwen3's (window, layer kinds): ``layer_types`` as given, else, with a window, the kinds
+    ``max_window_layers`` implies (full attention below it, sliding from it on)."""
+    get = lambda k: cfg.get(k, _QWEN_WINDOW[k])  # noqa: E731
+    window = get("sliding_window") if get("use_sliding_window") else None
+    kinds = cfg.get("layer_types")
+    if kinds is None and window is not None:
+        first = get("max_window_layers")
+        for key, value in (("max_window_layers", first), ("num_hidden_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ModelFileError(f"{key} must be an integer, got {value!r}")
+        kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    return window, kinds
+
+
+def _layer_types_window(kinds: object, window) -> int | None:
+    """The window of layers whose attention kinds are `kinds` (all one kind): None when they are full
+    attention, else `window` (which must then be given)."""
+    if not isinstance(kinds, list) or not set(kinds) <= {"full_attention", "sliding_attention"}:
+        raise ModelFileError(
+            f"layer_types {kinds!r:.120} is not a list of 'full_attention' / 'sliding_attention'"
+        )
+    if set(kinds) == {"full_attention", "sliding_attention"}:
+        raise ModelFileError(
+            "layers mix full and sliding-window attention (layer_types / max_window_layers); anekit "
+            "implements one attention kind for all layers: set use_sliding_window to false if the "
+            "model was trained without it"
+        )
+    if kinds and kinds[0] == "full_attention":
+        return None
+    if window is None:
+        raise ModelFileError("layer_types names sliding_attention but sliding_window is null")
     return window
 
 
