@@ -42,38 +42,45 @@ def select_template(template, name: str | None = None, tools=None) -> str:
     "tool_use" when tools are given, else "default"."""
     if isinstance(template, str):
         return template
-    named: dict[str, str] = {}
+    chosen = _choose_named(_named_templates(template), name, tools)
+    if not isinstance(chosen, str):
+        raise ChatTemplateError(f"chat template {name or 'default'!r} is not a string")
+    return chosen
+
+
+def _named_templates(template) -> dict:
+    """Several named templates (a dict, or a list of {"name", "template"}) as one dict by name."""
     if isinstance(template, Mapping):
-        named = {str(k): v for k, v in template.items()}
-    elif isinstance(template, Sequence):
-        for item in template:
-            if not isinstance(item, Mapping) or "name" not in item or "template" not in item:
-                raise ChatTemplateError(
-                    "chat_template is a list but an entry is not {'name': ..., 'template': ...}"
-                )
-            named[str(item["name"])] = item["template"]
-    else:
+        return {str(k): v for k, v in template.items()}
+    if not isinstance(template, Sequence):
         raise ChatTemplateError(
             f"chat_template must be a string or a list of named templates, not {template!r}"
         )
+    named = {}
+    for item in template:
+        if not isinstance(item, Mapping) or "name" not in item or "template" not in item:
+            raise ChatTemplateError(
+                "chat_template is a list but an entry is not {'name': ..., 'template': ...}"
+            )
+        named[str(item["name"])] = item["template"]
+    return named
+
+
+def _choose_named(named: dict, name: str | None, tools):
+    """The template called `name`, else "tool_use" when tools are given, else "default"."""
     if name is not None:
         if name not in named:
             raise ChatTemplateError(
                 f"no chat template named {name!r}; the model has {', '.join(sorted(named))}"
             )
-        chosen = named[name]
-    elif tools is not None and "tool_use" in named:
-        chosen = named["tool_use"]
-    elif "default" in named:
-        chosen = named["default"]
-    else:
-        raise ChatTemplateError(
-            f"the model has several chat templates ({', '.join(sorted(named))}) and none is 'default'; "
-            "name one"
-        )
-    if not isinstance(chosen, str):
-        raise ChatTemplateError(f"chat template {name or 'default'!r} is not a string")
-    return chosen
+        return named[name]
+    if tools is not None and "tool_use" in named:
+        return named["tool_use"]
+    if "default" in named:
+        return named["default"]
+    raise ChatTemplateError(
+        f"the model has several chat templates ({', '.join(sorted(named))}) and none is 'default'; name one"
+    )
 
 
 #: Limits on one render. A template is code from a downloaded model, and Jinja's sandbox bounds a
@@ -297,29 +304,32 @@ def _compile(source: str):
         raise ChatTemplateError(f"the chat template does not parse: line {e.lineno}: {e.message}") from None
 
 
+#: Subclasses of the JSON scalar types, in the order `_plain` tries them, with how each is made exact.
+_SCALAR_CASTS = ((str, str.__str__), (bool, bool), (int, int.__int__), (float, float.__float__))
+
+
 def _plain(value):
     """Messages and variables as plain JSON-like data, as transformers hands them to the template
     (`_plain_template_data`): exact str/int/float/bool/None, dicts, lists and tuples rebuilt, NumPy
     scalars as Python numbers, anything else an inert "<TypeName>" placeholder."""
     if value is None or type(value) in (str, int, float, bool):
         return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int.__int__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
+    for kind, cast in _SCALAR_CASTS:
+        if isinstance(value, kind):
+            return cast(value)
     if isinstance(value, Mapping):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+    if _is_numpy_scalar(value):
         return _plain(value.item())
     return f"<{type(value).__name__}>"
+
+
+def _is_numpy_scalar(value) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0
 
 
 #: Names a message's reasoning may come under; transformers 5 fills ``reasoning_content`` (what chat
