@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=16)
     args = ap.parse_args()
-    cfg = ModelConfig("bench", dim=256, hidden_dim=704, n_layers=4, n_heads=4, n_kv_heads=2,
-                      vocab_size=2048, seq_len=128)
+    cfg = ModelConfig(
+        "bench", dim=256, hidden_dim=704, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, seq_len=128
+    )
     dec = Decoder(cfg, init_params(cfg, 0), backend="reference", max_len=128)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size, args.prompt).tolist()
@@ -43,9 +44,11 @@ def main() -> None:
             t0 = time.perf_counter()
             dec.decode(int(prompt[t]))
             decode.append(time.perf_counter() - t0)
-    print(f"prefill {args.prompt} tokens: median {statistics.median(prefill) * 1e3:.2f} ms "
-          f"(min {min(prefill) * 1e3:.2f}); decode: median {statistics.median(decode) * 1e3:.3f} ms/token "
-          f"(min {min(decode) * 1e3:.3f})")
+    print(
+        f"prefill {args.prompt} tokens: median {statistics.median(prefill) * 1e3:.2f} ms "
+        f"(min {min(prefill) * 1e3:.2f}); decode: median {statistics.median(decode) * 1e3:.3f} ms/token "
+        f"(min {min(decode) * 1e3:.3f})"
+    )
     if args.profile:
         pr = cProfile.Profile()
         dec.reset()

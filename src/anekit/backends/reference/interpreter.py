@@ -18,6 +18,7 @@ from ..._coreml import types
 from ...errors import AnekitError
 from ..base import Kernel, KernelInputError, TensorSpec, pick_function, var_spec
 from . import ops as _ops  # noqa: F401  (fills OPS)
+from .fp16 import round_fp16
 from .registry import (
     MAX_TENSOR_BYTES,
     NUMERICS,
@@ -158,6 +159,11 @@ class ReferenceKernel(Kernel):
         self._consts = consts
         self._n_slots = len(self._slots)
         self._output_slots = {v.name: self._slot(v) for v in func.outputs}
+        # the run's environment is a list indexed by slot, constants already in place
+        self._env_template: list = [None] * self._n_slots
+        for slot, value in consts.items():
+            self._env_template[slot] = value
+        self._plan = [_plan_step(step, consts) for step in self._steps]
 
     def _compile_op(self, op, consts) -> tuple[tuple, bool]:
         impl = OPS.get(op.op_type)
@@ -309,23 +315,140 @@ class ReferenceKernel(Kernel):
                 f"missing input(s): {', '.join(missing)} (the kernel takes {', '.join(self.inputs)})"
             )
         self._check_sizes(inputs)
-        env: dict[int, object] = dict(self._consts)
+        env = self._env_template.copy()
         for name, slot in self._input_slots.items():
             try:
                 env[slot] = self.numerics.store(inputs[name], self._input_dtypes[name])
             except (ValueError, TypeError) as e:
                 what = self._input_dtypes[name]
                 raise KernelInputError(f"input {name!r} cannot be read as {what}: {e}") from e
-        step = None
+        i = 0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             try:
-                for step in self._steps:
-                    self._exec(step, env)
+                for i, step in enumerate(self._plan):  # noqa: B007 - i names the failing op
+                    step(env)
             except Exception as e:  # noqa: BLE001 - every failure becomes an anekit error
-                op = next(o for s, o in zip(self._steps, self._step_ops) if s is step)
-                raise self._op_failure(op, env, e, {n: np.shape(a) for n, a in inputs.items()}) from e
+                known = {slot: v for slot, v in enumerate(env) if v is not None}
+                given = {n: np.shape(a) for n, a in inputs.items()}
+                raise self._op_failure(self._step_ops[i], known, e, given) from e
         return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
 
     def _finish(self, name: str, value) -> np.ndarray:
         """Outputs come back in their declared dtype (float16 for fp16 under "ane")."""
         return self.numerics.output(np.asarray(value), self.outputs[name].dtype)
+
+
+def _check_result(value: np.ndarray, shape: tuple, flexible: bool) -> None:
+    """ShapeMismatch / EmptyResult unless `value` has the declared `shape` (None: any size) and,
+    where a flexible dim could make it empty, some elements."""
+    if len(value.shape) != len(shape) or any(d is not None and d != g for d, g in zip(shape, value.shape)):
+        raise ShapeMismatch(
+            f"produced shape {_shape_text(value.shape)}, the program declares "
+            f"{_shape_text('?' if d is None else d for d in shape)}"
+        )
+    if flexible and not value.size:
+        raise EmptyResult(
+            f"produced an empty tensor, shape {_shape_text(value.shape)}; the reference backend, "
+            f"like the engine, runs no empty tensors"
+        )
+
+
+def _plan_step(step, consts: dict):
+    """One compiled step as a function of the run's environment (a list by slot): what
+    `ReferenceKernel._exec` does, with everything known at compile time resolved once (constant
+    operands bound, the rounding and the shape check chosen), so a run pays one Python call per op
+    plus the op's own NumPy work."""
+    impl, ctx, args, outs, casts = step
+    fixed: dict[str, object] = {}
+    single: list[tuple[str, int]] = []
+    multi: list[tuple[str, tuple[int, ...]]] = []
+    for name, s in args:
+        if isinstance(s, tuple):
+            multi.append((name, s))
+        elif s in consts:
+            fixed[name] = consts[s]
+        else:
+            single.append((name, s))
+    if multi:
+        multi_t = tuple(multi)
+        single_t = tuple(single)
+
+        def call(env):
+            kw = dict(fixed)
+            for name, s in single_t:
+                kw[name] = env[s]
+            for name, ss in multi_t:
+                kw[name] = tuple([env[i] for i in ss])
+            return impl(ctx, **kw)
+
+    elif len(single) == 1:
+        ((n1, s1),) = single
+
+        def call(env):
+            return impl(ctx, **{n1: env[s1]}, **fixed)
+
+    elif len(single) == 2:
+        (n1, s1), (n2, s2) = single
+
+        def call(env):
+            return impl(ctx, **{n1: env[s1], n2: env[s2]}, **fixed)
+
+    else:
+        single_t = tuple(single)
+
+        def call(env):
+            kw = dict(fixed)
+            for name, s in single_t:
+                kw[name] = env[s]
+            return impl(ctx, **kw)
+
+    store = ctx.numerics.store
+    if len(outs) != 1:
+
+        def run(env):
+            result = call(env)
+            if not isinstance(result, (tuple, list)) or len(result) != len(outs):
+                raise ProgramError("the reference implementation returned the wrong number of outputs")
+            for s, value, (dt, shape, flexible) in zip(outs, result, casts):
+                value = np.asarray(value) if dt is None else store(value, dt)
+                _check_result(value, shape, flexible)
+                env[s] = value
+
+        return run
+    (out,) = outs
+    ((dt, shape, flexible),) = casts
+    static = None not in shape and not flexible
+    shape = tuple(shape)
+    if static and dt == "fp16" and ctx.numerics.name == "ane":
+        # the common case: an fp16 result, rounded from the fp32 the op computed in
+        f32 = np.dtype(np.float32)
+
+        def run(env):
+            value = call(env)
+            if type(value) is np.ndarray and value.dtype == f32:
+                value = round_fp16(value)
+            else:
+                value = store(value, "fp16")
+            if value.shape != shape:
+                _check_result(value, shape, False)
+            env[out] = value
+
+        return run
+    if static:
+
+        def run(env):
+            value = call(env)
+            value = np.asarray(value) if dt is None else store(value, dt)
+            if value.shape != shape:
+                _check_result(value, shape, False)
+            env[out] = value
+
+        return run
+
+    def run(env):
+        value = call(env)
+        value = np.asarray(value) if dt is None else store(value, dt)
+        _check_result(value, shape, flexible)
+        env[out] = value
+
+    return run
