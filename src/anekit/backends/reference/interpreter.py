@@ -16,7 +16,7 @@ import numpy as np
 
 from ..._coreml import types
 from ...errors import AnekitError
-from ..base import Kernel, KernelInputError, TensorSpec, pick_function, var_spec
+from ..base import Binding, Kernel, KernelInputError, TensorSpec, pick_function, var_spec
 from . import ops as _ops  # noqa: F401  (fills OPS)
 from .fp16 import round_fp16
 from .registry import (
@@ -315,13 +315,20 @@ class ReferenceKernel(Kernel):
                 f"missing input(s): {', '.join(missing)} (the kernel takes {', '.join(self.inputs)})"
             )
         self._check_sizes(inputs)
-        env = self._env_template.copy()
-        for name, slot in self._input_slots.items():
+        stored = {}
+        for name in self._input_slots:
             try:
-                env[slot] = self.numerics.store(inputs[name], self._input_dtypes[name])
+                stored[name] = self.numerics.store(inputs[name], self._input_dtypes[name])
             except (ValueError, TypeError) as e:
                 what = self._input_dtypes[name]
                 raise KernelInputError(f"input {name!r} cannot be read as {what}: {e}") from e
+        return self._execute(stored, inputs)
+
+    def _execute(self, stored: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on inputs already in their storage (`stored`; `inputs`: as given, for errors)."""
+        env = self._env_template.copy()
+        for name, slot in self._input_slots.items():
+            env[slot] = stored[name]
         i = 0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             try:
@@ -332,6 +339,9 @@ class ReferenceKernel(Kernel):
                 given = {n: np.shape(a) for n, a in inputs.items()}
                 raise self._op_failure(self._step_ops[i], known, e, given) from e
         return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
+
+    def new_binding(self) -> ReferenceBinding:
+        return ReferenceBinding(self)
 
     def _finish(self, name: str, value) -> np.ndarray:
         """Outputs come back in their declared dtype (float16 for fp16 under "ane")."""
@@ -452,3 +462,49 @@ def _plan_step(step, consts: dict):
         env[out] = value
 
     return run
+
+
+class ReferenceBinding(Binding):
+    """A binding that also keeps each staged input in the interpreter's storage (float32 for fp16
+    under "ane"), updated slice by slice by `write_slice`, so a run does not convert the whole
+    input again: the decoder's packed input holds its KV cache and gains a few columns per call."""
+
+    def __init__(self, kernel: ReferenceKernel):
+        super().__init__(kernel)
+        self._stored: dict[str, np.ndarray] = {}
+
+    def _store(self, name: str, value) -> np.ndarray:
+        kernel = self.kernel
+        try:
+            return kernel.numerics.store(value, kernel._input_dtypes[name])
+        except (ValueError, TypeError) as e:
+            what = kernel._input_dtypes[name]
+            raise KernelInputError(f"input {name!r} cannot be read as {what}: {e}") from e
+
+    def write(self, **inputs) -> None:
+        super().write(**inputs)
+        for name in inputs:
+            staged = self._staged[name]
+            self._stored[name] = np.array(self._store(name, staged), copy=True)
+
+    def write_slice(self, name: str, index, values) -> None:
+        super().write_slice(name, index, values)  # the staged array, as the generic binding holds it
+        stored = self._stored[name]
+        # the same conversion of the same staged elements as a whole-input run would make
+        stored[index] = self._store(name, self._staged[name][index])
+
+    def run(self, **inputs) -> dict[str, np.ndarray]:
+        if inputs:
+            self.write(**inputs)
+        kernel = self.kernel
+        missing = [n for n in kernel.inputs if n not in self._staged]
+        if missing:
+            raise KernelInputError(f"binding has no value yet for input(s): {', '.join(missing)}")
+        kernel._check_sizes(self._staged)
+        return kernel._execute(self._stored, self._staged)
+
+    __call__ = run
+
+    def close(self) -> None:
+        super().close()
+        self._stored.clear()
