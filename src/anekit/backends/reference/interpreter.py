@@ -23,6 +23,7 @@ from .registry import (
     MAX_TENSOR_BYTES,
     NUMERICS,
     OPS,
+    PREPARE,
     VALUE_PRESERVING,
     OpContext,
     ProgramError,
@@ -379,7 +380,19 @@ def _plan_step(step, consts: dict):
             fixed[name] = consts[s]
         else:
             single.append((name, s))
-    if multi:
+    prepared = None
+    if not multi and len(single) == 1 and single[0][0] == "x" and ctx.op.op_type in PREPARE:
+        try:
+            prepared = PREPARE[ctx.op.op_type](ctx, **fixed)
+        except Exception:  # noqa: BLE001 - odd constants: the implementation reports them when run
+            prepared = None
+    if prepared is not None:
+        ((_, s1),) = single
+
+        def call(env):
+            return prepared(env[s1])
+
+    elif multi:
         multi_t = tuple(multi)
         single_t = tuple(single)
 

@@ -137,6 +137,23 @@ OpImpl = Callable[..., object]
 OPS: dict[str, OpImpl] = {}
 
 
+#: Optional compile-time specializations: `prepare(ctx, **constant_inputs)` for an op whose only
+#: non-constant input is `x` returns a function of `x` alone computing exactly what the op's
+#: implementation computes (its constant operands parsed once), or None to keep the implementation.
+PREPARE: dict[str, Callable[..., Callable[[np.ndarray], object] | None]] = {}
+
+
+def prepare(*names: str) -> Callable:
+    """Register a compile-time specialization (see `PREPARE`) of the ops `names`."""
+
+    def register(fn):
+        for name in names:
+            PREPARE[name] = fn
+        return fn
+
+    return register
+
+
 def op(*names: str) -> Callable[[OpImpl], OpImpl]:
     """Register `impl` as the reference semantics of the MIL ops `names`."""
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..registry import OpContext, op
+from ..registry import OpContext, op, prepare
 
 Array = np.ndarray
 
@@ -80,6 +80,28 @@ def reshape(ctx: OpContext, x: Array, shape: Array) -> Array:
     return x.reshape(dims)
 
 
+@prepare("reshape", "expand_dims", "squeeze")
+def _prepare_reshape(ctx: OpContext, **fixed):
+    """These ops return `x.reshape(dims)` with dims a function of x's shape alone: computed once per
+    input shape by the implementation itself, then reused."""
+    impl = {"reshape": reshape, "expand_dims": expand_dims, "squeeze": squeeze}[ctx.op.op_type]
+    dims_of: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def run(x: Array) -> Array:
+        dims = dims_of.get(x.shape)
+        if dims is None:
+            dims = dims_of[x.shape] = impl(ctx, x=x, **fixed).shape
+        return x.reshape(dims)
+
+    return run
+
+
+@prepare("transpose")
+def _prepare_transpose(ctx: OpContext, perm: Array):
+    axes = tuple(_ints(perm))
+    return lambda x: np.transpose(x, axes)
+
+
 @op("transpose")
 def transpose(ctx: OpContext, x: Array, perm: Array) -> Array:
     return np.transpose(x, _ints(perm))
@@ -104,14 +126,32 @@ def squeeze(ctx: OpContext, x: Array, axes: Array | None = None) -> Array:
     return x.reshape([d for i, d in enumerate(x.shape) if i not in drop])
 
 
+def _size_index(begin: list[int], size: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    index = []
+    for b, s, dim in zip(begin, size, shape):
+        b = b + dim if b < 0 else b
+        index.append(slice(b, None if s == -1 else b + s))
+    return tuple(index)
+
+
 @op("slice_by_size")
 def slice_by_size(ctx: OpContext, x: Array, begin: Array, size: Array) -> Array:
     """x[b:b+s] per axis; a negative begin counts from the end, a size of -1 runs to the end."""
-    index = []
-    for b, s, dim in zip(_ints(begin), _ints(size), x.shape):
-        b = b + dim if b < 0 else b
-        index.append(slice(b, None if s == -1 else b + s))
-    return x[tuple(index)]
+    return x[_size_index(_ints(begin), _ints(size), x.shape)]
+
+
+@prepare("slice_by_size")
+def _prepare_slice_by_size(ctx: OpContext, begin: Array, size: Array):
+    b, s = _ints(begin), _ints(size)
+    index_of: dict[tuple[int, ...], tuple[slice, ...]] = {}
+
+    def run(x: Array) -> Array:
+        index = index_of.get(x.shape)
+        if index is None:
+            index = index_of[x.shape] = _size_index(b, s, x.shape)
+        return x[index]
+
+    return run
 
 
 def _flags(mask: Array | None, rank: int) -> list[bool]:
@@ -131,7 +171,10 @@ def slice_by_index(
 ) -> Array:
     """NumPy basic slicing per axis (mil-text.md §3.9). A masked begin/end is None (so a negative
     stride runs from the far end); a squeezed axis takes the single index begin (0 if masked)."""
-    rank = x.ndim
+    return x[_index_index(x.ndim, begin, end, stride, begin_mask, end_mask, squeeze_mask)]
+
+
+def _index_index(rank, begin, end, stride, begin_mask, end_mask, squeeze_mask) -> tuple[int | slice, ...]:
     begins, ends = _ints(begin), _ints(end)
     strides = _ints(stride) or [1] * rank
     bm, em, sm = (_flags(m, rank) for m in (begin_mask, end_mask, squeeze_mask))
@@ -141,7 +184,24 @@ def slice_by_index(
             index.append(0 if bm[i] else begins[i])
         else:
             index.append(slice(None if bm[i] else begins[i], None if em[i] else ends[i], strides[i]))
-    return x[tuple(index)]
+    return tuple(index)
+
+
+@prepare("slice_by_index")
+def _prepare_slice_by_index(
+    ctx: OpContext, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None
+):
+    index_of: dict[int, tuple[int | slice, ...]] = {}
+
+    def run(x: Array) -> Array:
+        index = index_of.get(x.ndim)
+        if index is None:
+            index = index_of[x.ndim] = _index_index(
+                x.ndim, begin, end, stride, begin_mask, end_mask, squeeze_mask
+            )
+        return x[index]
+
+    return run
 
 
 @op("concat")
