@@ -23,6 +23,7 @@ _MAX_HALF_F = np.float32(65504.0)
 _OVER_UP = np.float32(2.0**112)
 _OVER_DOWN = np.float32(2.0**-112)
 _ZERO = np.float32(0.0)
+_MAX_REDUCE = np.maximum.reduce
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     if x.ndim == 0:  # NumPy gives scalars, not arrays, for 0-d results: round it as a 1-vector
         return round_fp16(x.reshape(1)).reshape(())
     a = np.abs(x)
-    top = a.max() if a.size else _ZERO
+    top = _MAX_REDUCE(a, axis=None) if a.size else _ZERO  # ndarray.max, without its Python wrapper
     c = a.view(np.uint32) & _EXP_BITS
     np.maximum(c, _MIN_NORMAL, out=c)
     if not top <= _MAX_HALF_F:  # a value overflows, or an inf / NaN is present (rare)
