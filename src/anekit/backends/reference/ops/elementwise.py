@@ -77,6 +77,9 @@ def _register_binary(name: str, fn: Callable[[Array, Array], Array]) -> None:
     def impl(ctx: OpContext, x: Array, y: Array) -> Array:
         if x.shape != y.shape and not ctx.sizes_checked:
             _check_broadcast(ctx, x, y)
+        fl = ctx.numerics.float
+        if x.dtype.type is fl and y.dtype.type is fl:  # already compute-dtype arrays (the usual case)
+            return fn(x, y)
         return fn(ctx.num(x), ctx.num(y))
 
     impl.__name__ = impl.__qualname__ = name

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..registry import OpContext, op
+from ..registry import OpContext, op, prepare
 
 Array = np.ndarray
 
@@ -118,6 +118,43 @@ def conv(
     if bias is not None:
         y = y + ctx.f(bias).reshape((-1,) + (1,) * nsp)
     return y
+
+
+@prepare("conv")
+def _prepare_conv(
+    ctx: OpContext,
+    weight: Array,
+    bias: Array | None = None,
+    strides: Array | None = None,
+    pad_type: str = "valid",
+    pad: Array | None = None,
+    dilations: Array | None = None,
+    groups: Array | int = 1,
+):
+    """A constant-weight 1x1 conv (the decoder's linear layers): `conv`'s single-GEMM path with the
+    weight's 2-D view and the bias column made once. Other convs keep the implementation."""
+    w = ctx.f(weight)
+    kernel = w.shape[2:]
+    nsp = len(kernel)
+    if not (
+        int(groups) == 1
+        and kernel == (1,) * nsp
+        and _ints(strides, nsp, 1) == [1] * nsp
+        and not (pad_type == "custom" and pad is not None and np.any(pad))
+    ):
+        return None
+    w2 = w.reshape(w.shape[:2])
+    b = None if bias is None else ctx.f(bias)[:, None]
+    cout = w.shape[0]
+
+    def run(x: Array) -> Array:
+        n, c = x.shape[:2]
+        y = np.matmul(w2, ctx.f(x).reshape(n, c, -1))
+        if b is not None:
+            y += b
+        return y.reshape((n, cout) + x.shape[2:])
+
+    return run
 
 
 # -- matmul, linear (mil-text.md §3.5, §3.6) -----------------------------------------------------

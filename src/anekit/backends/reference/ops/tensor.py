@@ -358,8 +358,9 @@ def _log_sum_exp(x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Arra
 _REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...] | None, bool], Array]] = {
     "reduce_sum": lambda x, a, k: np.sum(x, axis=a, keepdims=k),
     "reduce_mean": lambda x, a, k: np.mean(x, axis=a, keepdims=k),
-    "reduce_max": lambda x, a, k: np.max(x, axis=a, keepdims=k),
-    "reduce_min": lambda x, a, k: np.min(x, axis=a, keepdims=k),
+    # np.max / np.min are these ufunc reductions behind a Python wrapper
+    "reduce_max": lambda x, a, k: np.maximum.reduce(x, axis=a, keepdims=k),
+    "reduce_min": lambda x, a, k: np.minimum.reduce(x, axis=a, keepdims=k),
     "reduce_prod": lambda x, a, k: np.prod(x, axis=a, keepdims=k),
     "reduce_sum_square": lambda x, a, k: np.sum(x * x, axis=a, keepdims=k),
     "reduce_l1_norm": lambda x, a, k: np.sum(np.abs(x), axis=a, keepdims=k),
@@ -375,6 +376,19 @@ def _register_reduction(name: str, fn: Callable[[Array, tuple[int, ...] | None, 
 
     impl.__name__ = impl.__qualname__ = name
     op(name)(impl)
+
+    def prepared(ctx: OpContext, axes: Array | None = None, keep_dims: Array | bool = False):
+        keep = bool(keep_dims)
+        axes_of: dict[int, tuple[int, ...] | None] = {}
+
+        def run(x: Array) -> Array:
+            if x.ndim not in axes_of:
+                axes_of[x.ndim] = _red_axes(x, axes)
+            return fn(ctx.num(x), axes_of[x.ndim], keep)
+
+        return run
+
+    prepare(name)(prepared)
 
 
 for _name, _fn in _REDUCTIONS.items():
