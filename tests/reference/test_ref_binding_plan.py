@@ -47,3 +47,22 @@ def test_round_fp16_of_a_scalar(value):
     got = round_fp16(np.array(value, np.float32))
     assert got.shape == () and got.dtype == np.float32
     assert np.isnan(got) if np.isnan(want) else got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("n", [1, 7, 512, 513, 4096])
+@pytest.mark.parametrize("scale", [1e-7, 1e-3, 1.0, 3e4, 1e5])
+def test_round_fp16_small_and_large_paths_match_numpy(n, scale):
+    x = (np.random.default_rng(n).standard_normal(n) * scale).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    assert round_fp16(x).tobytes() == want.tobytes()
+
+
+def test_round_fp16_overflow_warns_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in (2, 2000):
+            got = round_fp16(np.full(n, 7e4, np.float32))
+            assert np.all(np.isposinf(got))

@@ -24,6 +24,9 @@ _OVER_UP = np.float32(2.0**112)
 _OVER_DOWN = np.float32(2.0**-112)
 _ZERO = np.float32(0.0)
 _MAX_REDUCE = np.maximum.reduce
+#: at most this many elements: rounded with NumPy's casts (each fp16 subnormal among them costs ~70 ns
+#: there, so the bound keeps the worst case near the long path's cost)
+_SMALL = 512
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
@@ -43,6 +46,13 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     replaced over all 2**32 float32 patterns.
     """
     x = np.asarray(x, dtype=np.float32)
+    if x.size <= _SMALL:
+        # Few elements: NumPy's own casts (2 calls) cost less than the 8 passes below; they equal
+        # them bit for bit when nothing overflows or is NaN (checked over every float32 of fp16's
+        # normal range and a sample of its subnormal one), and then warn about nothing.
+        a = np.abs(x)
+        if _MAX_REDUCE(a, axis=None) <= _MAX_HALF_F if a.size else False:
+            return x.astype(np.float16).astype(np.float32)
     if x.ndim == 0:  # NumPy gives scalars, not arrays, for 0-d results: round it as a 1-vector
         return round_fp16(x.reshape(1)).reshape(())
     a = np.abs(x)
@@ -55,8 +65,9 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
         cf = c.view(np.float32)
         a += cf
         a -= cf
-        a *= _OVER_UP  # |a| >= 2**16 (fp16 overflow) overflows float32 to inf; anything else is exact
-        a *= _OVER_DOWN
+        with np.errstate(over="ignore"):  # the overflow is the point: no warning
+            a *= _OVER_UP  # |a| >= 2**16 (fp16 overflow) overflows float32 to inf; the rest is exact
+            a *= _OVER_DOWN
         np.copysign(a, x, out=a)
         nan = np.isnan(x)
         if nan.any():  # keep NaNs bit for bit (the additions would quiet a signalling one)
