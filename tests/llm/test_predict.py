@@ -213,18 +213,19 @@ def test_dispatches_match_the_decoders_program_calls(monkeypatch):
 
     cfg = replace(SMALL, n_layers=3)
     calls = []
-    orig = ReferenceKernel.run
+    # every evaluation of a reference program, through a kernel or a binding, passes here once
+    orig = ReferenceKernel._execute
 
-    def counting(self, inputs):
+    def counting(self, stored, inputs):
         calls.append(1)
-        return orig(self, inputs)
+        return orig(self, stored, inputs)
 
     for plan in (DecoderPlan(1, "fp32-host", 32, 32), DecoderPlan(2, "fp16", 96, 32)):
         dec = dec_mod.Decoder(cfg, _weights(cfg), backend="reference", max_len=64, plan=plan)
         try:
             dec.prefill([1, 2, 3])
             calls.clear()
-            monkeypatch.setattr(ReferenceKernel, "run", counting)
+            monkeypatch.setattr(ReferenceKernel, "_execute", counting)
             dec.decode(4)
             monkeypatch.undo()
         finally:
