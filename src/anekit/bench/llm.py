@@ -58,7 +58,7 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 2
-    vocab_size: int = 2048
+    vocab_size: int = 2000
     prompt_tokens: int = 64
     decode_tokens: int = 16
     max_len: int = 128

@@ -63,8 +63,10 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
         np.minimum(c, _C_CAP, out=c)
         c += _C_SHIFT
         cf = c.view(np.float32)
-        a += cf
-        a -= cf
+        # a signalling NaN raises "invalid" in the additions; NaNs are restored bit for bit below
+        with np.errstate(invalid="ignore"):
+            a += cf
+            a -= cf
         with np.errstate(over="ignore"):  # the overflow is the point: no warning
             a *= _OVER_UP  # |a| >= 2**16 (fp16 overflow) overflows float32 to inf; the rest is exact
             a *= _OVER_DOWN
