@@ -25,7 +25,7 @@ from ..errors import AnekitError
 from ..model.config import PRESETS
 from ..train.data import VAL_FRACTION
 from ..train.loop import TrainOptions
-from ..train.options import DEFAULT_PRESET, NUMERICS
+from ..train.options import DEFAULT_PRESET, NUMERICS, flag
 from .common import err, fail, stdout_console
 
 D = TrainOptions  # every default is written once, in TrainOptions, and read here
@@ -245,50 +245,25 @@ def train(
         console.print(sample, highlight=False, markup=False)
 
 
-#: `anekit train` options as the ranks started by --nproc get them: TrainOptions field -> flag.
-_RANK_FLAGS = {
-    "preset": "--preset",
-    "config_file": "--config",
-    "data": "--data",
-    "tokenizer": "--tokenizer",
-    "steps": "--steps",
-    "batch": "--batch",
-    "accum": "--accum",
-    "lr": "--lr",
-    "warmup": "--warmup",
-    "clip": "--clip",
-    "backend": "--backend",
-    "numerics": "--numerics",
-    "out": "--out",
-    "seed": "--seed",
-    "loss_scale": "--loss-scale",
-    "save_every": "--save-every",
-    "eval_every": "--eval-every",
-    "eval_batches": "--eval-batches",
-    "max_skipped": "--max-skipped",
-    "sample_tokens": "--sample-tokens",
-    "allreduce": "--allreduce",
-    "bucket_mb": "--bucket-mb",
-    "dist_timeout": "--dist-timeout",
-    "check_every": "--check-every",
-}
-_RANK_SWITCHES = {
-    "resume": "--resume",
-    "overwrite": "--overwrite",
-    "reschedule": "--reschedule",
-    "force": "--force",
-}
+#: The `anekit train` options the ranks started by --nproc are given (each as `flag(name)`): every
+#: TrainOptions field but the switches below.
+_RANK_OPTIONS = (
+    "preset", "config_file", "data", "tokenizer", "steps", "batch", "accum", "lr", "warmup", "clip",
+    "backend", "numerics", "out", "seed", "loss_scale", "save_every", "eval_every", "eval_batches",
+    "max_skipped", "sample_tokens", "allreduce", "bucket_mb", "dist_timeout", "check_every",
+)  # fmt: skip
+_RANK_SWITCHES = ("resume", "overwrite", "reschedule", "force")
 
 
 def rank_args(opts: TrainOptions, print_every: int = PRINT_EVERY) -> list[str]:
     """The `anekit train` arguments that give each rank `opts` (each option that is not its default)."""
     defaults = TrainOptions()
     args = ["train"]
-    for name, flag in _RANK_FLAGS.items():
+    for name in _RANK_OPTIONS:
         value = getattr(opts, name)
         if value is not None and value != getattr(defaults, name):
-            args += [flag, str(value)]
-    args += [flag for name, flag in _RANK_SWITCHES.items() if getattr(opts, name)]
+            args += [flag(name), str(value)]
+    args += [flag(name) for name in _RANK_SWITCHES if getattr(opts, name)]
     if print_every != PRINT_EVERY:
         args += ["--print-every", str(print_every)]
     return args

@@ -144,26 +144,21 @@ def _float_option(name: str, value, lo: float, hi: float, lo_open: bool = False)
         raise OptionError(f"{name} must be a finite number {rng}, got {value!r}")
 
 
-#: CLI flags of the options a resume command repeats (the rest come from the checkpoint).
-_RESUME_FLAGS = {
-    "preset": "--preset",
-    "config_file": "--config",
-    "data": "--data",
-    "steps": "--steps",
-    "batch": "--batch",
-    "accum": "--accum",
-    "backend": "--backend",
-    "numerics": "--numerics",
-    "save_every": "--save-every",
-    "eval_every": "--eval-every",
-    "eval_batches": "--eval-batches",
-    "max_skipped": "--max-skipped",
-    "sample_tokens": "--sample-tokens",
-    "allreduce": "--allreduce",
-    "bucket_mb": "--bucket-mb",
-    "dist_timeout": "--dist-timeout",
-    "check_every": "--check-every",
-}
+#: The one field whose `anekit train` flag is not its name with dashes.
+_FLAG_EXCEPTIONS = {"config_file": "--config"}
+
+
+def flag(name: str) -> str:
+    """The `anekit train` flag of the TrainOptions field `name` (`save_every` -> `--save-every`)."""
+    return _FLAG_EXCEPTIONS.get(name, "--" + name.replace("_", "-"))
+
+
+#: The options a resume command repeats (the rest come from the checkpoint).
+_RESUME_OPTIONS = (
+    "preset", "config_file", "data", "steps", "batch", "accum", "backend", "numerics", "save_every",
+    "eval_every", "eval_batches", "max_skipped", "sample_tokens", "allreduce", "bucket_mb",
+    "dist_timeout", "check_every",
+)  # fmt: skip
 
 
 def resume_command(opts: TrainOptions, out: Path) -> str:
@@ -173,8 +168,8 @@ def resume_command(opts: TrainOptions, out: Path) -> str:
     the checkpoint."""
     defaults = TrainOptions()
     parts = ["anekit", "train", "--resume", "--out", str(out)]
-    for name, flag in _RESUME_FLAGS.items():
+    for name in _RESUME_OPTIONS:
         value = getattr(opts, name)
         if value is not None and value != getattr(defaults, name):
-            parts += [flag, str(value)]
+            parts += [flag(name), str(value)]
     return shlex.join(parts)
