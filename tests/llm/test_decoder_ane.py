@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_decoder import params_for  # the same random weights as the reference-backend tests
 
 from anekit.llm.decoder import Decoder
 from anekit.llm.plan import DecoderPlan
@@ -31,22 +32,6 @@ def tiny(**kw) -> ModelConfig:
         seq_len=128, head_dim=32,
     )  # fmt: skip
     return ModelConfig(**(base | kw))
-
-
-def params_for(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    p = {}
-    for name, shape in cfg.param_shapes().items():
-        kind = name.rsplit(".", 1)[-1]
-        if kind.endswith("norm"):
-            p[name] = rng.uniform(0.5, 1.5, shape)
-        elif kind in ("bq", "bk", "bv"):
-            p[name] = rng.standard_normal(shape) * 0.3
-        elif kind in ("embed", "lm_head"):
-            p[name] = rng.standard_normal(shape)
-        else:
-            p[name] = rng.standard_normal(shape) / np.sqrt(shape[1])
-    return {k: v.astype(np.float32) for k, v in p.items()}
 
 
 def close(got, want):
