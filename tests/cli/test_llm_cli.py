@@ -5,33 +5,21 @@ as `error: ...` and never a traceback, the chat loop fed through stdin."""
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from anekit.cli import app
+from llm_fixtures import llm_fixtures as _llm_fixtures
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 runner = CliRunner()
-_LLM_FIXTURES = Path(__file__).parent.parent / "llm" / "conftest.py"
 F64 = ["--backend", "float64"]
 
 
-def _llm_fixtures():
-    """tests/llm/conftest.py as a module (pytest keeps conftests out of sys.modules)."""
-    name = "anekit_tests_llm_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _LLM_FIXTURES)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")

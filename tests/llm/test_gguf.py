@@ -8,10 +8,7 @@ tensors transformers read. Tolerance as in test_source.py: 1e-4 absolute on ever
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,19 +17,7 @@ from anekit.llm.source import ModelSourceError, open_model
 from anekit.model.gguf import GGUFWeights, open_gguf
 from anekit.model.io import open_hf
 from anekit.model.reference import forward
-
-
-def _llm_fixtures():
-    """tests/llm/conftest.py as a module (a plain `from conftest import` would find whichever conftest
-    another test directory put on sys.path first); the name tests/serve/conftest.py loads it under."""
-    name = "anekit_tests_llm_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from llm_fixtures import llm_fixtures as _llm_fixtures
 
 BOS_ID, CHAT_TEMPLATE, IM_END_ID, VOCAB, write_gguf = (
     getattr(_llm_fixtures(), n) for n in ("BOS_ID", "CHAT_TEMPLATE", "IM_END_ID", "VOCAB", "write_gguf")

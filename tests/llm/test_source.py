@@ -9,12 +9,9 @@ norm, RoPE scaling or mask changes (1e-2 and more), so a bug cannot hide in it."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,19 +22,7 @@ from anekit.llm.source import ModelSource, ModelSourceError, open_model
 from anekit.model import ModelConfig
 from anekit.model.io import HFWeights, SafetensorsFile, load_hf, save_hf
 from anekit.model.reference import decode_step, forward, init_params, new_cache
-
-
-def _llm_fixtures():
-    """tests/llm/conftest.py as a module (a plain `from conftest import` would find whichever conftest
-    another test directory put on sys.path first); the name tests/serve/conftest.py loads it under."""
-    name = "anekit_tests_llm_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from llm_fixtures import llm_fixtures as _llm_fixtures
 
 ARCHS, BOS_ID, IM_END_ID, MISTRAL_WINDOW, VOCAB = (
     getattr(_llm_fixtures(), n) for n in ("ARCHS", "BOS_ID", "IM_END_ID", "MISTRAL_WINDOW", "VOCAB")

@@ -4,24 +4,11 @@ template), loaded by `anekit.llm.load` on the reference backend (the engine's ke
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-_LLM_FIXTURES = Path(__file__).parent.parent / "llm" / "conftest.py"
-
-
-def _llm_fixtures():
-    """tests/llm/conftest.py as a module of its own (pytest keeps conftests out of sys.modules)."""
-    name = "anekit_tests_llm_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _LLM_FIXTURES)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from llm_fixtures import llm_fixtures as _llm_fixtures
 
 
 @pytest.fixture(scope="session")
