@@ -191,6 +191,13 @@ class Binding:
 
     __call__ = run
 
+    def run_float32(self, **inputs) -> dict[str, np.ndarray]:
+        """`run`, with every floating-point output as float32 holding exactly the output's values
+        (an fp16 output widens without rounding). The training step computes on the host in
+        float32, so a backend that holds outputs wider than declared (the reference backend keeps
+        fp16 values in float32) can return them without a round trip through float16."""
+        return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in self.run(**inputs).items()}
+
     def close(self) -> None:
         """Drop the staged inputs."""
         self._staged.clear()
