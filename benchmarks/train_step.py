@@ -49,8 +49,9 @@ def torch_step_fn(cfg, params, tokens, targets):
             x = x + (F.silu(h @ p["w1"].T) * (h @ p["w3"].T)) @ p["w2"].T
         head = tp["embed"] if cfg.tie_embeddings else tp["lm_head"]
         loss = F.cross_entropy((norm(x, tp["final_norm"]) @ head.T).view(-1, cfg.vocab_size), tgt.view(-1))
-        torch.autograd.grad(loss, list(tp.values()))
+        return torch.autograd.grad(loss, list(tp.values()))
 
+    step.params = tp  # the leaf tensors, in the order of the gradients `step` returns
     return step
 
 
