@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from anekit.mil import ct, mb, types
-from anekit.perf import CHIPS, UncalibratedChip, chip_id, default_params, estimate, get_chip, predict
+from anekit.perf import (
+    CHIPS,
+    UncalibratedChip,
+    chip_id,
+    count_ops,
+    default_params,
+    estimate,
+    get_chip,
+    predict,
+)
 from anekit.perf import workloads as wl
 from anekit.perf.model import MB, sram_factor
 
@@ -111,3 +120,29 @@ def test_sram_note_names_the_op_beyond_the_cliff():
     est = predict(wl.conv_chain(8192, 32, 1), "m4-max")
     assert est.breakdown["sram"] > 0
     assert any("SRAM" in n for n in est.notes)
+
+
+def test_a_slice_costs_the_bytes_it_writes_not_its_whole_input():
+    """A data-movement op costs what it writes (model.py's form): a small slice of a wide packed input
+    (how the training kernels take their weights) costs its own output, like a reshape of that size."""
+
+    def program(op):
+        spec = [mb.TensorSpec(shape=(1, 64, 1, 4096), dtype=types.fp16)]
+
+        @mb.program(input_specs=spec, opset_version=ct.target.iOS18)
+        def prog(x):
+            return op(x)
+
+        return prog
+
+    sliced = program(lambda x: mb.slice_by_size(x=x, begin=[0, 0, 0, 0], size=[1, 64, 1, 64]))
+    small = [mb.TensorSpec(shape=(1, 64, 1, 64), dtype=types.fp16)]
+
+    @mb.program(input_specs=small, opset_version=ct.target.iOS18)
+    def reshaped(x):
+        return mb.reshape(x=x, shape=[1, 1, 64, 64])
+
+    g = default_params().globals
+    move = predict(count_ops(sliced)).breakdown["move"]
+    assert move == pytest.approx(64 * 64 * 2 / (g.move_gbs * 1e6))
+    assert move == pytest.approx(predict(count_ops(reshaped)).breakdown["move"])

@@ -64,6 +64,10 @@ class OpCost:
     act_bytes: float = 0.0
     int8_act: bool = False
     count: int = 1
+    #: bytes a data-movement op writes: its outputs. None (hand-written workloads): half of act_bytes,
+    #: exact when the op's input and output are the same size (reshape, transpose, concat), not for a
+    #: slice, which writes only the part it takes of a larger input.
+    written_bytes: float | None = None
 
     @property
     def working_set(self) -> float:
@@ -293,6 +297,7 @@ def count_ops(program, function: str = "main") -> ProgramCost:
                 operand_bytes=operand_bytes,
                 act_bytes=act,
                 int8_act=kind in MAC_KINDS and _int8_activation(op),
+                written_bytes=sum(_nbytes(o) for o in op.outputs) if kind == "move" else None,
             )
         )
     notes = ()

@@ -185,8 +185,9 @@ def _op_terms(op: OpCost, cp: ChipParams, g: GlobalParams) -> dict[str, float]:
     if op.kind == "vector":
         return {"vector": n * op.flops / (peak * g.vector_eff)}
     if op.kind == "move":
-        # a move writes its output: about half of its input + output bytes
-        return {"move": n * (op.act_bytes / 2) / (g.move_gbs * 1e6)}
+        # a move costs the bytes it writes, its output (a slice of a packed input writes only its part)
+        written = op.act_bytes / 2 if op.written_bytes is None else op.written_bytes
+        return {"move": n * written / (g.move_gbs * 1e6)}
     return {}
 
 
