@@ -1,0 +1,277 @@
+"""The classifier and its cross-entropy on kernels, chunked over the vocabulary: `EngineClassifier`,
+a drop-in for `anekit.train.cpu_ops.cross_entropy` whose matmuls, exp and reductions run in the
+kernels of `anekit.kernels.classifier` (about a fifth of a Stories110M step's FLOPs,
+ane-private-api.md §5.4 "classifier" is CPU work in the reference project).
+
+Interface (for `anekit.train.step.ModelRunner`):
+
+    cls = EngineClassifier(compile, dim, vocab, n_tokens)      # compiles 2 (or 4) programs once
+    cls.set_weight(W)                                           # W [V, D], after every update
+    loss_sum, dx, dW = cls(x, targets, grad_scale=s, normalizer=n)
+    cls(x, targets, grad_scale=s, normalizer=n, out=grads["embed"])  # dW added into `out`
+    cls.close()
+
+- `compile`: program -> Kernel (e.g. `lambda p: anekit.compile(p, backend="reference")`).
+- `x` `[D, n_tokens]`, `targets` `[n_tokens]` (ids or `cpu_ops.IGNORE`); the same contract as
+  `cpu_ops.cross_entropy`: returns the *sum* of the per-token losses and, unless
+  `need_grad=False`, the gradients of `grad_scale · loss_sum / normalizer` (normalizer defaults to
+  the counted tokens): dx `[D, N]` (contiguous), dW `[V, D]`. Out-of-range targets: ValueError.
+  With `out` (`[V, D]`, the host dtype), dW is added into it in place and `out` is returned as dW:
+  a tied embedding's gradient takes the classifier's part without a `[V, D]` temporary.
+- dtype: the host's float type (dx, dW, the log-sum-exp); None: float64 under the reference
+  backend's "exact" numerics, else float32.
+- `engine_s`, `kernel_calls`: seconds inside kernel runs and their number, accumulated (reset
+  them freely).
+- `classifier_kernel_uses` and `classifier_host_flops` list, without compiling, what a call
+  runs in kernels and what it leaves on the host, for the cost model (`anekit.train.cost`).
+
+Per call, with k chunks: k forward kernel calls (per token the chunk's max m_c and Σ exp(logit -
+m_c)); on the host, in float64, lse = M + log Σ_c s_c·exp(m_c - M) and the target logit
+W[t]·x (a gather, O(N·D)); then k backward kernel calls (each gets m_c and r_c = coef·exp(m_c -
+lse) per token) giving the chunk's rows of dW and its share of dxᵀ; the host adds the chunks'
+dxᵀ and the one-hot part of softmax - onehot: dx -= coef·W[t] (gather) and dW[t] -= coef·x
+(scatter-add), both O(N·D), then transposes dxᵀ `[N, D]` to `[D, N]` once.
+
+The host parts use the weights and activations as the kernels hold them (fp16-rounded under the
+engine's numerics), so the softmax and one-hot parts of the gradient cancel exactly where the
+prediction is right. Limits (chunk size, last chunk, fp16 range of the loss scale): see
+`anekit.kernels.classifier`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..kernels.classifier import (
+    classifier_backward,
+    classifier_forward,
+    default_vocab_chunk,
+    vocab_chunks,
+)
+from ..kernels.common import KernelSpec
+from ..kernels.layout import ROW_ALIGN, round_up
+from .cpu_ops import IGNORE
+
+__all__ = ["EngineClassifier", "classifier_kernel_uses", "classifier_host_flops"]
+
+
+def _plan(dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None):
+    """(padded tokens, chunk rows, chunks [(start, rows)], {kernel name: (spec, chunk indices)})."""
+    n_pad = round_up(n_tokens, ROW_ALIGN)
+    vc = default_vocab_chunk(dim, n_pad, vocab) if vocab_chunk is None else vocab_chunk
+    chunks = vocab_chunks(vocab, vc)
+    full = [i for i, (_, rows) in enumerate(chunks) if rows == vc]
+    kinds: dict[str, tuple[KernelSpec, list[int]]] = {}
+    if full:
+        kinds["classifier_forward"] = (classifier_forward(dim, n_pad, vc), full)
+        kinds["classifier_backward"] = (classifier_backward(dim, n_pad, vc), full)
+    rest = chunks[-1][1]
+    if rest != vc:  # a smaller last chunk: its own programs, padded to 64-byte rows and masked
+        last, width = [len(chunks) - 1], round_up(rest, ROW_ALIGN)
+        kinds["classifier_forward_last"] = (classifier_forward(dim, n_pad, width, rest), last)
+        kinds["classifier_backward_last"] = (classifier_backward(dim, n_pad, width, rest), last)
+    return n_pad, vc, chunks, kinds
+
+
+def classifier_kernel_uses(
+    dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None = None, need_grad: bool = True
+) -> list[tuple[str, KernelSpec, int]]:
+    """`(name, spec, calls)` of each kernel one `EngineClassifier(.., dim, vocab, n_tokens,
+    vocab_chunk=...)` call runs (backward kernels only with `need_grad`). Builds the programs,
+    compiles nothing."""
+    _, _, _, kinds = _plan(dim, vocab, n_tokens, vocab_chunk)
+    return [
+        (name, spec, len(idx)) for name, (spec, idx) in kinds.items() if need_grad or "backward" not in name
+    ]
+
+
+def classifier_host_flops(
+    dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None = None, need_grad: bool = True,
+    accumulate: bool = True,
+) -> dict[str, int]:  # fmt: skip
+    """FLOPs a call leaves on the host, by name (2 per multiply-add, 1 per add/exp/log; data
+    movement not counted). `accumulate`: dW is added into an existing gradient (`out`), V·D adds."""
+    n = n_tokens
+    k = len(vocab_chunks(vocab, default_vocab_chunk(dim, n, vocab) if vocab_chunk is None else vocab_chunk))
+    flops = {
+        "classifier_target_logit": 2 * n * dim,  # W[t]·x, gathered rows
+        "classifier_lse": 4 * k * n + 2 * n,  # max, exp, multiply-add per chunk; log, add
+    }
+    if need_grad:
+        flops["classifier_scale_rows"] = 3 * k * n  # coef·exp(m_c - lse)
+        flops["classifier_dx_sum"] = k * n * dim  # Σ_c dxᵀ_c
+        flops["classifier_onehot"] = 4 * n * dim  # dx -= coef·W[t]; dW[t] -= coef·x
+        if accumulate:
+            flops["classifier_dw_add"] = vocab * dim
+    return flops
+
+
+def _is_exact(kernel) -> bool:
+    return getattr(getattr(kernel, "numerics", None), "name", None) == "exact"
+
+
+class EngineClassifier:
+    """Classifier + softmax cross-entropy in kernels over vocabulary chunks (module docstring).
+
+    compile: program -> Kernel. dim, vocab: the classifier `[vocab, dim]`. n_tokens: tokens per
+    call (padded to a multiple of 32 inside, padding carries no loss). vocab_chunk: rows per chunk
+    (a multiple of 32; default `anekit.kernels.classifier.default_vocab_chunk`). dtype: host float
+    type (None: float64 under exact reference numerics, else float32).
+
+    One binding per chunk and direction, each holding its chunk of the weights (staged by
+    `set_weight`, once per update) and rewritten per call only in its activation columns."""
+
+    def __init__(
+        self,
+        compile: Callable,
+        dim: int,
+        vocab: int,
+        n_tokens: int,
+        *,
+        vocab_chunk: int | None = None,
+        dtype=None,
+    ):
+        self.dim, self.vocab, self.n_tokens = dim, vocab, n_tokens
+        self.n_pad, self.vocab_chunk, self.chunks, kinds = _plan(dim, vocab, n_tokens, vocab_chunk)
+        self.kernels = {name: compile(spec.program) for name, (spec, _) in kinds.items()}
+        exact = all(_is_exact(k) for k in self.kernels.values())
+        # exact reference numerics keep fp16-typed values in float64, inputs included (as step.py)
+        self.buffer_dtype = np.dtype(np.float64 if exact else np.float16)
+        self.dtype = np.dtype(dtype if dtype is not None else (np.float64 if exact else np.float32))
+        self._exact = exact
+        #: per chunk: (forward spec, forward binding, backward spec, backward binding)
+        self._bound: list[tuple] = [None] * len(self.chunks)
+        for name, (spec, idx) in kinds.items():
+            if "backward" in name:
+                continue
+            bname = name.replace("forward", "backward")
+            bspec = kinds[bname][0]
+            for i in idx:
+                self._bound[i] = (
+                    spec, self.kernels[name].new_binding(), bspec, self.kernels[bname].new_binding()
+                )  # fmt: skip
+        self._staged = False
+        self._w: np.ndarray | None = None  # the weights as the kernels hold them
+        self._x = np.zeros((dim, self.n_pad), dtype=self.buffer_dtype)
+        self._rows = np.zeros((2, self.n_pad), dtype=self.buffer_dtype)
+        self.engine_s = 0.0
+        self.kernel_calls = 0
+
+    # -- weights ------------------------------------------------------------------------------
+    def set_weight(self, weight) -> None:
+        """Stage the classifier `[vocab, dim]` into every chunk's bindings (converted to the
+        kernels' fp16 once; the first call writes whole inputs, later ones only the weight
+        columns). Call it after every update of the weights."""
+        w = np.asarray(weight)
+        if w.shape != (self.vocab, self.dim):
+            raise ValueError(f"classifier weight must be [{self.vocab}, {self.dim}], got {list(w.shape)}")
+        self._w = w.astype(self.buffer_dtype)  # a copy: the caller's array may change in place
+        n, d = self.n_pad, self.dim
+        for (v0, rows), (fspec, fb, bspec, bb) in zip(self.chunks, self._bound):
+            block = self._w[v0 : v0 + rows].T  # Wcᵀ [D, rows], ane-private-api.md §5.4 "Stage"
+            for spec, binding in ((fspec, fb), (bspec, bb)):
+                if not self._staged:
+                    buf = spec.input_layout.empty(self.buffer_dtype)
+                    spec.input_layout.view(buf, "w_t")[:, :rows] = block  # padding rows stay 0
+                    binding.write(**{spec.input_name: buf})
+                else:
+                    binding.write_slice(spec.input_name, (0, slice(0, d), 0, slice(n, n + rows)), block)
+        self._staged = True
+
+    # -- a call ---------------------------------------------------------------------------------
+    def _run(self, spec: KernelSpec, binding) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        out = (binding.run() if self._exact else binding.run_float32())[spec.output_name]
+        self.engine_s += time.perf_counter() - t0
+        self.kernel_calls += 1
+        return spec.output_layout.unpack(out)
+
+    def _check(self, x, targets):
+        if self._w is None:
+            raise RuntimeError("call set_weight before running the classifier")
+        x = np.asarray(x)
+        tgt = np.asarray(targets).reshape(-1)
+        if x.shape != (self.dim, self.n_tokens) or tgt.shape != (self.n_tokens,):
+            raise ValueError(
+                f"x must be [{self.dim}, {self.n_tokens}] and targets [{self.n_tokens}], got "
+                f"{list(x.shape)} and {list(np.shape(targets))}"
+            )
+        valid = tgt != IGNORE
+        safe = np.where(valid, tgt, 0)
+        if np.any(safe < 0) or np.any(safe >= self.vocab):
+            raise ValueError(f"target ids must lie in [0, {self.vocab}) or be {IGNORE}")
+        return x, valid, safe
+
+    def __call__(
+        self,
+        x,
+        targets,
+        *,
+        grad_scale: float = 1.0,
+        normalizer: int | None = None,
+        need_grad: bool = True,
+        out: np.ndarray | None = None,
+    ):
+        """`(loss_sum, dx, dweight)` as `cpu_ops.cross_entropy` (module docstring); with `out`,
+        dweight is `out` with the gradient added in."""
+        x, valid, safe = self._check(x, targets)
+        if out is not None and (out.shape != (self.vocab, self.dim) or out.dtype != self.dtype):
+            raise ValueError(f"out must be a {self.dtype} array [{self.vocab}, {self.dim}]")
+        n, d, N = self.n_pad, self.dim, self.n_tokens
+        xs = self._x
+        xs[:, :N] = x  # the kernels' rounding of x, once for every binding
+        x_index = (0, slice(0, d), 0, slice(0, n))
+        m = np.empty((len(self.chunks), N))
+        s = np.empty((len(self.chunks), N))
+        for i, (fspec, fb, _, _) in enumerate(self._bound):
+            fb.write_slice(fspec.input_name, x_index, xs)
+            o = self._run(fspec, fb)
+            m[i], s[i] = o["m"][0, :N], o["s"][0, :N]
+        big = m.max(axis=0)
+        lse = big + np.log(np.einsum("cn,cn->n", s, np.exp(m - big)))
+        xh = xs[:, :N].astype(self.dtype, copy=False)
+        w_t = self._w[safe].astype(self.dtype, copy=False)  # [N, D] rows of the targets
+        target_logit = np.einsum("nd,dn->n", w_t, xh, dtype=np.float64)
+        loss_sum = float(np.sum((lse - target_logit)[valid]))
+        if not need_grad:
+            return loss_sum, None, None
+        count = int(valid.sum())
+        coef = np.where(valid, grad_scale / (normalizer or max(count, 1)), 0.0)
+        dx_t = np.zeros((N, d), dtype=self.dtype)
+        dweight = np.empty((self.vocab, d), dtype=self.dtype) if out is None else out
+        rows = self._rows
+        row_index = (0, slice(d, d + 2), 0, slice(0, n))
+        for i, ((v0, nrows), (_, _, bspec, bb)) in enumerate(zip(self.chunks, self._bound)):
+            rows[0, :N] = m[i]
+            rows[1, :N] = coef * np.exp(m[i] - lse)
+            bb.write_slice(bspec.input_name, x_index, xs)
+            bb.write_slice(bspec.input_name, row_index, rows)
+            o = self._run(bspec, bb)
+            if out is None:
+                dweight[v0 : v0 + nrows] = o["dw"][:nrows]
+            else:
+                dweight[v0 : v0 + nrows] += o["dw"][:nrows]
+            dx_t += o["dx_t"][:N]
+        # the one-hot part of softmax - onehot, on the host (O(N·D))
+        cv = coef[valid].astype(self.dtype)[:, None]
+        dx_t[valid] -= cv * w_t[valid]
+        np.subtract.at(dweight, safe[valid], cv * xh[:, valid].T)
+        return loss_sum, np.ascontiguousarray(dx_t.T), dweight
+
+    def close(self) -> None:
+        """Release the bindings and the kernels."""
+        for entry in self._bound:
+            if entry is not None:
+                entry[1].close()
+                entry[3].close()
+        for k in self.kernels.values():
+            k.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
