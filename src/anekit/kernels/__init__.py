@@ -11,6 +11,8 @@ of its one packed input and its one concatenated output).
 | attention_backward | dy, q_rope, k_rope, v, Wqᵀ, Wkᵀ, Wvᵀ, Wo | dx, dq, dk, dv |
 | ffn_forward | xnorm, W1ᵀ, W3ᵀ, W2 | y, h1, h3, gate |
 | ffn_backward | dy, h1, h3, W1, W3, W2ᵀ | dx, dh1, dh3 |
+| attention_wgrad | xnorm, dy, attn, dq, dk, dv (per token tile) | dWq, dWk, dWv, dWoᵀ |
+| ffn_wgrad | xnorm, dy, gate, dh1, dh3 (per token tile) | dW1, dW3, dW2ᵀ |
 | rmsnorm_forward | x, weight | y |
 
 Each `KernelSpec` declares how a layer's weights are staged into its input (`spec.staging`: `Staged`
@@ -36,6 +38,8 @@ _EXPORTS = {
     "attention_backward": "attention",
     "ffn_forward": "ffn",
     "ffn_backward": "ffn",
+    "attention_wgrad": "wgrad",
+    "ffn_wgrad": "wgrad",
     "rmsnorm_forward": "norm",
     "rope_tables": "rope",
 }

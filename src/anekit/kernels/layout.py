@@ -144,6 +144,24 @@ class Layout:
                 f"no segment {name!r} in this layout (it has {', '.join(self.names)})"
             ) from None
 
+    def index(self, name: str) -> tuple[int, slice, int, slice]:
+        """Index of segment `name` in a `[1, C, 1, W]` array (what `Binding.write_slice` takes)."""
+        return self[name].index
+
+    def tiles(self, name: str) -> tuple[Segment, ...]:
+        """The segments holding block `name`: `(self[name],)`, or, for a block split over token
+        tiles (`anekit.kernels.wgrad`), its tiles `name@0`, `name@1`, ... in token order, whose
+        widths add up to the block's."""
+        if name in self._by_name:
+            return (self._by_name[name],)
+        found, j = [], 0
+        while f"{name}@{j}" in self._by_name:
+            found.append(self._by_name[f"{name}@{j}"])
+            j += 1
+        if not found:
+            self[name]  # raises, listing the segments
+        return tuple(found)
+
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
 
