@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from anekit.model import ModelConfig, preset
 from anekit.model.reference import init_params
-from anekit.train.step import ModelRunner
+from anekit.train.step import GRAD_KERNELS, STEP_KERNELS, KernelUse, ModelRunner, host_flops, schedule
 
 GQA4 = ModelConfig(  # 8 q heads on 2 kv heads (ratio 4), head_dim 8 (padded to 32 in the kernels), untied
     "gqa4", dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=64, seq_len=32,
@@ -134,8 +134,10 @@ def test_step_matches_torch_exact(cases, name):
         np.testing.assert_allclose(g, want[k], rtol=1e-4, atol=1e-6 * scale, err_msg=k)
 
 
-@pytest.mark.parametrize("name", ["tiny", "gqa4"])
+@pytest.mark.parametrize("name", ["tiny", "gqa4", "mha"])
 def test_step_ane_numerics_close_to_torch(cases, name):
+    """Engine numerics (fp16 kernels, weight gradients and classifier included): loss within 1e-2,
+    every gradient's cosine with autograd's above 0.99."""
     cfg, b, spc, p, tok, tgt, (want_loss, want) = cases[name]
     with ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as runner:
         runner.set_params(p)
@@ -188,18 +190,25 @@ def test_timing_and_staging(cases):
         runner.set_params(p)
         res = runner.step(tok, tgt)
         t = res.timing
-        assert t.kernel_calls == 4 * cfg.n_layers
-        assert t.engine_s > 0 and t.cpu_s > 0 and t.dw_s > 0 and t.total_s >= t.engine_s
-        # weights are staged once, as fp16, in the spatial tail of each layer's buffers
+        # every layer kernel once per layer (the two weight-gradient ones on the worker), the classifier's
+        assert t.dw_calls == len(GRAD_KERNELS) * cfg.n_layers
+        assert t.kernel_calls == len(STEP_KERNELS) * cfg.n_layers + runner.classifier_kernels.kernel_calls
+        assert t.engine_s > 0 and t.cpu_s > 0 and t.dw_s >= t.dw_engine_s > 0 and t.total_s >= t.engine_s
+        # weights are staged once, as fp16, in the spatial tail of each layer's binding input
         lay = runner.specs["attention_forward"].input_layout
         buf = runner.buffers[1]["attention_forward"]
         np.testing.assert_array_equal(
             lay.view(buf, "wq_t"), p["layers.1.wq"].T.astype(np.float32).astype(np.float16)
         )
-        # a parameter update restages: a changed weight changes the loss
+        # a parameter update restages (only the weight segments): a changed weight changes the
+        # loss, and the binding holds the new value
         p2 = dict(p)
         p2["layers.0.w2"] = p["layers.0.w2"] * 2.0
         runner.set_params(p2)
+        np.testing.assert_array_equal(
+            runner.specs["ffn_forward"].input_layout.view(runner.buffers[0]["ffn_forward"], "w2"),
+            p2["layers.0.w2"].astype(np.float32).astype(np.float16),
+        )
         assert runner.loss(tok, tgt) != pytest.approx(res.loss, rel=1e-6)
         with pytest.raises(ValueError, match="shape"):
             runner.set_params({**p, "embed": p["embed"][:5]})
@@ -222,4 +231,95 @@ def test_custom_compile_function(cases):
         assert runner.buffer_dtype == np.float64 and runner.dtype == np.float64
         runner.set_params(p)
         assert runner.step(tok, tgt).loss == pytest.approx(want_loss, rel=1e-9)
-    assert len(compiled) == 4  # once per kernel shape, shared by every layer
+    # once per kernel shape, shared by every layer; the classifier's once per chunk shape
+    assert len(compiled) == len(STEP_KERNELS) + len(runner.classifier_kernels.kernels)
+
+
+def test_restaging_after_an_update_matches_a_fresh_runner(cases):
+    """The second `set_params` writes only weight segments into the bindings: the step equals that
+    of a runner staged once with the same weights."""
+    cfg, b, spc, p, tok, tgt, _ = cases["gqa4"]
+    p2 = {k: v * 1.5 if k.startswith("layers.") else v for k, v in p.items()}
+    with (
+        ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as updated,
+        ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as fresh,
+    ):
+        updated.set_params(p)
+        updated.step(tok, tgt)
+        updated.set_params(p2)
+        fresh.set_params(p2)
+        a, c = updated.step(tok, tgt, loss_scale=64.0), fresh.step(tok, tgt, loss_scale=64.0)
+    assert a.loss == c.loss
+    for k in a.grads:
+        np.testing.assert_array_equal(a.grads[k], c.grads[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name,spc", [("gqa4", 2), ("mha", None), ("tiny", 1)])
+def test_schedule_counts_what_a_step_runs(cases, name, spc):
+    """`schedule` (no compiling) lists each program a step runs, with the step's call count."""
+    cfg, b, _, p, tok, tgt, _ = cases[name]
+    uses = schedule(cfg, b, seqs_per_call=spc)
+    assert all(isinstance(u, KernelUse) for u in uses)
+    runs: dict[str, int] = {}
+    from anekit.backends.reference import compile as ref_compile
+
+    def counting(program):
+        kernel = ref_compile(program, numerics="ane")
+        text = dumps_text(program)
+        inner = kernel._execute
+
+        def execute(*args, **kw):
+            runs[text] = runs.get(text, 0) + 1
+            return inner(*args, **kw)
+
+        kernel._execute = execute
+        return kernel
+
+    with ModelRunner(cfg, b, compile=counting, seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt)
+    want: dict[str, int] = {}
+    for u in uses:
+        text = dumps_text(u.spec.program)
+        want[text] = want.get(text, 0) + u.calls_per_step
+    assert runs == want
+    assert res.timing.kernel_calls == sum(u.calls_per_step for u in uses)
+    assert {u.name for u in uses} >= set(STEP_KERNELS)
+
+
+def dumps_text(program) -> str:
+    from anekit.mil import dumps
+
+    return dumps(program).text
+
+
+def test_schedule_and_host_flops_cover_the_step_matmuls():
+    """Every matmul of the step is in a kernel: the schedule's matmul FLOPs equal forward +
+    input-gradient + weight-gradient matmuls of the layers and the classifier, counted here from
+    the shapes (attention score matmuls contract over the head dim padded to 32; the backward
+    kernels recompute the scores and the logits); the host keeps
+    no matmul beyond the classifier's target gather and one-hot part."""
+    cfg, b = preset("stories110m"), 1
+    S, D, H, Q, KV, V, L = (
+        cfg.seq_len,
+        cfg.dim,
+        cfg.hidden_dim,
+        cfg.q_dim,
+        cfg.kv_dim,
+        cfg.vocab_size,
+        cfg.n_layers,
+    )
+    T = b * S
+    linear = 2 * T * (D * Q + 2 * D * KV + Q * D + 3 * D * H)  # one pass of the layer's projections
+    hd_pad = -(-cfg.head_dim // 32) * 32
+    attn_fwd = 2 * cfg.n_heads * S * S * (hd_pad + cfg.head_dim)  # QKᵀ, P·V
+    # backward: QKᵀ recomputed, dV, dP, dQ, dK
+    attn_bwd = 2 * cfg.n_heads * S * S * (hd_pad + cfg.head_dim + hd_pad + 2 * cfg.head_dim)
+    cls = 4 * 2 * T * D * V  # logits, logits recomputed in the backward kernel, dW, dx
+    uses = schedule(cfg, b)
+    got = sum(u.spec.flops * u.calls_per_step for u in uses)
+    assert got == L * (3 * linear + attn_fwd + attn_bwd) + cls
+    host = host_flops(cfg, b)
+    assert all(isinstance(v, int) and v >= 0 for v in host.values())
+    assert {"rmsnorm_forward", "rmsnorm_backward", "residual_adds", "embedding_scatter_add"} <= set(host)
+    assert sum(host.values()) < 0.02 * got

@@ -1,16 +1,32 @@
-"""One training step: forward and input gradients on kernels, everything else on the CPU.
+"""One training step: every matmul on kernels; RMSNorm, residual adds and embedding on the CPU.
 
-Per layer, four kernels (`anekit.kernels`), compiled once per shape and shared by all layers
-(ane-private-api.md §5.4: "compile once", one input buffer per layer per kernel with the layer's
-weights staged in it):
+Per layer, six kernels (`anekit.kernels`), compiled once per shape and shared by all layers
+(ane-private-api.md §5.4: "compile once"), each bound once per layer (`Kernel.new_binding`, §1.6
+"per-layer requests on one compiled model": the layer's weights staged in its binding's input):
 
     forward:  CPU RMSNorm -> attention_forward -> CPU residual + RMSNorm -> ffn_forward -> CPU residual
-    backward: ffn_backward -> CPU RMSNorm backward -> attention_backward -> CPU RMSNorm backward
+    backward: ffn_backward -> [ffn_wgrad] -> CPU RMSNorm backward -> attention_backward
+              -> [attention_wgrad] -> CPU RMSNorm backward
 
-On the CPU: embedding gather and scatter-add, RMSNorm forward/backward (and dγ), residual adds,
-final RMSNorm, classifier and cross-entropy chunked over the vocabulary, and every weight gradient
-dW = dy·xᵀ, computed on a worker thread (one worker, like maderix's serial cblas queue) that
-overlaps the next kernel runs; the step waits for it only before returning the gradients (§5.4).
+plus the classifier and its cross-entropy over vocabulary chunks (`anekit.train.classifier`). The
+weight-gradient kernels [..] (dW = dy·xᵀ, `anekit.kernels.wgrad`) run on a worker thread (one worker,
+like maderix's serial cblas queue, §5.4), so they overlap the main thread's next backward kernels;
+the worker writes their activations into the layer's binding, runs it, and adds the fp16 results
+into the fp32 gradients (accumulation across micro-batches stays fp32 on the host, §10.4). The step
+waits for it only before returning the gradients.
+
+On the CPU: embedding gather and scatter-add, RMSNorm forward/backward (and dγ), residual adds, the
+final RMSNorm, the classifier's target gather and one-hot part, loss-scale unscaling. `schedule`
+lists every kernel a step runs and how often, `host_flops` what is left on the host, without
+compiling (the cost model, `anekit.train.cost`, counts them).
+
+I/O without copies (§1.6, §5.4 "Stage" / "write acts"): `set_params` converts each weight to the
+buffer dtype once and writes it into every binding that stages it (the whole input the first time,
+then only the weight segments); a call writes only its activation segments (`Binding.write_slice`,
+straight into the locked IOSurface on the ane backend) and reads the outputs with
+`Binding.run_float32`. Outputs are used after later runs of the same kernel (a layer's forward
+outputs until its backward), so a backend must return fresh arrays (the ane backend copies them out
+of its shared output surfaces).
 
 Batching: `seqs_per_call` sequences (default: the whole batch) go through one kernel call, side
 by side on the spatial axis (`anekit.kernels.attention`: attention stays per sequence). On the
@@ -38,33 +54,139 @@ from ..kernels.attention import attention_backward, attention_forward
 from ..kernels.common import DEFAULT_CONST_PRECISION, KernelSpec
 from ..kernels.ffn import ffn_backward, ffn_forward
 from ..kernels.layout import ROW_ALIGN, round_up
+from ..kernels.wgrad import GRADS, attention_wgrad, ffn_wgrad
 from ..model.config import ModelConfig
 from . import cpu_ops
 from .blas import blas_threads, set_blas_threads
+from .classifier import EngineClassifier, classifier_host_flops, classifier_kernel_uses
 
-__all__ = ["ModelRunner", "StepResult", "StepTiming", "KERNELS", "LAYER_KERNELS"]
+__all__ = [
+    "ModelRunner",
+    "StepResult",
+    "StepTiming",
+    "KernelUse",
+    "schedule",
+    "host_flops",
+    "KERNELS",
+    "LAYER_KERNELS",
+    "GRAD_KERNELS",
+    "STEP_KERNELS",
+]
 
-#: The kernels of one layer, in the order a step runs them: name -> generator(config, n_seq,
-#: seq_len, const_precision) returning a `KernelSpec` that declares how the layer's weights are
-#: staged into its input (`KernelSpec.staging`). A new kernel is one entry here plus its call in
-#: `_forward_layer` / `_backward_layer`.
+#: The kernels of one layer that stage its weights, in the order a step runs them: name ->
+#: generator(config, n_seq, seq_len, const_precision) returning a `KernelSpec` that declares how the
+#: layer's weights are staged into its input (`KernelSpec.staging`). A new kernel is one entry here
+#: plus its call in `_forward_layer` / `_backward_layer`.
 LAYER_KERNELS: dict[str, Callable[..., KernelSpec]] = {
     "attention_forward": attention_forward,
     "ffn_forward": ffn_forward,
     "ffn_backward": ffn_backward,
     "attention_backward": attention_backward,
 }
-KERNELS = tuple(LAYER_KERNELS)
+#: The weight-gradient kernels of a layer (same generator signature, no weights staged); their
+#: outputs are declared by `anekit.kernels.wgrad.GRADS`.
+GRAD_KERNELS: dict[str, Callable[..., KernelSpec]] = {
+    "ffn_wgrad": ffn_wgrad,
+    "attention_wgrad": attention_wgrad,
+}
+#: Every kernel of a layer.
+STEP_KERNELS: dict[str, Callable[..., KernelSpec]] = {**LAYER_KERNELS, **GRAD_KERNELS}
+KERNELS = tuple(STEP_KERNELS)
 #: Kernels that bake no float tables: compiled first, they show whether the backend runs the
 #: "exact" reference numerics, which decides how the other kernels bake theirs.
-_TABLE_FREE = ("ffn_forward", "ffn_backward")
+_TABLE_FREE = ("ffn_forward", "ffn_backward", "ffn_wgrad", "attention_wgrad")
+
+
+@dataclass(frozen=True)
+class KernelUse:
+    """One kernel of a step: its name, its spec, and how many times a step runs it (all layers,
+    all calls of the batch)."""
+
+    name: str
+    spec: KernelSpec
+    calls_per_step: int
+
+
+def _call_shape(config: ModelConfig, batch_size: int, seq_len: int | None, seqs_per_call: int | None):
+    """(sequences per call, padded sequence length, calls per step)."""
+    s = config.seq_len if seq_len is None else seq_len
+    n_seq = batch_size if seqs_per_call is None else seqs_per_call
+    if batch_size < 1 or n_seq < 1 or batch_size % n_seq:
+        raise ValueError(f"seqs_per_call {n_seq} must divide batch_size {batch_size}")
+    if s < 1:
+        raise ValueError(f"seq_len must be positive, got {s}")
+    return n_seq, round_up(s, ROW_ALIGN), batch_size // n_seq  # §1.7: 64-byte rows
+
+
+def _layer_specs(config, n_seq: int, s_pad: int, precision: str, names) -> dict[str, KernelSpec]:
+    return {name: STEP_KERNELS[name](config, n_seq, s_pad, precision) for name in names}
+
+
+def schedule(
+    config: ModelConfig,
+    batch_size: int,
+    *,
+    seq_len: int | None = None,
+    seqs_per_call: int | None = None,
+    const_precision: str = DEFAULT_CONST_PRECISION,
+    vocab_chunk: int | None = None,
+) -> tuple[KernelUse, ...]:
+    """Every kernel `ModelRunner(config, batch_size, seq_len=..., seqs_per_call=...,
+    vocab_chunk=...)` runs in one step, with its calls per step: the six layer kernels (once per
+    layer per call) and the classifier's (per vocabulary chunk per call). Builds the programs,
+    compiles nothing."""
+    n_seq, s_pad, calls = _call_shape(config, batch_size, seq_len, seqs_per_call)
+    specs = _layer_specs(config, n_seq, s_pad, const_precision, STEP_KERNELS)
+    uses = [KernelUse(name, spec, config.n_layers * calls) for name, spec in specs.items()]
+    for name, spec, n in classifier_kernel_uses(config.dim, config.vocab_size, n_seq * s_pad, vocab_chunk):
+        uses.append(KernelUse(name, spec, n * calls))
+    return tuple(uses)
+
+
+def host_flops(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int | None = None,
+    *,
+    seqs_per_call: int | None = None,
+    vocab_chunk: int | None = None,
+) -> dict[str, int]:
+    """FLOPs per step of what `ModelRunner` still runs on the host, by name (2 per multiply-add,
+    1 per elementwise op; gathers and copies count nothing), over the padded tokens it processes."""
+    n_seq, s_pad, calls = _call_shape(config, batch_size, seq_len, seqs_per_call)
+    D, L, T = config.dim, config.n_layers, batch_size * s_pad
+    norms = 2 * L + 1
+    shapes = config.param_shapes()
+    layer_matrices = sum(
+        int(np.prod(shape))
+        for name, shape in shapes.items()
+        if name.startswith("layers.") and len(shape) == 2
+    )
+    n_params = sum(int(np.prod(shape)) for shape in shapes.values())
+    flops = {
+        # cpu_ops.rmsnorm_forward per token: Σx² 2D, mean + eps + sqrt + 1/ 4, x·r D, ·γ D
+        "rmsnorm_forward": norms * T * (4 * D + 4),
+        # cpu_ops.rmsnorm_backward per token: x̂ D, dγ 2D, g D, proj 2D + 1, dx 3D
+        "rmsnorm_backward": norms * T * (9 * D + 1),
+        "rmsnorm_gain_accumulation": norms * D * calls,
+        "residual_adds": 4 * L * T * D,  # x + o, x2 + y forward; dx2 + dy, dx + dx2 backward
+        "embedding_scatter_add": T * D,
+        "weight_gradient_accumulation": layer_matrices * calls,  # fp16 kernel outputs into fp32
+        "loss_scale_unscale": n_params,
+        "nonfinite_check": n_params,
+    }
+    for name, n in classifier_host_flops(config.dim, config.vocab_size, n_seq * s_pad, vocab_chunk).items():
+        flops[name] = n * calls
+    return flops
 
 
 @dataclass
 class StepTiming:
-    """Seconds spent in one step. `engine_s`: inside kernel calls; `cpu_s`: the rest of the main
-    thread (CPU ops, packing, waiting excluded); `dw_s`: the weight-gradient worker's busy time
-    (overlapped); `dw_wait_s`: how long the main thread waited for it; `total_s`: wall time."""
+    """Seconds spent in one step. `engine_s`: inside the main thread's kernel calls (layers and
+    classifier); `cpu_s`: the rest of the main thread (CPU ops, packing, waiting excluded); `dw_s`:
+    the weight-gradient worker's busy time (overlapped), `dw_engine_s` the part of it inside the
+    weight-gradient kernels; `dw_wait_s`: how long the main thread waited for it; `total_s`: wall
+    time; `kernel_calls`: every kernel call, both threads."""
 
     engine_s: float = 0.0
     cpu_s: float = 0.0
@@ -72,6 +194,8 @@ class StepTiming:
     dw_wait_s: float = 0.0
     total_s: float = 0.0
     kernel_calls: int = 0
+    dw_engine_s: float = 0.0
+    dw_calls: int = 0
 
 
 @dataclass
@@ -106,23 +230,21 @@ def _backend_compile(backend: str, options: dict) -> Callable:
     return compile
 
 
-def _layer_kernels(config: ModelConfig, n_seq: int, seq_len: int, compile: Callable, const_precision):
-    """(specs, compiled kernels) of `LAYER_KERNELS`, in its order, for calls of `n_seq` sequences
-    of `seq_len` tokens. The table-free kernels are compiled first: RoPE tables are fp16 constants
-    unless asked otherwise, since M1/M2 engines cannot run the fp32 const + cast form
-    (ane-private-api.md §1.8); only the float64 "exact" reference oracle (seen on the kernels that
-    bake no tables) keeps fp32 tables."""
-    first = {k: LAYER_KERNELS[k](config, n_seq, seq_len, DEFAULT_CONST_PRECISION) for k in _TABLE_FREE}
+def _layer_kernels(config: ModelConfig, n_seq: int, s_pad: int, compile: Callable, const_precision):
+    """(specs, compiled kernels) of `STEP_KERNELS` (`schedule`'s layer kernels), in its order, for
+    calls of `n_seq` sequences of `s_pad` tokens. The table-free kernels are compiled first: RoPE
+    tables are fp16 constants unless asked otherwise, since M1/M2 engines cannot run the fp32
+    const + cast form (ane-private-api.md §1.8); only the float64 "exact" reference oracle (seen on
+    the kernels that bake no tables) keeps fp32 tables."""
+    first = _layer_specs(config, n_seq, s_pad, DEFAULT_CONST_PRECISION, _TABLE_FREE)
     kernels = {name: compile(spec.program) for name, spec in first.items()}
     if const_precision is None:
         const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
-    specs: dict[str, KernelSpec] = {
-        name: first.get(name) or make(config, n_seq, seq_len, const_precision)
-        for name, make in LAYER_KERNELS.items()
-    }
-    for name, spec in specs.items():
-        if name not in kernels:
-            kernels[name] = compile(spec.program)
+    rest = [name for name in STEP_KERNELS if name not in first]
+    specs = {**first, **_layer_specs(config, n_seq, s_pad, const_precision, rest)}
+    specs = {name: specs[name] for name in STEP_KERNELS}
+    for name in rest:
+        kernels[name] = compile(specs[name].program)
     return specs, {name: kernels[name] for name in specs}
 
 
@@ -143,6 +265,20 @@ def _unscale(grads: dict[str, np.ndarray], loss_scale: float) -> list[str]:
     return [name for name, g in grads.items() if not np.all(np.isfinite(g))]
 
 
+def _write(binding, spec: KernelSpec, segment: str, array: np.ndarray) -> None:
+    """Write activation block `segment` into `binding`'s input in place (split over the block's
+    token tiles, `Layout.tiles`), converted to the input's dtype by the binding."""
+    tiles = spec.input_layout.tiles(segment)
+    if len(tiles) == 1:
+        binding.write_slice(spec.input_name, tiles[0].index, array)
+        return
+    off = 0
+    for seg in tiles:
+        w = seg.shape[1]
+        binding.write_slice(spec.input_name, seg.index, array[:, off : off + w])
+        off += w
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -152,7 +288,8 @@ class ModelRunner:
     per kernel call (must divide batch_size; default all). dtype: CPU float type (default float64
     under exact reference numerics, else float32). const_precision: how the kernels bake their
     RoPE tables (`anekit.kernels.common.CONST_PRECISIONS`; default fp16, fp32 under exact
-    reference numerics). vocab_chunk: classifier rows per chunk.
+    reference numerics). vocab_chunk: classifier rows per kernel call (default
+    `anekit.kernels.classifier.default_vocab_chunk`).
     blas_threads: BLAS threads per calling thread during a step (`anekit.train.blas`; the step
     already runs two threads, kernels and dW; None leaves BLAS alone).
 
@@ -170,17 +307,14 @@ class ModelRunner:
         seqs_per_call: int | None = None,
         dtype=None,
         const_precision: str | None = None,
-        vocab_chunk: int = 8192,
+        vocab_chunk: int | None = None,
         blas_threads: int | None = 1,
         **options,
     ):
         self.config = config
         self.batch_size = batch_size
         self.seq_len = config.seq_len if seq_len is None else seq_len
-        self.n_seq = batch_size if seqs_per_call is None else seqs_per_call
-        if batch_size < 1 or self.n_seq < 1 or batch_size % self.n_seq:
-            raise ValueError(f"seqs_per_call {self.n_seq} must divide batch_size {batch_size}")
-        self.padded_len = round_up(self.seq_len, ROW_ALIGN)  # §1.7: 64-byte rows
+        self.n_seq, self.padded_len, _ = _call_shape(config, batch_size, seq_len, seqs_per_call)
         self.vocab_chunk = vocab_chunk
         self.blas_threads = blas_threads
         if compile is None:
@@ -192,12 +326,24 @@ class ModelRunner:
         # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
         # takes, fp16; the CPU side follows (float64 / float32) unless `dtype` says otherwise.
         exact = all(_is_exact(k) for k in self.kernels.values())
+        self._exact = exact
         self.buffer_dtype = np.dtype(np.float64 if exact else np.float16)
         self.dtype = np.dtype(dtype if dtype is not None else (np.float64 if exact else np.float32))
-        self.buffers = [
-            {name: spec.input_layout.empty(self.buffer_dtype) for name, spec in self.specs.items()}
+        self.classifier_kernels = EngineClassifier(
+            compile, config.dim, config.vocab_size, self.n_seq * self.padded_len,
+            vocab_chunk=vocab_chunk, dtype=self.dtype,
+        )  # fmt: skip
+        #: per layer, one binding per kernel (§1.6): weight kernels get their whole input at the
+        #: first `set_params`; the weight-gradient kernels (no weights) a zeroed one now
+        self.bindings = [
+            {name: kernel.new_binding() for name, kernel in self.kernels.items()}
             for _ in range(config.n_layers)
         ]
+        for layer in self.bindings:
+            for name in GRAD_KERNELS:
+                spec = self.specs[name]
+                layer[name].write(**{spec.input_name: spec.input_layout.empty(self.buffer_dtype)})
+        self._staged = False
         self.params: dict[str, np.ndarray] | None = None
         self._layers: list[dict[str, np.ndarray]] = []  #: per layer, its parameters by short name
         init = None if blas_threads is None else (lambda: set_blas_threads(blas_threads))
@@ -207,8 +353,8 @@ class ModelRunner:
     # -- parameters ----------------------------------------------------------------------------
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Take (a copy of) the parameters in the CPU dtype and stage every layer's weights into
-        its kernel input buffers (ane-private-api.md §5.4 "Stage": forward kernels get Mᵀ for
-        y = M·x, backward kernels the layout `anekit.kernels` documents)."""
+        its kernel bindings (ane-private-api.md §5.4 "Stage": forward kernels get Mᵀ for
+        y = M·x, backward kernels the layout `anekit.kernels` documents) and the classifier's."""
         shapes = self.config.param_shapes()
         missing = sorted(set(shapes) - set(params))
         extra = sorted(set(params) - set(shapes))
@@ -226,14 +372,31 @@ class ModelRunner:
             if name.startswith("layers."):
                 i, short = name[len("layers.") :].split(".", 1)
                 self._layers[int(i)][short] = a
-        for i, bufs in enumerate(self.buffers):
-            self._stage_layer(i, bufs)
+        for i in range(self.config.n_layers):
+            self._stage_layer(i)
+        self._staged = True
+        self.classifier_kernels.set_weight(self.classifier)
 
-    def _stage_layer(self, i: int, bufs: dict[str, np.ndarray]) -> None:
-        """Write layer i's weights into each kernel's buffer, as the kernel declares (`staging`)."""
-        p = self._layers[i]
+    def _stage_layer(self, i: int) -> None:
+        """Write layer i's weights into its bindings, as each kernel declares (`staging`): each
+        weight converted to the buffer dtype once for every binding that stages it; the whole
+        input the first time, then only the weight segments (`Binding.write_slice`)."""
+        p, converted = self._layers[i], {}
         for name, spec in self.specs.items():
-            spec.stage(bufs[name], p)
+            if not spec.staging:
+                continue
+            binding, lay = self.bindings[i][name], spec.input_layout
+            buf = None if self._staged else lay.empty(self.buffer_dtype)
+            for st in spec.staging:
+                if st.param not in converted:
+                    converted[st.param] = p[st.param].astype(self.buffer_dtype)
+                value = st.value(converted)
+                if buf is None:
+                    binding.write_slice(spec.input_name, lay.index(st.segment), value)
+                else:
+                    lay.write(buf, st.segment, value)
+            if buf is not None:
+                binding.write(**{spec.input_name: buf})
 
     def _layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's parameters by their names inside the layer (views built by `set_params`)."""
@@ -243,26 +406,64 @@ class ModelRunner:
     def classifier(self) -> np.ndarray:
         return self.params["embed"] if self.config.tie_embeddings else self.params["lm_head"]
 
+    @property
+    def buffers(self) -> list[dict[str, np.ndarray]]:
+        """Per layer, each kernel's input as its binding holds it on the host, where the backend
+        keeps one there (the generic and reference bindings; the ane backend's inputs live in
+        IOSurfaces and are not listed). For inspection and memory accounting only."""
+        out = []
+        for layer in self.bindings:
+            held = {}
+            for name, binding in layer.items():
+                staged = getattr(binding, "_staged", {}).get(self.specs[name].input_name)
+                if staged is not None:
+                    held[name] = staged
+            out.append(held)
+        return out
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of every layer binding's input (each kernel's input layout in the buffer dtype,
+        per layer), whatever the backend and whether or not the bindings are still open."""
+        per_layer = sum(
+            int(np.prod(spec.input_layout.shape)) * self.buffer_dtype.itemsize for spec in self.specs.values()
+        )
+        return per_layer * self.config.n_layers
+
     # -- running kernels -----------------------------------------------------------------------
+    def _call(self, binding) -> dict[str, np.ndarray]:
+        """Evaluate a binding: float64 outputs under exact numerics, else float32 (exact widening)."""
+        return binding.run() if self._exact else binding.run_float32()
+
     def _run(self, layer: int, name: str, **acts: np.ndarray) -> dict[str, np.ndarray]:
-        """Write activation blocks into the layer's buffer, run the kernel, unpack the output."""
-        spec, buf = self.specs[name], self.buffers[layer][name]
+        """Write activation blocks into the layer's binding, run the kernel, unpack the output."""
+        spec, binding = self.specs[name], self.bindings[layer][name]
         for seg, array in acts.items():
-            spec.input_layout.write(buf, seg, array)
+            _write(binding, spec, seg, array)
         t0 = time.perf_counter()
-        out = self.kernels[name].run({spec.input_name: buf})[spec.output_name]
+        out = self._call(binding)[spec.output_name]
         self._timing.engine_s += time.perf_counter() - t0
         self._timing.kernel_calls += 1
         return spec.output_layout.unpack(out)
 
-    def _submit_dw(self, futures: list[Future], grads: dict[str, np.ndarray], pairs) -> None:
-        """Queue dW += dy·xᵀ for each (name, dy, x) on the worker (fp16 outputs widened there)."""
-        dtype, timing = self.dtype, self._timing
+    def _submit_wgrad(self, layer: int, name: str, grads, futures: list[Future], **acts) -> None:
+        """Queue on the worker: write `acts` into layer `layer`'s binding of weight-gradient kernel
+        `name`, run it, add its results into `grads` (fp16 values into the host dtype, §10.4). The
+        worker runs jobs in order, so a binding is never written while it runs."""
+        spec, binding, timing = self.specs[name], self.bindings[layer][name], self._timing
+        pre, dim = f"layers.{layer}.", self.config.dim
 
         def work():
             t0 = time.perf_counter()
-            for name, dy, x in pairs:
-                grads[name] += np.asarray(dy, dtype=dtype) @ np.asarray(x, dtype=dtype).T
+            for seg, array in acts.items():
+                _write(binding, spec, seg, array)
+            t1 = time.perf_counter()
+            out = spec.output_layout.unpack(self._call(binding)[spec.output_name])
+            t2 = time.perf_counter()
+            for g in GRADS[name]:
+                grads[pre + g.param] += g.value(out, dim)
+            timing.dw_engine_s += t2 - t1  # only the worker writes the dw_* fields
+            timing.dw_calls += 1
             timing.dw_s += time.perf_counter() - t0
 
         futures.append(self._pool.submit(work))
@@ -300,23 +501,22 @@ class ModelRunner:
         return s.x2 + s.ffn["y"], s
 
     def _backward_layer(self, i: int, dy: np.ndarray, s: _Saved, grads, futures) -> np.ndarray:
-        """dy: gradient of the layer output; returns the gradient of its input."""
+        """dy: gradient of the layer output; returns the gradient of its input. Nothing passed to
+        the worker is written afterwards (each array here is new)."""
         p, dt, pre = self._layer(i), self.dtype, f"layers.{i}."
         f = self._run(i, "ffn_backward", dy=dy, h1=s.ffn["h1"], h3=s.ffn["h3"])
-        self._submit_dw(
-            futures, grads,
-            [(pre + "w1", f["dh1"], s.xn2), (pre + "w3", f["dh3"], s.xn2), (pre + "w2", dy, s.ffn["gate"])],
-        )  # fmt: skip
+        self._submit_wgrad(
+            i, "ffn_wgrad", grads, futures, xnorm=s.xn2, dy=dy, gate=s.ffn["gate"], dh1=f["dh1"], dh3=f["dh3"]
+        )
         dx2, dg = cpu_ops.rmsnorm_backward(f["dx"], s.x2, p["ffn_norm"], s.rrms2, dt)
         grads[pre + "ffn_norm"] += dg
         dx2 += dy
         a = self._run(
             i, "attention_backward", dy=dx2, q_rope=s.attn["q_rope"], k_rope=s.attn["k_rope"], v=s.attn["v"]
         )
-        self._submit_dw(
-            futures, grads,
-            [(pre + "wq", a["dq"], s.xn1), (pre + "wk", a["dk"], s.xn1), (pre + "wv", a["dv"], s.xn1),
-             (pre + "wo", dx2, s.attn["attn"])],
+        self._submit_wgrad(
+            i, "attention_wgrad", grads, futures,
+            xnorm=s.xn1, dy=dx2, attn=s.attn["attn"], dq=a["dq"], dk=a["dk"], dv=a["dv"],
         )  # fmt: skip
         dx, dg = cpu_ops.rmsnorm_backward(a["dx"], s.x, p["attn_norm"], s.rrms1, dt)
         grads[pre + "attn_norm"] += dg
@@ -369,6 +569,8 @@ class ModelRunner:
     def _step(self, tok, tgt, loss_scale: float, given=None, on_ready=None) -> StepResult:
         t_start = time.perf_counter()
         self._timing = timing = StepTiming()
+        cls = self.classifier_kernels
+        cls.engine_s, cls.kernel_calls = 0.0, 0
         shapes = self.config.param_shapes()
         grads = self._grad_arrays(given, shapes)
         futures: list[Future] = []
@@ -403,15 +605,14 @@ class ModelRunner:
         """Forward and backward of one kernel call's tokens: adds their gradients into `grads`
         (weight gradients queued on the worker, `futures`), returns their summed loss / normalizer.
         on_ready: as in `step`, or None when this is not the step's last call."""
-        cfg, dt = self.config, self.dtype
+        cfg = self.config
         saved: list[_Saved | None] = []
         x, xf, rrms_f = self._forward(ctok, saved)
-        ls, dxf, dcls = cpu_ops.cross_entropy(
-            xf, self.classifier, ctgt, grad_scale=loss_scale, normalizer=normalizer,
-            chunk=self.vocab_chunk, dtype=dt,
-        )  # fmt: skip
-        grads["embed" if cfg.tie_embeddings else "lm_head"] += dcls
-        dx, dg = cpu_ops.rmsnorm_backward(dxf, x, self.params["final_norm"], rrms_f, dt)
+        head = "embed" if cfg.tie_embeddings else "lm_head"
+        ls, dxf, _ = self.classifier_kernels(
+            xf, ctgt, grad_scale=loss_scale, normalizer=normalizer, out=grads[head]
+        )
+        dx, dg = cpu_ops.rmsnorm_backward(dxf, x, self.params["final_norm"], rrms_f, self.dtype)
         grads["final_norm"] += dg
         dx = self._backward_layers(dx, saved, grads, futures, on_ready)
         cpu_ops.embedding_backward(dx, ctok, cfg.vocab_size, out=grads["embed"])
@@ -432,29 +633,33 @@ class ModelRunner:
         return dx
 
     def _finish_timing(self, t_start: float) -> None:
-        timing = self._timing
+        timing, cls = self._timing, self.classifier_kernels
+        timing.engine_s += cls.engine_s
+        timing.kernel_calls += cls.kernel_calls + timing.dw_calls
         timing.total_s = time.perf_counter() - t_start
         timing.cpu_s = timing.total_s - timing.engine_s - timing.dw_wait_s
 
     def loss(self, tokens, targets) -> float:
         """Mean cross-entropy only (forward kernels, no gradients)."""
         tok, tgt = self._check_batch(tokens, targets)
-        with blas_threads(self.blas_threads):
+        with blas_threads(self.blas_threads), np.errstate(over="ignore", invalid="ignore"):
             return self._loss(tok, tgt)
 
     def _loss(self, tok: np.ndarray, tgt: np.ndarray) -> float:
         total, count = 0.0, int(np.sum(tgt != cpu_ops.IGNORE))
         for ctok, ctgt in self._chunks(tok, tgt):
             _, xf, _ = self._forward(ctok, None)
-            ls, _, _ = cpu_ops.cross_entropy(
-                xf, self.classifier, ctgt, chunk=self.vocab_chunk, need_grad=False, dtype=self.dtype
-            )
+            ls, _, _ = self.classifier_kernels(xf, ctgt, need_grad=False)
             total += ls
         return total / max(count, 1)
 
     def close(self) -> None:
-        """Stop the worker and release the kernels."""
+        """Stop the worker and release the bindings and kernels."""
         self._pool.shutdown(wait=True)
+        self.classifier_kernels.close()
+        for layer in self.bindings:
+            for binding in layer.values():
+                binding.close()
         for k in self.kernels.values():
             k.close()
 
