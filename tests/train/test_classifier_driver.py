@@ -229,3 +229,51 @@ def test_confident_predictions_cancel():
     want = torch_grads(x, w, t, 64.0)
     assert abs(got[0] - want[0]) <= 1e-2 * abs(want[0])
     assert cosine(got[1], want[1]) > 0.99 and cosine(got[2], want[2]) > 0.99
+
+
+# -- vocabulary compaction -------------------------------------------------------------------------
+
+
+def torch_compact(x, w, targets, ids, grad_scale=1.0):
+    """Cross-entropy over the rows `ids` only (targets remapped), gradients into the full weight
+    through PyTorch's indexing."""
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    wt = torch.tensor(np.asarray(w, np.float64), requires_grad=True)
+    where = {int(v): i for i, v in enumerate(ids)}
+    tt = torch.tensor([IGNORE if t == IGNORE else where[int(t)] for t in targets], dtype=torch.long)
+    count = int((tt != IGNORE).sum())
+    logits = wt[torch.tensor(ids)] @ xt
+    loss = torch.nn.functional.cross_entropy(logits.T, tt, ignore_index=IGNORE, reduction="sum")
+    (loss * grad_scale / max(count, 1)).backward()
+    return float(loss.detach()), xt.grad.numpy(), wt.grad.numpy()
+
+
+@pytest.mark.parametrize("numerics", ["exact", "ane"])
+def test_vocabulary_compaction(numerics):
+    d, v, n = 64, 500, 40
+    rng = np.random.default_rng(21)
+    ids = np.sort(rng.choice(v, 150, replace=False))  # 150 kept rows: 2 chunks of 64 and a ragged 22
+    x, w, _ = problem(d, v, n, seed=21, scale=3.0)
+    t = rng.choice(ids, n)
+    t[[0, 7]] = IGNORE
+    given = np.concatenate([ids[::-1], ids[:10]])  # order and repeats do not matter
+    with EngineClassifier(compiler(numerics), d, v, n, vocab_chunk=64, vocab_ids=given) as cls:
+        assert np.array_equal(cls.vocab_ids, ids) and [r for _, r in cls.chunks] == [64, 64, 22]
+        cls.set_weight(w)
+        got = cls(x, t, grad_scale=16.0)
+        want = torch_compact(x, w, t, ids, 16.0)
+        check(got, want, numerics)
+        outside = np.setdiff1d(np.arange(v), ids)
+        assert not got[2][outside].any()
+        grad = np.full((v, d), 0.5, dtype=cls.dtype)  # e.g. the embedding lookup's part already in
+        _, _, dw = cls(x, t, grad_scale=16.0, out=grad)
+        assert dw is grad and np.all(grad[outside] == 0.5)
+        check((got[0], got[1], grad - 0.5), want, numerics)
+        with pytest.raises(ValueError, match="not in the compacted vocabulary"):
+            cls(x, np.where(np.arange(n) == 3, outside[0], t))
+
+
+def test_vocabulary_compaction_refuses_bad_ids():
+    for ids in ([], [-1, 3], [0, 64]):
+        with pytest.raises(ValueError, match="vocab_ids"):
+            EngineClassifier(compiler("exact"), 32, 64, 32, vocab_ids=ids)

@@ -20,6 +20,8 @@ Interface (for `anekit.train.step.ModelRunner`):
   a tied embedding's gradient takes the classifier's part without a `[V, D]` temporary.
 - dtype: the host's float type (dx, dW, the log-sum-exp); None: float64 under the reference
   backend's "exact" numerics, else float32.
+- `vocab_ids` (optional): vocabulary compaction, the softmax over those rows only; weights, targets
+  and dW stay in full-vocabulary terms (`EngineClassifier`).
 - `engine_s`, `kernel_calls`: seconds inside kernel runs and their number, accumulated (reset
   them freely).
 - `classifier_kernel_uses` and `classifier_host_flops` list, without compiling, what a call
@@ -58,13 +60,16 @@ from .cpu_ops import IGNORE
 __all__ = ["EngineClassifier", "classifier_kernel_uses", "classifier_host_flops"]
 
 
-def _plan(dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None):
-    """(padded tokens, chunk rows, chunks [(start, rows)], {kernel name: (spec, chunk indices)})."""
+def _plan(dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None, build: bool = True):
+    """(padded tokens, chunk rows, chunks [(start, rows)], {kernel name: (spec, chunk indices)});
+    `build=False` leaves the last dict empty."""
     n_pad = round_up(n_tokens, ROW_ALIGN)
     vc = default_vocab_chunk(dim, n_pad, vocab) if vocab_chunk is None else vocab_chunk
     chunks = vocab_chunks(vocab, vc)
     full = [i for i, (_, rows) in enumerate(chunks) if rows == vc]
     kinds: dict[str, tuple[KernelSpec, list[int]]] = {}
+    if not build:
+        return n_pad, vc, chunks, kinds
     if full:
         kinds["classifier_forward"] = (classifier_forward(dim, n_pad, vc), full)
         kinds["classifier_backward"] = (classifier_backward(dim, n_pad, vc), full)
@@ -93,9 +98,10 @@ def classifier_host_flops(
     accumulate: bool = True,
 ) -> dict[str, int]:  # fmt: skip
     """FLOPs a call leaves on the host, by name (2 per multiply-add, 1 per add/exp/log; data
-    movement not counted). `accumulate`: dW is added into an existing gradient (`out`), V·D adds."""
+    movement not counted). `accumulate`: dW is added into an existing gradient (`out`), V·D adds.
+    With vocabulary compaction, `vocab` is the number of kept rows."""
     n = n_tokens
-    k = len(vocab_chunks(vocab, default_vocab_chunk(dim, n, vocab) if vocab_chunk is None else vocab_chunk))
+    k = len(_plan(dim, vocab, n_tokens, vocab_chunk, build=False)[2])
     flops = {
         "classifier_target_logit": 2 * n * dim,  # W[t]·x, gathered rows
         "classifier_lse": 4 * k * n + 2 * n,  # max, exp, multiply-add per chunk; log, add
@@ -121,6 +127,14 @@ class EngineClassifier:
     (a multiple of 32; default `anekit.kernels.classifier.default_vocab_chunk`). dtype: host float
     type (None: float64 under exact reference numerics, else float32).
 
+    vocab_ids: vocabulary compaction (ane-private-api.md §5.4: maderix keeps only the ids its data
+    file uses, 32,000 -> ~9.2K rows for TinyStories). The softmax then runs over these rows only
+    (the loss of a model that can only predict them), the kernels cover `len(vocab_ids)` rows, and
+    `set_weight`, targets and gradients stay in full-vocabulary terms: the weight's kept rows are
+    staged, every target must be a kept id (ValueError otherwise), and dW `[vocab, D]` is zero (or,
+    with `out`, untouched) outside them. `vocab_ids` (sorted, unique) is the mapping a checkpoint
+    must keep to resume the same objective.
+
     One binding per chunk and direction, each holding its chunk of the weights (staged by
     `set_weight`, once per update) and rewritten per call only in its activation columns."""
 
@@ -133,9 +147,21 @@ class EngineClassifier:
         *,
         vocab_chunk: int | None = None,
         dtype=None,
+        vocab_ids=None,
     ):
         self.dim, self.vocab, self.n_tokens = dim, vocab, n_tokens
-        self.n_pad, self.vocab_chunk, self.chunks, kinds = _plan(dim, vocab, n_tokens, vocab_chunk)
+        self.vocab_ids: np.ndarray | None = None
+        self._compact: np.ndarray | None = None  # full id -> kept row, -1 where not kept
+        rows = vocab
+        if vocab_ids is not None:
+            ids = np.unique(np.asarray(vocab_ids, dtype=np.int64).reshape(-1))
+            if ids.size == 0 or ids[0] < 0 or ids[-1] >= vocab:
+                raise ValueError(f"vocab_ids must be a non-empty set of ids in [0, {vocab})")
+            self.vocab_ids = ids
+            self._compact = np.full(vocab, -1, dtype=np.int64)
+            self._compact[ids] = np.arange(ids.size)
+            rows = int(ids.size)
+        self.n_pad, self.vocab_chunk, self.chunks, kinds = _plan(dim, rows, n_tokens, vocab_chunk)
         self.kernels = {name: compile(spec.program) for name, (spec, _) in kinds.items()}
         exact = all(_is_exact(k) for k in self.kernels.values())
         # exact reference numerics keep fp16-typed values in float64, inputs included (as step.py)
@@ -168,7 +194,8 @@ class EngineClassifier:
         w = np.asarray(weight)
         if w.shape != (self.vocab, self.dim):
             raise ValueError(f"classifier weight must be [{self.vocab}, {self.dim}], got {list(w.shape)}")
-        self._w = w.astype(self.buffer_dtype)  # a copy: the caller's array may change in place
+        kept = w if self.vocab_ids is None else w[self.vocab_ids]
+        self._w = kept.astype(self.buffer_dtype)  # a copy: the caller's array may change in place
         n, d = self.n_pad, self.dim
         for (v0, rows), (fspec, fb, bspec, bb) in zip(self.chunks, self._bound):
             block = self._w[v0 : v0 + rows].T  # Wcᵀ [D, rows], ane-private-api.md §5.4 "Stage"
@@ -203,7 +230,17 @@ class EngineClassifier:
         safe = np.where(valid, tgt, 0)
         if np.any(safe < 0) or np.any(safe >= self.vocab):
             raise ValueError(f"target ids must lie in [0, {self.vocab}) or be {IGNORE}")
-        return x, valid, safe
+        row = safe
+        if self._compact is not None:
+            row = np.where(valid, self._compact[safe], 0)
+            if np.any(row < 0):
+                missing = sorted(set(safe[row < 0].tolist()))[:5]
+                raise ValueError(f"target ids {missing} are not in the compacted vocabulary (vocab_ids)")
+        return x, valid, safe, row
+
+    def _full_rows(self, v0: int, rows: int):
+        """Rows of the full-vocabulary gradient that kept rows v0:v0+rows are."""
+        return slice(v0, v0 + rows) if self.vocab_ids is None else self.vocab_ids[v0 : v0 + rows]
 
     def __call__(
         self,
@@ -217,7 +254,7 @@ class EngineClassifier:
     ):
         """`(loss_sum, dx, dweight)` as `cpu_ops.cross_entropy` (module docstring); with `out`,
         dweight is `out` with the gradient added in."""
-        x, valid, safe = self._check(x, targets)
+        x, valid, safe, row = self._check(x, targets)
         if out is not None and (out.shape != (self.vocab, self.dim) or out.dtype != self.dtype):
             raise ValueError(f"out must be a {self.dtype} array [{self.vocab}, {self.dim}]")
         n, d, N = self.n_pad, self.dim, self.n_tokens
@@ -233,7 +270,7 @@ class EngineClassifier:
         big = m.max(axis=0)
         lse = big + np.log(np.einsum("cn,cn->n", s, np.exp(m - big)))
         xh = xs[:, :N].astype(self.dtype, copy=False)
-        w_t = self._w[safe].astype(self.dtype, copy=False)  # [N, D] rows of the targets
+        w_t = self._w[row].astype(self.dtype, copy=False)  # [N, D] rows of the targets
         target_logit = np.einsum("nd,dn->n", w_t, xh, dtype=np.float64)
         loss_sum = float(np.sum((lse - target_logit)[valid]))
         if not need_grad:
@@ -241,7 +278,12 @@ class EngineClassifier:
         count = int(valid.sum())
         coef = np.where(valid, grad_scale / (normalizer or max(count, 1)), 0.0)
         dx_t = np.zeros((N, d), dtype=self.dtype)
-        dweight = np.empty((self.vocab, d), dtype=self.dtype) if out is None else out
+        if out is not None:
+            dweight = out
+        elif self.vocab_ids is None:
+            dweight = np.empty((self.vocab, d), dtype=self.dtype)
+        else:
+            dweight = np.zeros((self.vocab, d), dtype=self.dtype)
         rows = self._rows
         row_index = (0, slice(d, d + 2), 0, slice(0, n))
         for i, ((v0, nrows), (_, _, bspec, bb)) in enumerate(zip(self.chunks, self._bound)):
@@ -250,10 +292,11 @@ class EngineClassifier:
             bb.write_slice(bspec.input_name, x_index, xs)
             bb.write_slice(bspec.input_name, row_index, rows)
             o = self._run(bspec, bb)
+            full = self._full_rows(v0, nrows)  # distinct rows: fancy-index += is a scatter-add
             if out is None:
-                dweight[v0 : v0 + nrows] = o["dw"][:nrows]
+                dweight[full] = o["dw"][:nrows]
             else:
-                dweight[v0 : v0 + nrows] += o["dw"][:nrows]
+                dweight[full] += o["dw"][:nrows]
             dx_t += o["dx_t"][:N]
         # the one-hot part of softmax - onehot, on the host (O(N·D))
         cv = coef[valid].astype(self.dtype)[:, None]
