@@ -265,6 +265,36 @@ def _unscale(grads: dict[str, np.ndarray], loss_scale: float) -> list[str]:
     return [name for name, g in grads.items() if not np.all(np.isfinite(g))]
 
 
+class _WorkerGrads:
+    """Where the weight-gradient worker puts its results in one step.
+
+    For a step that owns its gradients (no `grads=` given), the worker also divides the loss scale
+    out and checks finiteness of what it adds, so the main thread never passes over the layer
+    matrices (most of the parameters) again: the first contribution to a matrix is written, not
+    added (`np.empty` arrays, no zeroing pass), as `value · (1/loss_scale)`; later ones (more calls
+    per step) are added likewise scaled. A kernel output is all finite iff its sum is finite: its
+    values are fp16 values (at most 65504) or float64, whose sum cannot overflow here."""
+
+    def __init__(self, grads: dict[str, np.ndarray], fresh: set[str], inv_scale: float, check: bool):
+        self.grads, self.fresh, self.inv, self.check = grads, fresh, inv_scale, check
+        self.nonfinite: set[str] = set()
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        g = self.grads[name]
+        if name in self.fresh:
+            self.fresh.discard(name)
+            if self.inv == 1.0:
+                np.copyto(g, value)
+            else:
+                np.multiply(value, self.inv, out=g)
+        elif self.inv == 1.0:
+            g += value
+        else:
+            g += value * self.inv
+        if self.check and not np.isfinite(np.sum(value)):
+            self.nonfinite.add(name)
+
+
 def _write(binding, spec: KernelSpec, segment: str, array: np.ndarray) -> None:
     """Write activation block `segment` into `binding`'s input in place (split over the block's
     token tiles, `Layout.tiles`), converted to the input's dtype by the binding."""
@@ -349,6 +379,11 @@ class ModelRunner:
         init = None if blas_threads is None else (lambda: set_blas_threads(blas_threads))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anekit-dw", initializer=init)
         self._timing = StepTiming()
+        self._sink = _WorkerGrads({}, set(), 1.0, check=False)
+        #: the gradients the weight-gradient kernels produce (the layer matrices)
+        self._from_kernels = frozenset(
+            f"layers.{i}.{g.param}" for i in range(config.n_layers) for gs in GRADS.values() for g in gs
+        )
 
     # -- parameters ----------------------------------------------------------------------------
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
@@ -448,10 +483,11 @@ class ModelRunner:
 
     def _submit_wgrad(self, layer: int, name: str, grads, futures: list[Future], **acts) -> None:
         """Queue on the worker: write `acts` into layer `layer`'s binding of weight-gradient kernel
-        `name`, run it, add its results into `grads` (fp16 values into the host dtype, §10.4). The
-        worker runs jobs in order, so a binding is never written while it runs."""
+        `name`, run it, add its results into the step's gradients (`_WorkerGrads`: fp16 values
+        into the host dtype, §10.4). The worker runs jobs in order, so a binding is never written
+        while it runs."""
         spec, binding, timing = self.specs[name], self.bindings[layer][name], self._timing
-        pre, dim = f"layers.{layer}.", self.config.dim
+        pre, dim, sink = f"layers.{layer}.", self.config.dim, self._sink
 
         def work():
             t0 = time.perf_counter()
@@ -461,7 +497,7 @@ class ModelRunner:
             out = spec.output_layout.unpack(self._call(binding)[spec.output_name])
             t2 = time.perf_counter()
             for g in GRADS[name]:
-                grads[pre + g.param] += g.value(out, dim)
+                sink.add(pre + g.param, g.value(out, dim))
             timing.dw_engine_s += t2 - t1  # only the worker writes the dw_* fields
             timing.dw_calls += 1
             timing.dw_s += time.perf_counter() - t0
@@ -572,7 +608,12 @@ class ModelRunner:
         cls = self.classifier_kernels
         cls.engine_s, cls.kernel_calls = 0.0, 0
         shapes = self.config.param_shapes()
-        grads = self._grad_arrays(given, shapes)
+        from_kernels = self._from_kernels
+        grads = self._grad_arrays(given, shapes, from_kernels)
+        if given is None:  # the worker unscales and checks what it writes (`_WorkerGrads`)
+            self._sink = _WorkerGrads(grads, set(from_kernels), 1.0 / loss_scale, check=True)
+        else:
+            self._sink = _WorkerGrads(grads, set(), 1.0, check=False)
         futures: list[Future] = []
         n_count = int(np.sum(tgt != cpu_ops.IGNORE))
         loss_sum = 0.0
@@ -590,16 +631,22 @@ class ModelRunner:
                 on_ready([n for n in shapes if not n.startswith("layers.")])
             self._finish_timing(t_start)
             return StepResult(loss, grads, bool(np.isfinite(loss)), [], timing)
-        nonfinite = _unscale(grads, loss_scale)
+        rest = {name: g for name, g in grads.items() if name not in from_kernels}
+        bad = set(_unscale(rest, loss_scale)) | self._sink.nonfinite
+        nonfinite = [name for name in shapes if name in bad]
         self._finish_timing(t_start)
         return StepResult(loss, grads, not nonfinite and bool(np.isfinite(loss)), nonfinite, timing)
 
-    def _grad_arrays(self, given, shapes: dict) -> dict[str, np.ndarray]:
-        """The arrays a step adds its gradients into: `given` (checked), else fresh zeros."""
+    def _grad_arrays(self, given, shapes: dict, written: set[str]) -> dict[str, np.ndarray]:
+        """The arrays a step adds its gradients into: `given` (checked), else new arrays: zeros,
+        or uninitialised for those the worker writes before adding (`written`, `_WorkerGrads`)."""
         if given is not None:
             _check_grad_arrays(given, shapes, self.dtype)
             return given
-        return {name: np.zeros(shape, dtype=self.dtype) for name, shape in shapes.items()}
+        return {
+            name: (np.empty if name in written else np.zeros)(shape, dtype=self.dtype)
+            for name, shape in shapes.items()
+        }
 
     def _call_step(self, ctok, ctgt, loss_scale: float, normalizer: int, grads, futures, on_ready) -> float:
         """Forward and backward of one kernel call's tokens: adds their gradients into `grads`
