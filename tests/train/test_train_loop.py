@@ -60,6 +60,36 @@ def test_resume_continues_exactly(tmp_path, micro_config):
     assert both == uninterrupted  # same floats: the reference backend is deterministic
 
 
+def test_engine_optimizer_resumes_exactly_and_a_resume_keeps_it(tmp_path, micro_config):
+    """--optimizer engine (AdamW's moments in the adamw_update kernel): the run trains, is recorded in
+    the checkpoint, and a resume (here without the flag) continues it with the same optimizer and the
+    same floats."""
+    from anekit.train.engine_adamw import EngineAdamW
+    from anekit.train.options import OptionError
+
+    with pytest.raises(OptionError, match="--optimizer must be host or engine"):
+        TrainOptions(optimizer="gpu").validate()
+    _, full = run(options(tmp_path / "a", micro_config, optimizer="engine", numerics="ane"))
+    uninterrupted = [e.loss for e in read_log(tmp_path / "a" / "run" / "log.jsonl")]
+    assert not any(e.skipped for e in full.history)
+
+    def stop_at_4(entry):
+        if entry.step == 4:
+            raise KeyboardInterrupt
+
+    interrupted = Trainer(options(tmp_path / "b", micro_config, optimizer="engine", numerics="ane"))
+    try:
+        assert isinstance(interrupted.optimizer, EngineAdamW)
+        with pytest.raises(RunInterrupted):
+            interrupted.run(stop_at_4)
+    finally:
+        interrupted.close()
+    trainer, _ = run(options(tmp_path / "b", micro_config, numerics="ane", resume=True))
+    assert trainer.opts.optimizer == "engine" and isinstance(trainer.optimizer, EngineAdamW)
+    assert any("optimizer kept from the checkpoint: engine" in n for n in trainer.notes)
+    assert [e.loss for e in read_log(tmp_path / "b" / "run" / "log.jsonl")] == uninterrupted
+
+
 def test_loss_decreases_in_a_short_run(tmp_path, micro_config):
     _, result = run(options(tmp_path, micro_config, steps=40, batch=4, save_every=100, lr=1e-2))
     losses = [e.loss for e in result.history]

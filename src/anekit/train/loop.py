@@ -47,8 +47,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistributedError
-from .optim import AdamW, LossScaler, clip_by_global_norm, cosine_lr
-from .options import OptionError, TrainOptions, resume_command
+from .optim import AdamW, LossScaler, clip_factor, cosine_lr, global_norm
+from .options import OPTIMIZERS, OptionError, TrainOptions, flag, resume_command
 from .runlog import StepLog, plot_losses, read_log, tail_mean, write_log
 
 __all__ = [
@@ -210,6 +210,7 @@ class Trainer:
             or uuid.uuid4().hex[:12]
         )
         self.schedule = self._pick_schedule(info)
+        self._pick_optimizer(info)
         if opts.steps <= self.start_step:
             raise OptionError(
                 f"--steps {opts.steps}: the checkpoint at {self.ckpt_path} is already at step "
@@ -256,6 +257,7 @@ class Trainer:
                 "sampler": self.batches.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "optimizer": scalars,
+                "optimizer_kind": self.opts.optimizer,
                 "moments": {k: (a.shape, a.dtype.str) for k, a in tensors.items()},
                 "last_saved_step": self.last_saved_step,
                 "world": self.world,
@@ -285,6 +287,7 @@ class Trainer:
         self.ckpt_path = self.out / CHECKPOINT_DIR
         self.backend = resolve(opts.backend)
         self.start_step, self.run_id, self.schedule = start["start_step"], start["run_id"], start["schedule"]
+        opts.optimizer = start["optimizer_kind"]
         opts.resume = start["resume"]
         self.last_saved_step = start["last_saved_step"]
         self.memory = self._check_memory()
@@ -382,7 +385,7 @@ class Trainer:
         self.batches = Batches(
             self.train_data, opts.batch, config.seq_len, seed=opts.seed, rank=self.rank, world=self.world
         )
-        self.optimizer = AdamW(lr=self.schedule["lr"], weight_decay=opts.weight_decay)
+        self.optimizer = self._make_optimizer()
         self.scaler = LossScaler(scale=opts.loss_scale)
         if not self.is_main:
             return  # rank 0's state arrives by broadcast (`_share_start`)
@@ -449,6 +452,29 @@ class Trainer:
             )
         return dict(recorded)
 
+    def _pick_optimizer(self, info) -> None:
+        """On resume, the optimizer the run was started with (recorded in the checkpoint's options)."""
+        recorded = (info.train_state.extra.get("options") or {}).get("optimizer") if info else None
+        if recorded is None or recorded == self.opts.optimizer:
+            return
+        if recorded not in OPTIMIZERS:
+            raise CheckpointError(f"--resume: the checkpoint names an unknown optimizer {recorded!r}")
+        self.notes.append(
+            f"optimizer kept from the checkpoint: {recorded} (not {flag('optimizer')} {self.opts.optimizer})"
+        )
+        self.opts.optimizer = recorded
+
+    def _make_optimizer(self):
+        """AdamW on the host, or with its moments on the engine (`--optimizer engine`), on the run's
+        backend."""
+        lr, wd = self.schedule["lr"], self.opts.weight_decay
+        if self.opts.optimizer == "engine":
+            from .engine_adamw import EngineAdamW
+
+            options = {"numerics": self.opts.numerics} if self.backend == "reference" else {}
+            return EngineAdamW(lr=lr, weight_decay=wd, backend=self.backend, **options)
+        return AdamW(lr=lr, weight_decay=wd)
+
     def _pick_tokenizer(self, info):
         """The checkpoint's tokenizer on resume (an explicit different --tokenizer is an error); else
         --tokenizer or the bundled one."""
@@ -475,6 +501,8 @@ class Trainer:
 
     def close(self) -> None:
         self.runner.close()
+        if hasattr(self.optimizer, "close"):
+            self.optimizer.close()
         if self.group:
             self.group.close()
 
@@ -492,8 +520,13 @@ class Trainer:
             comm = None
         return self._update(step, grads, loss, finite, engine, cpu, comm, t0)
 
+    def _grad_factor(self) -> float:
+        """What the summed gradients of a step are multiplied by to be the mean gradient: 1/accum for
+        one process (`_gradients` sums), 1 for data parallelism (`GradReducer.finish` scales)."""
+        return 1.0 if self.group else 1.0 / self.opts.accum
+
     def _gradients(self):
-        """(mean gradient over `accum` micro-batches, mean loss, finite, engine s, CPU s)."""
+        """(sum of the gradients of `accum` micro-batches, mean loss, finite, engine s, CPU s)."""
         opts = self.opts
         grads: dict[str, np.ndarray] | None = None
         losses, finite, engine, cpu = [], True, 0.0, 0.0
@@ -509,10 +542,7 @@ class Trainer:
             else:
                 for k, g in res.grads.items():
                     grads[k] += g
-        assert grads is not None
-        if opts.accum > 1:
-            for g in grads.values():
-                g /= opts.accum
+        assert grads is not None  # the sum: `_update` folds 1/accum into the optimizer's pass
         return grads, float(np.mean(losses)), finite, engine, cpu
 
     def _gradients_dp(self, step: int):
@@ -546,24 +576,30 @@ class Trainer:
         return self.buckets.views, mean_loss, bool(summary[1] == 0.0), engine, cpu, comm
 
     def _update(self, step, grads, loss, finite, engine, cpu, comm, t0) -> StepLog:
-        """Clip, then AdamW (unless a gradient or the update is non-finite), then restage the weights."""
+        """Clip, then AdamW (unless a gradient or the update is non-finite), then restage the weights.
+
+        The gradients are read once for their norm; the mean over micro-batches and the clipping
+        factor are applied inside the optimizer's own pass (`grad_scale`), not as passes of their own."""
         opts = self.opts
         lr = self.lr_at(step)
-        norm = clip_by_global_norm(grads, opts.clip) if finite else float("nan")
+        t = time.perf_counter()
+        factor = self._grad_factor()
+        raw_norm = global_norm(grads) if finite else float("nan")
+        norm = raw_norm * factor
         finite &= math.isfinite(norm)
         reason = ""
         if not finite:
             self.scaler.update(False)  # fp16 overflow: back off the loss scale (§6)
             reason = "non-finite gradients"
         else:
-            t = time.perf_counter()
-            rejected = self.optimizer.step(self.params, grads, lr=lr)
+            scale = factor * clip_factor(norm, opts.clip)
+            rejected = self.optimizer.step(self.params, grads, lr=lr, grad_scale=scale, grad_norm=raw_norm)
             if rejected:
                 reason = "non-finite update"  # the weights and moments are untouched
             else:
                 self.scaler.update(True)
                 self.runner.set_params(self.params)  # restage the weights; nothing recompiles
-            cpu += time.perf_counter() - t
+        cpu += time.perf_counter() - t
         dt = time.perf_counter() - t0
         n_tokens = opts.accum * opts.batch * self.world * self.config.seq_len
         return StepLog(

@@ -24,6 +24,9 @@ DEFAULT_PRESET = "tiny"
 ALLREDUCE_PRECISIONS = ("full", "fp16")
 #: The reference backend's numerics (stated once, in `backends.base`, cheap to import at start-up).
 NUMERICS = NUMERICS_NAMES
+#: `--optimizer` values: AdamW on the host (`anekit.train.optim.AdamW`, the default until the engine
+#: version is shown to match on hardware) or its moments on the engine (`anekit.train.engine_adamw`).
+OPTIMIZERS = ("host", "engine")
 
 
 class OptionError(AnekitError, ValueError):
@@ -63,6 +66,7 @@ class TrainOptions:
     max_skipped: int = 20  #: consecutive skipped steps that stop the run
     sample_tokens: int = 80
     init: str = "dynamic"
+    optimizer: str = "host"  #: where AdamW runs (OPTIMIZERS); a resumed run keeps its checkpoint's
     # -- data parallelism (several processes under torchrun: anekit.train.distributed) -----------
     allreduce: str = "full"  #: gradient all-reduce precision: "full" (the CPU float type) or "fp16"
     bucket_mb: float = 25.0  #: gradient bucket size (PyTorch DDP's default bucket_cap_mb)
@@ -93,6 +97,10 @@ class TrainOptions:
         if self.allreduce not in ALLREDUCE_PRECISIONS:
             raise OptionError(
                 f"--allreduce must be {' or '.join(ALLREDUCE_PRECISIONS)}, got {self.allreduce!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise OptionError(
+                f"{flag('optimizer')} must be {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
         if self.numerics not in NUMERICS:
             raise OptionError(f"--numerics must be {' or '.join(NUMERICS)}, got {self.numerics!r}")
