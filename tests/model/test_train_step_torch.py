@@ -331,3 +331,35 @@ def test_schedule_and_host_flops_cover_the_step_matmuls():
     assert all(isinstance(v, int) and v >= 0 for v in host.values())
     assert {"rmsnorm_forward", "rmsnorm_backward", "residual_adds", "embedding_scatter_add"} <= set(host)
     assert sum(host.values()) < 0.02 * got
+
+
+def test_token_tiled_weight_gradients_in_a_step(cases, monkeypatch):
+    """With the width limit lowered to 64, the weight-gradient kernels split each call's 128
+    tokens into two tiles (the runner writes each activation block over them): still autograd's
+    gradients."""
+    from anekit.kernels import wgrad
+
+    monkeypatch.setattr(wgrad, "_MAX_WIDTH", 64)
+    cfg, b, spc, p, tok, tgt, (want_loss, want) = cases["tiny"]
+    with ModelRunner(cfg, b, backend="reference", numerics="exact", seqs_per_call=spc) as runner:
+        assert len(runner.specs["ffn_wgrad"].input_layout.tiles("xnorm")) == 2
+        runner.set_params(p)
+        res = runner.step(tok, tgt)
+    assert res.loss == pytest.approx(want_loss, rel=1e-6)
+    for k, g in res.grads.items():
+        np.testing.assert_allclose(g, want[k], rtol=1e-4, atol=1e-6 * np.abs(want[k]).max(), err_msg=k)
+
+
+@pytest.mark.requires_ane
+@pytest.mark.parametrize("name", ["tiny", "gqa4", "mha"])
+def test_step_on_the_engine_close_to_torch(cases, name):
+    """The whole step on the Neural Engine (layer, weight-gradient and classifier kernels): the
+    engine-numerics thresholds of the reference backend's check (loss within 1e-2, cosine > 0.99)."""
+    cfg, b, spc, p, tok, tgt, (want_loss, want) = cases[name]
+    with ModelRunner(cfg, b, backend="ane", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt, loss_scale=1024.0)
+    assert res.finite
+    assert res.loss == pytest.approx(want_loss, rel=1e-2)
+    for k, g in res.grads.items():
+        assert cosine(g, want[k]) > 0.99, (k, cosine(g, want[k]))
