@@ -30,10 +30,10 @@ def oracle_forward(x, w):
     return {"m": m[None, :], "s": np.exp(logits - m).sum(axis=0)[None, :]}
 
 
-def oracle_backward(x, w, shift, scale):
-    """p = exp(W·x - shift)·scale per token; dW = p·xᵀ, dxᵀ = (Wᵀ·p)ᵀ, float64."""
-    p = np.exp(w @ x - shift[None, :]) * scale[None, :]
-    return {"dw": p @ x.T, "dx_t": (w.T @ p).T}
+def oracle_backward(x, w, shift, scale_w, scale_x):
+    """q = exp(W·x - shift) per token; dW = (q ⊙ scale_w)·xᵀ, dxᵀ = scale_x ⊙ (Wᵀ·q)ᵀ, float64."""
+    q = np.exp(w @ x - shift[None, :])
+    return {"dw": (q * scale_w[None, :]) @ x.T, "dx_t": (w.T @ q).T * scale_x[:, None]}
 
 
 def operands(d, n, rows, seed):
@@ -42,17 +42,18 @@ def operands(d, n, rows, seed):
     w = rng.standard_normal((rows, d)) * (2.0 / np.sqrt(d))
     logits = w @ x
     shift = logits.max(axis=0) + rng.uniform(0.0, 0.5, n)  # q <= 1, as the host sends it
-    scale = rng.uniform(0.5, 2.0, n) / n
-    return x, w, shift, scale
+    scales = rng.uniform(0.5, 2.0, n) / n, rng.uniform(0.5, 1.0, n)
+    return x, w, shift, scales
 
 
-def pack(spec, x, w, shift=None, scale=None, dtype=np.float16):
+def pack(spec, x, w, shift=None, scales=None, dtype=np.float16):
     vc = spec.input_layout["w_t"].shape[1]
     w_t = np.zeros((x.shape[0], vc))
     w_t[:, : w.shape[0]] = w.T  # a last chunk's padding rows are zero
     arrays = {"x": x, "w_t": w_t}
     if shift is not None:
-        arrays["shift"], arrays["scale"] = shift[None, :], scale[None, :]
+        arrays["shift"] = shift[None, :]
+        arrays["scale_w"], arrays["scale_x"] = (a[None, :] for a in scales)
     return spec.input_layout.pack(arrays, dtype=dtype)
 
 
@@ -84,14 +85,13 @@ def test_forward_matches_oracle(numerics, d, n, vc, valid):
 @pytest.mark.parametrize("d,n,vc,valid", [(64, 32, 96, None), (96, 64, 128, 100), (32, 32, 64, 33)])
 def test_backward_matches_oracle(numerics, d, n, vc, valid):
     rows = vc if valid is None else valid
-    x, w, shift, scale = operands(d, n, rows, seed=2)
+    x, w, shift, scales = operands(d, n, rows, seed=2)
     spec = classifier_backward(d, n, vc, valid)
-    buf = pack(spec, x, w, shift, scale, dtype=np.float64 if numerics == "exact" else np.float16)
+    buf = pack(spec, x, w, shift, scales, dtype=np.float64 if numerics == "exact" else np.float16)
     got = run(spec, buf, numerics)
-    want = oracle_backward(x, w, shift, scale)
     if numerics == "ane":  # the oracle on the fp16 operands the kernel saw
-        sh, sc = (np.asarray(a, np.float16).astype(np.float64) for a in (shift, scale))
-        want = oracle_backward(*(np.asarray(a, np.float16).astype(np.float64) for a in (x, w)), sh, sc)
+        x, w, shift, *scales = (np.asarray(a, np.float16).astype(np.float64) for a in (x, w, shift, *scales))
+    want = oracle_backward(x, w, shift, *scales)
     assert got["dx_t"].shape == (n, d) and got["dw"].shape == (vc, d)
     assert np.all(got["dw"][rows:] == 0)  # padding rows: exp of the masked logits is exactly 0
     for k in ("dw", "dx_t"):
@@ -102,15 +102,16 @@ def test_backward_matches_oracle(numerics, d, n, vc, valid):
             assert rel_err(g, want[k]) < 5e-3, k
 
 
-def test_small_scale_keeps_gradients_off_zero():
-    """scale = coef·exp(m - lse) multiplies x and qᵀ·W, never the small probabilities: with coef =
-    2^-14 (no loss scale, many tokens) dW and dx keep fp16 precision instead of flushing."""
+def test_small_scales_keep_gradients_off_zero():
+    """The scales multiply x and qᵀ·W, never the small probabilities q: with scales of 2^-12 dW and
+    dx keep fp16 precision where q·scale would be subnormal."""
     d, n, vc = 64, 32, 64
     x, w, shift, _ = operands(d, n, vc, seed=3)
-    scale = np.full(n, 2.0**-14)
+    scales = np.full(n, 2.0**-12), np.full(n, 2.0**-12)
     spec = classifier_backward(d, n, vc)
-    got = run(spec, pack(spec, x, w, shift, scale), "ane")
-    want = oracle_backward(*(np.asarray(a, np.float16).astype(np.float64) for a in (x, w)), shift, scale)
+    got = run(spec, pack(spec, x, w, shift, scales), "ane")
+    x, w = (np.asarray(a, np.float16).astype(np.float64) for a in (x, w))
+    want = oracle_backward(x, w, shift, *scales)
     for k in ("dw", "dx_t"):
         assert rel_err(got[k], want[k]) < 5e-3, k
 
@@ -123,11 +124,9 @@ def test_layouts_and_flops():
     assert f.output_layout.names == ("m", "s") and f.output_layout.shape == (1, 2, 1, n)
     assert f.flops == 2 * vc * d * n
     b = classifier_backward(d, n, vc)
-    assert b.input_layout.shape == (1, d + 2, 1, n + vc)
-    assert b.input_layout["shift"].channels == (d, d + 1) and b.input_layout["scale"].channels == (
-        d + 1,
-        d + 2,
-    )
+    assert b.input_layout.shape == (1, d + 3, 1, n + vc)
+    rows = [b.input_layout[k].channels for k in ("shift", "scale_w", "scale_x")]
+    assert rows == [(d, d + 1), (d + 1, d + 2), (d + 2, d + 3)]
     assert b.output_layout.names == ("dw", "dx_t") and b.output_layout.shape == (1, vc + n, 1, d)
     assert b.flops == 3 * 2 * vc * d * n
     assert classifier_forward(64, 32, 96, valid=50).input_layout.shape == (1, 64, 1, 128)
@@ -193,9 +192,9 @@ def test_engine_matches_reference(kernel, d, n, vc, valid):
     import anekit
 
     rows = vc if valid is None else valid
-    x, w, shift, scale = operands(d, n, rows, seed=4)
+    x, w, shift, scales = operands(d, n, rows, seed=4)
     spec = KERNELS[kernel](d, n, vc, valid)
-    buf = pack(spec, x, w, *((shift, scale) if kernel == "backward" else ()))
+    buf = pack(spec, x, w, *((shift, scales) if kernel == "backward" else ()))
     want = run(spec, buf, "ane")
     with anekit.compile(spec.program, backend="ane") as k:
         got = spec.output_layout.unpack(k(x=buf)["out"])

@@ -11,39 +11,42 @@ The logits `[Vc, N]` of a chunk of `Vc` vocabulary rows never leave the engine. 
   `m`, the chunk's largest logit, and `s` = Σ_v exp(logit_v - m). The host's log-sum-exp is
   M + log Σ_c s_c·exp(m_c - M). exp(logit - m) <= 1, so nothing overflows fp16; the engine's
   reductions accumulate in fp32 (ane-private-api.md §10.4), so `s` carries one fp16 rounding.
-- `classifier_backward`: input `[x | Wcᵀ]` as above plus two rows under x (channels D, D + 1,
-  columns 0:N): `shift` = the chunk's m (from the forward call, an fp16 value) and `scale` =
-  r = coef·exp(m - lse) per token (coef = loss_scale / normalizer, 0 for ignored tokens). The kernel
-  recomputes the logits and q = exp(logits - shift) in (0, 1], so that q·r = softmax·coef, and
-  outputs (width D) `dw` = q·(x ⊙ r)ᵀ `[Vc, D]`, the chunk's rows of dW, and `dx_t` = r ⊙ (qᵀ·Wc)
-  `[N, D]`, the chunk's share of dxᵀ. The one-hot part of softmax - onehot needs no kernel (the
-  host subtracts coef·W[target] from dx and coef·x from dW[target], O(N·D)).
+- `classifier_backward`: input `[x | Wcᵀ]` as above plus three rows under x (channels D, D + 1,
+  D + 2, columns 0:N): `shift` = the chunk's m (from the forward call, an fp16 value), `scale_w`
+  and `scale_x`, per-token factors the host chooses. The kernel recomputes the logits and
+  q = exp(logits - shift) in (0, 1] and outputs (width D) `dw` = q·(x ⊙ scale_w)ᵀ `[Vc, D]` and
+  `dx_t` = scale_x ⊙ (qᵀ·Wc) `[N, D]`. With e = exp(m - lse) (0 for ignored tokens) q·e is the
+  softmax, so with scale_w = ρ·e the chunk's rows of dW are coef/ρ · dw and its share of dxᵀ is
+  coef·e/scale_x ⊙ dx_t, both applied by the host in fp32 (coef = loss_scale / normalizer). The
+  one-hot part of softmax - onehot needs no kernel (the host subtracts coef·W[target] from dx and
+  coef·x from dW[target], O(N·D)).
 
 Layout choices:
 
 - One output width per kernel (the output is a channel `concat`, `anekit.kernels.common`): dW comes
   out as `[Vc, D]`, the rows of the gradient as the host stores them, so the big block (Vc·D) is
   never transposed; dx comes out transposed, `[N, D]`, the small block (N·D), which the host sums
-  over chunks and turns into `[D, N]` once per call (the one-hot correction W[target] is `[N, D]`
-  as gathered, so it joins before that single transpose). The transposes are matmul flags
-  (`transpose_x`/`transpose_y`, mil-text.md §3.5), never transpose ops.
-- The two per-token rows sit under x as extra channels rather than in another column range: two
+  over chunks and turns into `[D, N]` once per call (the one-hot correction W[target] joins before
+  that single transpose). The transposes are matmul flags (`transpose_x`/`transpose_y`,
+  mil-text.md §3.5), never transpose ops.
+- The per-token rows sit under x as extra channels rather than in another column range: three
   rows of N + Vc elements instead of D rows of N.
-- r scales x (for dW) and the product qᵀ·Wc (for dx) instead of q itself: q·r would flush to zero
-  in fp16 where coef is small (no loss scale: coef = 1/N), while x·r and r·(qᵀWc) keep the sums'
-  magnitude (ane-private-api.md §6, fp16 gradient underflow).
 - A last chunk of `valid` < Vc rows (V not a multiple of the chunk): its weight rows past `valid`
   are zero (the host never writes them) and a baked constant bias adds `MASK_VALUE / 2` to their
   logits, so they never win the max and exp gives exactly 0; half the mask value keeps logit - m
   finite in fp16 for |m| < 32,000 (`MASK_VALUE` itself would round to -inf once m > 16). Only the
   last chunk's programs carry the bias; the host compiles them separately.
 
-fp16 range (every value an fp16 tensor holds), with |x| <= X, |W| <= Wmax, coef <= C:
-q <= 1; s <= Vc; |qᵀ·Wc| <= Vc·Wmax (all logits of the chunk equal; typically s·Wmax);
-r <= coef <= C; |dx_t| <= r·Vc·Wmax; |dw| <= X·Σ_n r_n <= X·grad_scale·(tokens counted in the call /
-normalizer). So a call is safe while grad_scale·X < 65,504 and Vc·Wmax < 65,504: for Stories110M's
-final-normed activations (|x| of order 10) a loss scale up to 2^11 leaves a wide margin, and a scale
-up to 2^16 / N (what `anekit.train` uses with N tokens per call) is safe for |x| < N.
+fp16 range: the loss scale never enters a kernel. The scales multiply x and the product qᵀ·Wc,
+never the small probabilities q (ane-private-api.md §6: fp16 gradients flush to zero), and the host
+picks them per call so that every fp16 value stays below 2^14 while using as much of the range as
+the bounds allow (`anekit.train.classifier`): with |x| <= X, |W| <= Wmax and s = Σ q <= Vc,
+|x ⊙ scale_w| <= X·ρ·max e, |dw| <= X·ρ·Σ_n e_n (q <= 1), |qᵀ·Wc| <= s·Wmax, so ρ = 2^14 /
+(X·max(Σ_n e_n, 1)) and scale_x = min(1, 2^14 / (s·Wmax)). qᵀ·Wc needs no upscaling: q = 1 at the
+chunk's max, so it is of the size of W's entries. What fp16 still limits: a probability below
+2^-24 of its chunk's largest (exp underflow) contributes nothing, and dW entries far below the
+chunk's largest lose relative precision: below 2^-28 of the bound (fp16's smallest normal, 2^-14,
+against 2^14) they are subnormals.
 
 Shapes: D, N and Vc must be multiples of 32 (`ROW_ALIGN`: 64-byte rows, and matmul inner
 dimensions, mil-text.md §5 #4); the host pads N and the last chunk. `default_vocab_chunk` picks Vc
@@ -164,18 +167,19 @@ def _backward_input_layout(dim: int, n: int, vc: int) -> Layout:
         Segment("x", (0, dim), (0, n)),
         Segment("w_t", (0, dim), (n, n + vc)),
         Segment("shift", (dim, dim + 1), (0, n)),
-        Segment("scale", (dim + 1, dim + 2), (0, n)),
+        Segment("scale_w", (dim + 1, dim + 2), (0, n)),
+        Segment("scale_x", (dim + 2, dim + 3), (0, n)),
     ]
-    return Layout(segs, channels=dim + 2, width=round_up(n + vc, ROW_ALIGN))
+    return Layout(segs, channels=dim + 3, width=round_up(n + vc, ROW_ALIGN))
 
 
 def classifier_backward(dim: int, n_tokens: int, vocab_chunk: int, valid: int | None = None) -> KernelSpec:
     """One vocabulary chunk's share of the cross-entropy gradient, softmax part.
 
-    Input (D + 2 rows): `x` [D, N] | `w_t` = Wcᵀ [D, Vc] in rows 0:D, as in `classifier_forward`;
-    `shift` [1, N] (row D) = the chunk's max m from the forward call; `scale` [1, N] (row D + 1) =
-    coef·exp(m - lse). Output (width D): `dw` [Vc, D] = (softmax·coef)·xᵀ, `dx_t` [N, D] =
-    ((Wcᵀ·softmax)·coef)ᵀ, both for this chunk's rows only.
+    Input (D + 3 rows): `x` [D, N] | `w_t` = Wcᵀ [D, Vc] in rows 0:D, as in `classifier_forward`;
+    `shift` [1, N] (row D) = the chunk's max m from the forward call; `scale_w`, `scale_x` [1, N]
+    (rows D + 1, D + 2). With q = exp(Wc·x - shift), output (width D): `dw` [Vc, D] =
+    q·(x ⊙ scale_w)ᵀ, `dx_t` [N, D] = scale_x ⊙ (qᵀ·Wc) (module docstring: what they are).
     """
     valid = _check_dims(dim, n_tokens, vocab_chunk, valid)
     n = n_tokens
@@ -185,12 +189,11 @@ def classifier_backward(dim: int, n_tokens: int, vocab_chunk: int, valid: int | 
     def body(x):
         xb, wt, logits = _logits(x, inp, vocab_chunk, valid)
         shift = input_block(x, inp, "shift")  # [1, 1, 1, N]
-        scale = input_block(x, inp, "scale")
         q = mb.exp(x=mb.sub(x=logits, y=shift, name="shifted"), name="q")  # (0, 1]
-        xr = mb.mul(x=xb, y=scale, name="x_scaled")  # [1, 1, D, N]
+        xr = mb.mul(x=xb, y=input_block(x, inp, "scale_w"), name="x_scaled")  # [1, 1, D, N]
         dw = mb.matmul(x=q, y=xr, transpose_x=False, transpose_y=True, name="dw")  # [Vc, D]
         qw = mb.matmul(x=q, y=wt, transpose_x=True, transpose_y=True, name="qt_w")  # qᵀ·Wc: [N, D]
-        col = mb.reshape(x=scale, shape=[1, 1, n, 1], name="scale_col")
+        col = mb.reshape(x=input_block(x, inp, "scale_x"), shape=[1, 1, n, 1], name="scale_x_col")
         dx_t = mb.mul(x=qw, y=col, name="dx_t")
         return [dw, dx_t]
 

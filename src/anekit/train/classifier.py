@@ -29,15 +29,17 @@ Interface (for `anekit.train.step.ModelRunner`):
 
 Per call, with k chunks: k forward kernel calls (per token the chunk's max m_c and Σ exp(logit -
 m_c)); on the host, in float64, lse = M + log Σ_c s_c·exp(m_c - M) and the target logit
-W[t]·x (a gather, O(N·D)); then k backward kernel calls (each gets m_c and r_c = coef·exp(m_c -
-lse) per token) giving the chunk's rows of dW and its share of dxᵀ; the host adds the chunks'
-dxᵀ and the one-hot part of softmax - onehot: dx -= coef·W[t] (gather) and dW[t] -= coef·x
-(scatter-add), both O(N·D), then transposes dxᵀ `[N, D]` to `[D, N]` once.
+W[t]·x (a gather, O(N·D)); then k backward kernel calls (each gets m_c and two per-token fp16
+scales, chosen so that no fp16 value passes 2^14 whatever the loss scale) giving the chunk's rows
+of dW and its share of dxᵀ up to those scales, which the host divides out in fp32 together with
+coef = grad_scale / normalizer (V·D multiplies, fused into the copy of dW's rows); the host adds the
+chunks' dxᵀ and the one-hot part of softmax - onehot: dx -= coef·W[t] (gather) and dW[t] -=
+coef·x (scatter-add), both O(N·D), then transposes dxᵀ `[N, D]` to `[D, N]` once. A call whose
+targets are all ignored runs no backward kernel.
 
 The host parts use the weights and activations as the kernels hold them (fp16-rounded under the
 engine's numerics), so the softmax and one-hot parts of the gradient cancel exactly where the
-prediction is right. Limits (chunk size, last chunk, fp16 range of the loss scale): see
-`anekit.kernels.classifier`.
+prediction is right. Limits (chunk size, last chunk, fp16 range): see `anekit.kernels.classifier`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ from ..kernels.layout import ROW_ALIGN, round_up
 from .cpu_ops import IGNORE
 
 __all__ = ["EngineClassifier", "classifier_kernel_uses", "classifier_host_flops"]
+
+#: Largest magnitude the host lets a backward kernel's fp16 values reach (fp16 tops out at
+#: 65,504; 2^14 leaves a factor of 4 for the bounds' rounding), anekit.kernels.classifier.
+_FP16_SAFE = 2.0**14
 
 
 def _plan(dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None, build: bool = True):
@@ -97,8 +103,9 @@ def classifier_host_flops(
     dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None = None, need_grad: bool = True,
     accumulate: bool = True,
 ) -> dict[str, int]:  # fmt: skip
-    """FLOPs a call leaves on the host, by name (2 per multiply-add, 1 per add/exp/log; data
-    movement not counted). `accumulate`: dW is added into an existing gradient (`out`), V·D adds.
+    """FLOPs a call leaves on the host, by name (2 per multiply-add, 1 per add/exp/log/multiply;
+    data movement not counted). `accumulate`: dW is added into an existing gradient (`out`), V·D
+    adds on top of the V·D multiplies that take the kernels' scales out.
     With vocabulary compaction, `vocab` is the number of kept rows."""
     n = n_tokens
     k = len(_plan(dim, vocab, n_tokens, vocab_chunk, build=False)[2])
@@ -107,8 +114,9 @@ def classifier_host_flops(
         "classifier_lse": 4 * k * n + 2 * n,  # max, exp, multiply-add per chunk; log, add
     }
     if need_grad:
-        flops["classifier_scale_rows"] = 3 * k * n  # coef·exp(m_c - lse)
-        flops["classifier_dx_sum"] = k * n * dim  # Σ_c dxᵀ_c
+        flops["classifier_scales"] = 8 * k * n  # e = exp(m_c - lse), ρ·e, scale_x, c·e/scale_x
+        flops["classifier_dw_unscale"] = vocab * dim  # c/ρ · dw
+        flops["classifier_dx_sum"] = 2 * k * n * dim  # Σ_c f ⊙ dxᵀ_c
         flops["classifier_onehot"] = 4 * n * dim  # dx -= coef·W[t]; dW[t] -= coef·x
         if accumulate:
             flops["classifier_dw_add"] = vocab * dim
@@ -192,7 +200,7 @@ class EngineClassifier:
         self._staged = False
         self._w_t: np.ndarray | None = None  # Wᵀ [D, kept rows], as the kernels hold it
         self._x = np.zeros((dim, self.n_pad), dtype=self.buffer_dtype)
-        self._rows = np.zeros((2, self.n_pad), dtype=self.buffer_dtype)
+        self._rows = np.zeros((3, self.n_pad), dtype=self.buffer_dtype)
         self.engine_s = 0.0
         self.kernel_calls = 0
 
@@ -206,6 +214,7 @@ class EngineClassifier:
             raise ValueError(f"classifier weight must be [{self.vocab}, {self.dim}], got {list(w.shape)}")
         kept = w if self.vocab_ids is None else w[self.vocab_ids]
         self._w_t = _transposed(kept.astype(self.buffer_dtype, copy=False), self._w_t)  # our own copy
+        self._w_max = max(float(np.abs(self._w_t).max()), 1e-30)  # bounds qᵀ·Wc (scale_x)
         n, d = self.n_pad, self.dim
         for (v0, rows), (fspec, fb, bspec, bb) in zip(self.chunks, self._bound):
             block = self._w_t[:, v0 : v0 + rows]  # Wcᵀ [D, rows], ane-private-api.md §5.4 "Stage"
@@ -286,33 +295,52 @@ class EngineClassifier:
         if not need_grad:
             return loss_sum, None, None
         count = int(valid.sum())
-        coef = np.where(valid, grad_scale / (normalizer or max(count, 1)), 0.0)
+        c = grad_scale / (normalizer or max(count, 1))
         dx_t = np.zeros((N, d), dtype=self.dtype)
-        if out is not None:
-            dweight = out
-        elif self.vocab_ids is None:
-            dweight = np.empty((self.vocab, d), dtype=self.dtype)
-        else:
-            dweight = np.zeros((self.vocab, d), dtype=self.dtype)
-        rows = self._rows
-        row_index = (0, slice(d, d + 2), 0, slice(0, n))
-        for i, ((v0, nrows), (_, _, bspec, bb)) in enumerate(zip(self.chunks, self._bound)):
-            rows[0, :N] = m[i]
-            rows[1, :N] = coef * np.exp(m[i] - lse)
-            bb.write_slice(bspec.input_name, x_index, xs)
-            bb.write_slice(bspec.input_name, row_index, rows)
-            o = self._run(bspec, bb)
-            full = self._full_rows(v0, nrows)  # distinct rows: fancy-index += is a scatter-add
-            if out is None:
-                dweight[full] = o["dw"][:nrows]
-            else:
-                dweight[full] += o["dw"][:nrows]
-            dx_t += o["dx_t"][:N]
+        dweight = out if out is not None else np.zeros((self.vocab, d), dtype=self.dtype)
+        if count and c:
+            self._backward(xh, valid, m, s, lse, c, dx_t, dweight, out is not None)
         # the one-hot part of softmax - onehot, on the host (O(N·D))
-        cv = coef[valid].astype(self.dtype)[:, None]
+        cv = np.full((count, 1), c, dtype=self.dtype)
         dx_t[valid] -= cv * w_t[valid]
         np.subtract.at(dweight, safe[valid], cv * xh[:, valid].T)
         return loss_sum, np.ascontiguousarray(dx_t.T), dweight
+
+    def _backward(self, xh, valid, m, s, lse, c: float, dx_t, dweight, add: bool) -> None:
+        """The softmax part of the gradient, chunk by chunk on the backward kernels, with the fp16
+        scales of `anekit.kernels.classifier` ("fp16 range") chosen here and divided out in fp32:
+        scale_w = ρ·e (e = exp(m_c - lse), 0 where ignored), ρ = 2^14 / (max(X, 1)·Σ e), and
+        scale_x = min(1, 2^14 / (s_c·Wmax)); then dW rows = c/ρ·dw and dxᵀ += c·e/scale_x ⊙ dx_t."""
+        n, d, N = self.n_pad, self.dim, self.n_tokens
+        big_x = max(float(np.abs(xh[:, valid]).max()), 1.0)
+        rows = self._rows
+        row_index = (0, slice(d, d + 3), 0, slice(0, n))
+        x_index = (0, slice(0, d), 0, slice(0, n))
+        for i, ((v0, nrows), (_, _, bspec, bb)) in enumerate(zip(self.chunks, self._bound)):
+            e = np.where(valid, np.exp(m[i] - lse), 0.0)
+            total = float(e.sum())
+            if total == 0.0:  # the chunk holds none of the probability (underflow): no call
+                continue
+            rho = _FP16_SAFE / (big_x * total)
+            scale_x = np.where(valid, np.minimum(1.0, _FP16_SAFE / (s[i] * self._w_max)), 0.0)
+            rows[0, :N] = m[i]
+            rows[1, :N] = rho * e
+            rows[2, :N] = scale_x
+            bb.write_slice(bspec.input_name, x_index, self._x)
+            bb.write_slice(bspec.input_name, row_index, rows)
+            o = self._run(bspec, bb)
+            dw = o["dw"][:nrows]
+            full = self._full_rows(v0, nrows)  # distinct rows: fancy-index += is a scatter-add
+            if add or not isinstance(full, slice):
+                dw *= self.dtype.type(c / rho)  # in place: the output is ours
+                if add:
+                    dweight[full] += dw
+                else:
+                    dweight[full] = dw
+            else:
+                np.multiply(dw, self.dtype.type(c / rho), out=dweight[full])
+            f = np.divide(c * e, rows[2, :N], out=np.zeros(N), where=e > 0)  # c·e / scale_x as held
+            dx_t += o["dx_t"][:N] * f.astype(self.dtype)[:, None]
 
     def close(self) -> None:
         """Release the bindings and the kernels."""
