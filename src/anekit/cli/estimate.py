@@ -20,7 +20,7 @@ def estimate(
         ...,
         help="A model directory (model.mil + weights/) or a model.mil file; with --decode: a model "
         "name (qwen3-0.6b, llama-3.2-1b or a preset), a Hugging Face model directory, or a model config "
-        "file (.toml/.json).",
+        "file (.toml/.json); with --train: a preset (e.g. stories110m) or a model config file.",
     ),
     chip: str = typer.Option(
         "m4", "--chip", help="Chip id: m1, m1-pro, ..., m4, m4-pro, m4-max, m5, m5-max."
@@ -34,18 +34,34 @@ def estimate(
     max_len: int = typer.Option(
         512, "--max-len", min=1, help="With --decode: the KV cache length the programs attend over."
     ),
+    train: bool = typer.Option(
+        False,
+        "--train",
+        help="Count one training step (the share of its FLOPs in kernels) and predict its engine time, "
+        "kernel by kernel.",
+    ),
+    batch: int = typer.Option(1, "--batch", min=1, help="With --train: sequences per step."),
+    seq_len: int = typer.Option(
+        0, "--seq-len", min=0, help="With --train: tokens per sequence (0: the model's)."
+    ),
 ) -> None:
     """Predict one evaluation's time on the engine from the program's FLOPs, bytes and working set
     (a calibrated model, not a measurement: see docs/benchmarks.md). With --decode, predict a language
-    model's decode speed on the engine instead (anekit.llm.predict)."""
+    model's decode speed on the engine instead (anekit.llm.predict); with --train, one training step
+    (anekit.train.cost)."""
     from ..perf import UncalibratedChip, chip_id, count_ops, get_chip, predict
 
     try:
         cid = chip_id(chip)
     except ValueError as e:
         raise fail(str(e)) from None
+    if decode and train:
+        raise fail("choose one of --decode and --train")
     if decode:
         _decode(model, cid, weights, max_len, as_json)
+        return
+    if train:
+        _train(model, cid, batch, seq_len or None, as_json)
         return
     program = load_program(model)
     try:
@@ -163,4 +179,68 @@ def _decode(model: Path, cid: str, weights: str, max_len: int, as_json: bool) ->
             f"published: {p['tok_s']} tok/s (weights {p['weights']}, chip {p['chip']}; {escape(p['source'])})"
         )
     for note in pred.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+def _train_config(model: Path):
+    """The ModelConfig --train counts: a preset name or a model config file."""
+    from ..model.config import PRESETS, ModelConfig, preset
+
+    name = str(model)
+    if name in PRESETS and not model.exists():
+        return preset(name)
+    if model.suffix in (".toml", ".json") and model.is_file():
+        return ModelConfig.from_file(model)
+    raise fail(f"{model}: not a preset ({', '.join(PRESETS)}) or a model config file (.toml/.json)")
+
+
+def _train(model: Path, cid: str, batch: int, seq_len: int | None, as_json: bool) -> None:
+    from ..errors import AnekitError
+    from ..train.cost import step_cost
+
+    config = _train_config(model)
+    try:
+        cost = step_cost(config, batch, seq_len=seq_len, chip=cid)
+    except (AnekitError, ValueError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print_json(cost.to_json())
+        return
+    console = stdout_console()
+    table = Table(
+        title=escape(
+            f"{config.name}: one training step, batch {batch} x {cost.seq_len}, on {cid} "
+            "(FLOPs counted; engine times are cost-model predictions, not measurements)"
+        ),
+        title_justify="left",
+    )
+    for col in ("kernel", "calls", "GFLOP/step", "share", "ms/call", "ms/step"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    total = cost.kernel_flops + cost.host_total
+    for k in cost.kernels:
+        table.add_row(
+            escape(k.name),
+            str(k.calls),
+            f"{k.flops * k.calls / 1e9:.2f}",
+            f"{100 * k.flops * k.calls / total:.1f} %",
+            "-" if k.predicted_ms is None else f"{k.predicted_ms:.3f}",
+            "-" if k.step_ms is None else f"{k.step_ms:.2f}",
+        )
+    for name, flops in cost.host_flops.items():
+        table.add_row(
+            escape(f"host: {name}"), "", f"{flops / 1e9:.3f}", f"{100 * flops / total:.2f} %", "", ""
+        )
+    console.print(table)
+    engine = "-" if cost.engine_ms is None else f"{cost.engine_ms:.1f} ms predicted"
+    console.print(
+        f"in kernels: {100 * cost.share:.2f} % of {total / 1e9:.1f} GFLOP "
+        f"(matmuls: {cost.kernel_matmul_flops / 1e9:.1f} GFLOP); {cost.dispatches} dispatches; engine time "
+        f"per step: {engine}"
+    )
+    for p in cost.to_json()["published"]:
+        eng = "" if p["engine_ms"] is None else f", engine part {p['engine_ms']:g} ms"
+        console.print(
+            f"published on {p['chip']}: {p['step_ms']:g} ms/step{eng} ({escape(p['what'])}; {p['source']})"
+        )
+    for note in cost.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
