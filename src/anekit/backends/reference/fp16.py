@@ -10,6 +10,8 @@ fraction of the cost. Each function is tested against NumPy's casts over every f
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 _ABS = np.uint32(0x7FFFFFFF)
@@ -29,58 +31,139 @@ _MAX_REDUCE = np.maximum.reduce
 _SMALL = 512
 
 
+def _round_wide(x: np.ndarray) -> np.ndarray:
+    """`round_fp16` of a float32 array holding values past 65504, infs or NaNs: a new array.
+
+    For |x| in [2**e, 2**(e+1)), adding C = 2**(e+13) puts the fp16 ulp 2**(e-10) at float32's last
+    kept bit, so `(|x| + C) - C` is |x| rounded to fp16's 11 significant bits, ties to even (IEEE 754
+    round-to-nearest-even on the addition; both steps exact otherwise). Clamping e to [-14, 16] makes
+    C = 2**-1 below the normal range (multiples of 2**-24, fp16's subnormal spacing) and keeps C
+    finite for huge |x|. Results past 65504 become inf by two exact scalings through float32's
+    overflow (x 2**112 overflows exactly from 2**16 up). Checked bit-exact against the integer-bit
+    version it replaced over all 2**32 float32 patterns."""
+    a = np.abs(x)
+    c = a.view(np.uint32) & _EXP_BITS
+    np.maximum(c, _MIN_NORMAL, out=c)
+    np.minimum(c, _C_CAP, out=c)
+    c += _C_SHIFT
+    cf = c.view(np.float32)
+    # a signalling NaN raises "invalid" in the additions; NaNs are restored bit for bit below
+    with np.errstate(invalid="ignore"):
+        a += cf
+        a -= cf
+    with np.errstate(over="ignore"):  # the overflow is the point: no warning
+        a *= _OVER_UP  # |a| >= 2**16 (fp16 overflow) overflows float32 to inf; the rest is exact
+        a *= _OVER_DOWN
+    np.copysign(a, x, out=a)
+    nan = np.isnan(x)
+    if nan.any():  # keep NaNs bit for bit (the additions would quiet a signalling one)
+        np.copyto(a, x, where=nan)
+    return a
+
+
+_SPLIT = np.float32(2.0**13 + 1)  # Veltkamp's splitting constant for 24 - 13 = 11 significant bits
+_SPLIT_FLOOR = np.float32(0.75)
+_SIGN = np.uint32(0x80000000)
+_INF_F = np.float32(np.inf)
+_MIN_REDUCE = np.minimum.reduce
+#: elements per pass of the in-place rounding: two float32 scratch blocks of this size (512 kB)
+#: stay in a core's L2 cache with the block being rounded, and the ~8 NumPy calls per block cost
+#: ~0.1 ns per element (measured: 1.0 ns/element per 512x512 array chunked, 1.4 unchunked)
+CHUNK = 1 << 16
+_scratch = threading.local()
+
+
+def _blocks(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's two float32 scratch blocks (each binding may run on its own thread)."""
+    got = getattr(_scratch, "blocks", None)
+    if got is None:
+        got = _scratch.blocks = (np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32))
+    return got[0][:n], got[1][:n]
+
+
+def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
+    """Round 1-D float32 `src` to fp16 values into `dst` (same size; may be `src` itself).
+
+    Veltkamp's splitting: with t = |x| * (2**13 + 1), `t - (t - |x|)` is |x| rounded to 24 - 13 = 11
+    significant bits, ties to even, using float32's own round-to-nearest-even. Raising t to at least
+    0.75 rounds |x| below 2**-14 at fp16's subnormal spacing 2**-24 instead (t - |x| then lies in
+    [0.5, 1), where float32's spacing is 2**-24; 0.75 * 2**24 is even, so ties still go to even). The
+    sign is put back by bits (the arithmetic gives +0 where -0 is due). Infs, NaNs and overflow
+    are patched afterwards. Checked bit-exact against the previous method (`_round_wide`, itself
+    checked against NumPy's casts) over all 2**32 float32 bit patterns."""
+    n = src.size
+    t, a = _blocks(n)
+    src_bits = src.view(np.uint32)
+    negative = _MIN_REDUCE(src.view(np.int32), axis=None) < 0  # any sign bit set (-0.0 included)
+    mag = src
+    if negative:
+        np.bitwise_and(src_bits, _ABS, out=a.view(np.uint32))
+        mag = a
+    wide = not _MAX_REDUCE(mag, axis=None) <= _MAX_HALF_F  # overflow, inf or NaN (masks: -inf)
+    np.multiply(mag, _SPLIT, out=t)
+    np.maximum(t, _SPLIT_FLOOR, out=t)
+    np.subtract(t, mag, out=a)
+    if not (negative or wide):
+        np.subtract(t, a, out=dst)
+        return
+    np.subtract(t, a, out=a)  # |x| rounded
+    if wide:
+        # inf and NaN came out NaN (inf - inf), and so did |x| past float32's max / 8193: put |x|
+        # back there (NaNs keep their bits, as NumPy's cast does not promise but the engine keeps
+        # no NaN anyway); then past 65504 is fp16 overflow: inf (65520 and up round to 2**16)
+        back = np.isnan(a)
+        if back.any():
+            np.copyto(a, np.abs(src), where=back)
+        np.copyto(a, _INF_F, where=a > _MAX_HALF_F)
+    if not negative:
+        dst[...] = a
+        return
+    dst_bits = dst.view(np.uint32)
+    np.bitwise_and(src_bits, _SIGN, out=dst_bits)
+    np.bitwise_or(dst_bits, a.view(np.uint32), out=dst_bits)
+
+
+def round_fp16_(x: np.ndarray) -> np.ndarray:
+    """Round a writable, C-contiguous float32 array to fp16 values in place (see `round_fp16`);
+    returns `x`. For an op's fresh result: no second array is made."""
+    flat = x.reshape(-1)
+    n = flat.size
+    if n <= _SMALL:
+        flat[...] = round_fp16(flat)
+        return x
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(0, n, CHUNK):
+            block = flat[i : i + CHUNK]
+            _round_block(block, block)
+    return x
+
+
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """Round float32 `x` to the nearest fp16 value (ties to even), keeping float32 storage.
 
     Overflow gives ±inf as the engine does; NaN and inf pass through; results in the subnormal
     range are rounded to multiples of 2**-24. Equal to `x.astype(float16).astype(float32)`, and
-    always a new array.
-
-    The rounding is done by the FPU itself: for |x| in [2**e, 2**(e+1)), adding C = 2**(e+13) puts
-    the fp16 ulp 2**(e-10) at float32's last kept bit, so `(|x| + C) - C` is |x| rounded to fp16's 11
-    significant bits, ties to even (IEEE 754 round-to-nearest-even on the addition; both steps exact
-    otherwise). Clamping e to [-14, 16] makes C = 2**-1 below the normal range (multiples of 2**-24,
-    fp16's subnormal spacing) and keeps C finite for huge |x|. Results past 65504 become inf by two
-    exact scalings through float32's overflow (x 2**112 overflows exactly from 2**16 up). About 8
-    vectorised passes with no boolean masks, checked bit-exact against the integer-bit version it
-    replaced over all 2**32 float32 patterns.
+    always a new array. Computed by float32 arithmetic in blocks (`_round_block`): NumPy's own
+    casts run a scalar loop here (~2.5 ns per element, ~80 ns on subnormals).
     """
     x = np.asarray(x, dtype=np.float32)
     if x.size <= _SMALL:
-        # Few elements: NumPy's own casts (2 calls) cost less than the 8 passes below; they equal
+        # Few elements: NumPy's own casts (2 calls) cost less than the passes below; they equal
         # them bit for bit when nothing overflows or is NaN (checked over every float32 of fp16's
         # normal range and a sample of its subnormal one), and then warn about nothing.
         a = np.abs(x)
         if _MAX_REDUCE(a, axis=None) <= _MAX_HALF_F if a.size else False:
             return x.astype(np.float16).astype(np.float32)
-    if x.ndim == 0:  # NumPy gives scalars, not arrays, for 0-d results: round it as a 1-vector
-        return round_fp16(x.reshape(1)).reshape(())
-    a = np.abs(x)
-    top = _MAX_REDUCE(a, axis=None) if a.size else _ZERO  # ndarray.max, without its Python wrapper
-    c = a.view(np.uint32) & _EXP_BITS
-    np.maximum(c, _MIN_NORMAL, out=c)
-    if not top <= _MAX_HALF_F:  # a value overflows, or an inf / NaN is present (rare)
-        np.minimum(c, _C_CAP, out=c)
-        c += _C_SHIFT
-        cf = c.view(np.float32)
-        # a signalling NaN raises "invalid" in the additions; NaNs are restored bit for bit below
-        with np.errstate(invalid="ignore"):
-            a += cf
-            a -= cf
-        with np.errstate(over="ignore"):  # the overflow is the point: no warning
-            a *= _OVER_UP  # |a| >= 2**16 (fp16 overflow) overflows float32 to inf; the rest is exact
-            a *= _OVER_DOWN
-        np.copysign(a, x, out=a)
-        nan = np.isnan(x)
-        if nan.any():  # keep NaNs bit for bit (the additions would quiet a signalling one)
-            np.copyto(a, x, where=nan)
-        return a
-    c += _C_SHIFT
-    cf = c.view(np.float32)
-    a += cf
-    a -= cf
-    np.copysign(a, x, out=a)
-    return a
+        if x.ndim == 0:  # NumPy gives scalars, not arrays, for 0-d results: round it as a 1-vector
+            return _round_wide(x.reshape(1)).reshape(())
+        return _round_wide(x)
+    out = np.empty(x.shape, np.float32)
+    src = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+    flat = out.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(0, flat.size, CHUNK):
+            _round_block(src[i : i + CHUNK], flat[i : i + CHUNK])
+    return out
 
 
 def to_half(x: np.ndarray) -> np.ndarray:

@@ -16,10 +16,11 @@ import numpy as np
 
 from ..._coreml import types
 from ...errors import AnekitError
-from ..base import Binding, Kernel, KernelInputError, TensorSpec, pick_function, var_spec
+from ..base import Binding, Kernel, KernelInputError, TensorSpec, check_inputs, pick_function, var_spec
 from . import ops as _ops  # noqa: F401  (fills OPS)
-from .fp16 import round_fp16
+from .fp16 import round_fp16, round_fp16_
 from .registry import (
+    FRESH_RESULT,
     MAX_TENSOR_BYTES,
     NUMERICS,
     OPS,
@@ -165,6 +166,8 @@ class ReferenceKernel(Kernel):
         for slot, value in consts.items():
             self._env_template[slot] = value
         self._plan = [_plan_step(step, consts) for step in self._steps]
+        #: the constants' arrays, which a run never hands out as its own
+        self._const_ids = frozenset(id(v) for v in consts.values())
 
     def _compile_op(self, op, consts) -> tuple[tuple, bool]:
         impl = OPS.get(op.op_type)
@@ -327,6 +330,12 @@ class ReferenceKernel(Kernel):
 
     def _execute(self, stored: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on inputs already in their storage (`stored`; `inputs`: as given, for errors)."""
+        raw = self._evaluate(stored, inputs)
+        return {name: self._finish(name, value) for name, value in raw.items()}
+
+    def _evaluate(self, stored: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, object]:
+        """Each output's value as the run left it, in the interpreter's storage (no copy: it may be an
+        input, a constant, or a view of one, when the program returns those)."""
         env = self._env_template.copy()
         for name, slot in self._input_slots.items():
             env[slot] = stored[name]
@@ -339,7 +348,7 @@ class ReferenceKernel(Kernel):
                 known = {slot: v for slot, v in enumerate(env) if v is not None}
                 given = {n: np.shape(a) for n, a in inputs.items()}
                 raise self._op_failure(self._step_ops[i], known, e, given) from e
-        return {name: self._finish(name, env[slot]) for name, slot in self._output_slots.items()}
+        return {name: env[slot] for name, slot in self._output_slots.items()}
 
     def new_binding(self) -> ReferenceBinding:
         return ReferenceBinding(self)
@@ -445,11 +454,16 @@ def _plan_step(step, consts: dict):
     if static and dt == "fp16" and ctx.numerics.name == "ane":
         # the common case: an fp16 result, rounded from the fp32 the op computed in
         f32 = np.dtype(np.float32)
+        fresh = ctx.op.op_type in FRESH_RESULT
 
         def run(env):
             value = call(env)
             if type(value) is np.ndarray and value.dtype == f32:
-                value = round_fp16(value)
+                flags = value.flags
+                if fresh and flags.c_contiguous and flags.writeable:
+                    round_fp16_(value)  # the op's own new array: rounded where it lies
+                else:
+                    value = round_fp16(value)
             else:
                 value = store(value, "fp16")
             if value.shape != shape:
@@ -478,13 +492,21 @@ def _plan_step(step, consts: dict):
 
 
 class ReferenceBinding(Binding):
-    """A binding that also keeps each staged input in the interpreter's storage (float32 for fp16
-    under "ane"), updated slice by slice by `write_slice`, so a run does not convert the whole
-    input again: the decoder's packed input holds its KV cache and gains a few columns per call."""
+    """A binding that holds each input once, in the interpreter's storage (float32 holding fp16
+    values under "ane"): converted when written, whole by `write` or slice by slice by `write_slice`,
+    so a run converts nothing (the decoder's packed input holds its KV cache and gains a few columns
+    per call; a training layer's input holds its weights and gets new activations per call).
+    `_staged` is that storage. `run_float32` hands out the fp16 outputs' float32 storage itself.
+
+    Values are converted as the generic binding would stage them and a whole run would then store
+    them: a slice is first cast to the dtype the input was written in (NumPy's assignment), then
+    stored, so results are bit-identical to `Kernel.run` on the same staged input. Bindings share
+    nothing mutable: two of them (of one kernel or of two) may run on two threads at once."""
 
     def __init__(self, kernel: ReferenceKernel):
         super().__init__(kernel)
-        self._stored: dict[str, np.ndarray] = {}
+        #: the dtype each input was last written whole in (what a generic binding would stage)
+        self._written: dict[str, np.dtype] = {}
 
     def _store(self, name: str, value) -> np.ndarray:
         kernel = self.kernel
@@ -495,29 +517,91 @@ class ReferenceBinding(Binding):
             raise KernelInputError(f"input {name!r} cannot be read as {what}: {e}") from e
 
     def write(self, **inputs) -> None:
-        super().write(**inputs)
-        for name in inputs:
-            staged = self._staged[name]
-            self._stored[name] = np.array(self._store(name, staged), copy=True)
+        arrays = check_inputs(self.kernel.inputs, inputs, partial=True)
+        for name, a in arrays.items():
+            stored = self._store(name, a)
+            if stored is a or not stored.flags.owndata or not stored.flags.writeable:
+                stored = np.array(stored, copy=True)  # ours alone: later slices are written into it
+            self._staged[name] = stored
+            self._written[name] = a.dtype
 
     def write_slice(self, name: str, index, values) -> None:
-        super().write_slice(name, index, values)  # the staged array, as the generic binding holds it
-        stored = self._stored[name]
-        # the same conversion of the same staged elements as a whole-input run would make
-        stored[index] = self._store(name, self._staged[name][index])
+        stored = self._staged.get(name)
+        if stored is None:
+            known = ", ".join(self.kernel.inputs)
+            raise KernelInputError(
+                f"write_slice: input {name!r} has no staged value yet (write it whole first); the "
+                f"kernel takes {known}"
+            )
+        written = self._written[name]
+        try:
+            target_shape = stored[index].shape
+            v = values
+            if not (
+                type(v) is np.ndarray
+                and v.shape == target_shape
+                and v.dtype in (_F16, _F32)
+                and written in (_F16, _F32)
+                and self.kernel.numerics.name == "ane"
+                and self.kernel._input_dtypes[name] == "fp16"
+            ):
+                # as the generic binding stages it: cast to the dtype the input was written in
+                v = np.empty(target_shape, dtype=written)
+                v[...] = values
+            # float32 or float16 into fp16 storage: the rounding of the cast to float16 and then back
+            stored[index] = self._store(name, v)
+        except (IndexError, ValueError, TypeError) as e:
+            raise KernelInputError(f"write_slice into input {name!r} {tuple(stored.shape)}: {e}") from e
 
-    def run(self, **inputs) -> dict[str, np.ndarray]:
-        if inputs:
-            self.write(**inputs)
+    def _inputs_ready(self) -> None:
         kernel = self.kernel
         missing = [n for n in kernel.inputs if n not in self._staged]
         if missing:
             raise KernelInputError(f"binding has no value yet for input(s): {', '.join(missing)}")
         kernel._check_sizes(self._staged)
-        return kernel._execute(self._stored, self._staged)
+
+    def run(self, **inputs) -> dict[str, np.ndarray]:
+        if inputs:
+            self.write(**inputs)
+        self._inputs_ready()
+        return self.kernel._execute(self._staged, self._staged)
 
     __call__ = run
 
+    def run_float32(self, **inputs) -> dict[str, np.ndarray]:
+        """`run`, with every float output as float32: under "ane" an fp16 output is its float32
+        storage itself (the values a float16 output widens to, without the round trip), handed out
+        as a new array of the caller's (copied only when the program returns an input, a constant,
+        a view of one, or one array under two names)."""
+        kernel = self.kernel
+        if kernel.numerics.name != "ane":
+            return super().run_float32(**inputs)
+        if inputs:
+            self.write(**inputs)
+        self._inputs_ready()
+        raw = kernel._evaluate(self._staged, self._staged)
+        held = {id(a) for a in self._staged.values()}
+        out: dict[str, np.ndarray] = {}
+        for name, value in raw.items():
+            value = np.asarray(value)
+            if value.dtype.kind != "f":
+                out[name] = kernel._finish(name, value)
+                continue
+            if (
+                value.dtype != _F32
+                or not value.flags.owndata
+                or id(value) in held
+                or id(value) in kernel._const_ids
+            ):
+                value = np.array(value, dtype=np.float32, copy=True)
+            held.add(id(value))
+            out[name] = value
+        return out
+
     def close(self) -> None:
         super().close()
-        self._stored.clear()
+        self._written.clear()
+
+
+_F16 = np.dtype(np.float16)
+_F32 = np.dtype(np.float32)

@@ -136,6 +136,12 @@ VALUE_PRESERVING = _optable.VALUE_PRESERVING
 OpImpl = Callable[..., object]
 OPS: dict[str, OpImpl] = {}
 
+#: Ops whose implementation (and compile-time specialization) returns a float result in memory of
+#: its own, never an operand, a constant or a view of one: NumPy ufuncs, matmul and what is built
+#: from them. The interpreter rounds such a result to fp16 in place (`fp16.round_fp16_`) instead of
+#: making a second array; any other op's result is rounded into a new one.
+FRESH_RESULT: set[str] = set()
+
 
 #: Optional compile-time specializations: `prepare(ctx, **constant_inputs)` for an op whose only
 #: non-constant input is `x` returns a function of `x` alone computing exactly what the op's

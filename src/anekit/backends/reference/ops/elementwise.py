@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..registry import OpContext, op
+from ..registry import FRESH_RESULT, OpContext, op
 
 Array = np.ndarray
 
@@ -172,10 +172,25 @@ def erfc(x: Array) -> Array:
 # -- unary math (mil-text.md §3.3) ---------------------------------------------------------------
 
 
+_SIGN_BITS = {np.dtype(np.float32): np.uint32(0x80000000), np.dtype(np.float64): np.uint64(1 << 63)}
+
+
 def _sigmoid(x: Array) -> Array:
-    # Stable for both signs: exp never sees a positive argument.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    """1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|): stable for both signs (exp never
+    sees a positive argument). Computed in place in two new arrays: -|x| by setting the sign bit,
+    the numerator 1 or e chosen before the one division (the same operations on the same values as
+    computing both quotients and choosing, so the same bits)."""
+    sign = _SIGN_BITS.get(x.dtype)
+    if sign is None or not x.flags.c_contiguous:
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    bits = x.view(sign.dtype)
+    e = np.bitwise_or(bits, sign).view(x.dtype)  # -|x|
+    np.exp(e, out=e)
+    d = np.add(e, 1.0)
+    np.copyto(e, 1.0, where=x >= 0)
+    np.divide(e, d, out=d)
+    return d
 
 
 _UNARY_FLOAT: dict[str, Callable[[Array], Array]] = {
@@ -329,3 +344,11 @@ def clamped_relu(ctx: OpContext, x: Array, alpha: Array, beta: Array) -> Array:
     """min(beta, x) for x >= 0, min(beta, alpha * x) below (coremltools' clamped_relu spec)."""
     x = ctx.f(x)
     return np.minimum(np.where(x >= 0, x, ctx.f(alpha) * x), ctx.f(beta))
+
+
+# Every float result above is a new array from NumPy ufuncs: the interpreter may round it in place.
+FRESH_RESULT.update(_BINARY, _UNARY_FLOAT, _UNARY_INT)
+FRESH_RESULT.update(
+    ("rsqrt", "inverse", "log", "gelu", "leaky_relu", "elu", "prelu", "threshold", "clip", "sigmoid_hard")
+)
+FRESH_RESULT.update(("scaled_tanh", "linear_activation", "clamped_relu"))

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..registry import OpContext, op, prepare
+from ..registry import FRESH_RESULT, OpContext, op, prepare
 
 Array = np.ndarray
 
@@ -202,7 +202,8 @@ def linear(ctx: OpContext, x: Array, weight: Array, bias: Array | None = None) -
 
 def _softmax(x: Array, axis: int) -> Array:
     """exp(x - max) / sum(exp(x - max)) along `axis`; x itself is not written."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True))  # np.max without its wrapper
+    np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
 
@@ -316,3 +317,9 @@ def scaled_dot_product_attention(
         else:
             s = s + ctx.f(attn_mask)
     return np.matmul(_softmax(s, -1), v)
+
+
+# Results built by matmul / ufuncs into new arrays (conv's may be a view of its own new product):
+# the interpreter may round them in place.
+FRESH_RESULT.update(("conv", "matmul", "linear", "softmax", "layer_norm", "batch_norm", "instance_norm"))
+FRESH_RESULT.update(("l2_norm", "scaled_dot_product_attention"))
