@@ -67,7 +67,10 @@ def _cast(src: np.ndarray, dst: np.ndarray) -> None:
     except ImportError:  # pragma: no cover - torch is optional
         np.copyto(dst, src, casting="unsafe")
         return
-    torch.from_numpy(dst).copy_(torch.from_numpy(np.ascontiguousarray(src)))
+    from .optim import torch_threads
+
+    with torch_threads(1):  # see AdamW._run_torch_1
+        torch.from_numpy(dst).copy_(torch.from_numpy(np.ascontiguousarray(src)))
 
 
 class EngineAdamW:

@@ -6,8 +6,8 @@ clip 1.0, cosine to 0.1·lr after 100 warm-up steps; §6: fp16 gradients underfl
 installed (one read and write of each array, ~1.3 ns a parameter here) and the arrays suit it
 (float32, contiguous), else a cache-blocked NumPy pass: each parameter in chunks of `CHUNK` elements
 through a few preallocated scratch buffers (every op writes with `out=`), split over `threads`
-threads (NumPy releases the GIL inside its loops). Gradient scaling (1/accum, the clipping factor)
-folds into the same pass (`grad_scale`).
+threads (NumPy releases the GIL inside its loops; the torch kernel runs on one, `_run_torch_1`).
+Gradient scaling (1/accum, the clipping factor) folds into the same pass (`grad_scale`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,7 +94,7 @@ class AdamW:
         names = list(params)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # detected, then refused
             proven = self._proven_finite(params, grads, lr, t, scale, grad_norm)
-            run = self._run_torch if self._torch_suits(params, grads, scale) else self._run
+            run = self._run_torch_1 if self._torch_suits(params, grads, scale) else self._run
             if proven is None:
                 bad = run(params, grads, lr, t, scale, dry=True)
                 if bad:
@@ -221,6 +222,13 @@ class AdamW:
             steps = [step.clone() for _ in members]
             fused(*lists, [], steps, **self._torch_args(lr, b1, b2, wd, inv))
         return bad
+
+    def _run_torch_1(self, params, grads, lr, t, scale, dry: bool) -> set[str]:
+        """`_run_torch` on one of torch's threads. Its OpenMP threads spin while they wait: on this
+        2-core machine, shared with other work, 2 threads took 864 ms where 1 took 36 ms
+        (stories15m, benchmarks/optimizer.py), and one thread already runs at memory speed."""
+        with torch_threads(1):
+            return self._run_torch(params, grads, lr, t, scale, dry)
 
     def _torch_args(self, lr, b1, b2, wd, inv) -> dict:
         return dict(
@@ -367,6 +375,21 @@ def _split(jobs: list, n: int) -> list[list]:
             pos += hi - lo
             lo = hi
     return parts
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` for the block, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def _fused_adamw():
