@@ -118,10 +118,6 @@ def _call_shape(config: ModelConfig, batch_size: int, seq_len: int | None, seqs_
     return n_seq, round_up(s, ROW_ALIGN), batch_size // n_seq  # §1.7: 64-byte rows
 
 
-def _layer_specs(config, n_seq: int, s_pad: int, precision: str, names) -> dict[str, KernelSpec]:
-    return {name: STEP_KERNELS[name](config, n_seq, s_pad, precision) for name in names}
-
-
 def schedule(
     config: ModelConfig,
     batch_size: int,
@@ -136,8 +132,10 @@ def schedule(
     layer per call) and the classifier's (per vocabulary chunk per call). Builds the programs,
     compiles nothing."""
     n_seq, s_pad, calls = _call_shape(config, batch_size, seq_len, seqs_per_call)
-    specs = _layer_specs(config, n_seq, s_pad, const_precision, STEP_KERNELS)
-    uses = [KernelUse(name, spec, config.n_layers * calls) for name, spec in specs.items()]
+    uses = [
+        KernelUse(name, make(config, n_seq, s_pad, const_precision), config.n_layers * calls)
+        for name, make in STEP_KERNELS.items()
+    ]
     for name, spec, n in classifier_kernel_uses(config.dim, config.vocab_size, n_seq * s_pad, vocab_chunk):
         uses.append(KernelUse(name, spec, n * calls))
     return tuple(uses)
@@ -230,22 +228,33 @@ def _backend_compile(backend: str, options: dict) -> Callable:
     return compile
 
 
-def _layer_kernels(config: ModelConfig, n_seq: int, s_pad: int, compile: Callable, const_precision):
-    """(specs, compiled kernels) of `STEP_KERNELS` (`schedule`'s layer kernels), in its order, for
-    calls of `n_seq` sequences of `s_pad` tokens. The table-free kernels are compiled first: RoPE
-    tables are fp16 constants unless asked otherwise, since M1/M2 engines cannot run the fp32
-    const + cast form (ane-private-api.md §1.8); only the float64 "exact" reference oracle (seen on
-    the kernels that bake no tables) keeps fp32 tables."""
-    first = _layer_specs(config, n_seq, s_pad, DEFAULT_CONST_PRECISION, _TABLE_FREE)
-    kernels = {name: compile(spec.program) for name, spec in first.items()}
+def _layer_kernels(config: ModelConfig, batch_size: int, seq_len, seqs_per_call, compile: Callable,
+                   const_precision, vocab_chunk):  # fmt: skip
+    """(the step's `schedule`, specs and compiled kernels of its layer kernels, in `STEP_KERNELS`
+    order). The table-free kernels are compiled first: RoPE tables are fp16 constants unless asked
+    otherwise, since M1/M2 engines cannot run the fp32 const + cast form (ane-private-api.md §1.8);
+    only the float64 "exact" reference oracle (seen on the kernels that bake no tables) keeps fp32
+    tables. The classifier's kernels are `EngineClassifier`'s (the same programs as the schedule's)."""
+
+    def plan(precision):
+        uses = schedule(
+            config, batch_size, seq_len=seq_len, seqs_per_call=seqs_per_call,
+            const_precision=precision, vocab_chunk=vocab_chunk,
+        )  # fmt: skip
+        return {u.name: u for u in uses}
+
+    uses = plan(DEFAULT_CONST_PRECISION)
+    kernels = {name: compile(uses[name].spec.program) for name in _TABLE_FREE}
     if const_precision is None:
         const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
-    rest = [name for name in STEP_KERNELS if name not in first]
-    specs = {**first, **_layer_specs(config, n_seq, s_pad, const_precision, rest)}
-    specs = {name: specs[name] for name in STEP_KERNELS}
-    for name in rest:
-        kernels[name] = compile(specs[name].program)
-    return specs, {name: kernels[name] for name in specs}
+    if const_precision != DEFAULT_CONST_PRECISION:
+        again = plan(const_precision)
+        uses = {name: uses[name] if name in kernels else u for name, u in again.items()}
+    for name in STEP_KERNELS:
+        if name not in kernels:
+            kernels[name] = compile(uses[name].spec.program)
+    specs = {name: uses[name].spec for name in STEP_KERNELS}
+    return tuple(uses.values()), specs, {name: kernels[name] for name in STEP_KERNELS}
 
 
 def _check_grad_arrays(grads: Mapping[str, np.ndarray], shapes: dict, dtype) -> None:
@@ -349,8 +358,9 @@ class ModelRunner:
         self.blas_threads = blas_threads
         if compile is None:
             compile = _backend_compile(backend, options)
-        self.specs, self.kernels = _layer_kernels(
-            config, self.n_seq, self.padded_len, compile, const_precision
+        #: every kernel a step runs, with its calls per step (`schedule`)
+        self.schedule, self.specs, self.kernels = _layer_kernels(
+            config, batch_size, seq_len, seqs_per_call, compile, const_precision, vocab_chunk
         )
         # Exact reference numerics keep every fp16-typed value in float64, inputs included: the
         # buffers are float64 there (fp16 buffers would round the inputs), else what the engine
