@@ -199,6 +199,7 @@ class EngineClassifier:
                 )  # fmt: skip
         self._staged = False
         self._w_t: np.ndarray | None = None  # Wᵀ [D, kept rows], as the kernels hold it
+        self._w_max = 1.0  # max |W|, set with the weights
         self._x = np.zeros((dim, self.n_pad), dtype=self.buffer_dtype)
         self._rows = np.zeros((3, self.n_pad), dtype=self.buffer_dtype)
         self.engine_s = 0.0
@@ -332,7 +333,10 @@ class EngineClassifier:
             dw = o["dw"][:nrows]
             full = self._full_rows(v0, nrows)  # distinct rows: fancy-index += is a scatter-add
             if add or not isinstance(full, slice):
-                dw *= self.dtype.type(c / rho)  # in place: the output is ours
+                if dw.flags.writeable:
+                    dw *= self.dtype.type(c / rho)  # in place: the output is ours until the next run
+                else:
+                    dw = dw * self.dtype.type(c / rho)
                 if add:
                     dweight[full] += dw
                 else:
