@@ -39,14 +39,14 @@ Layout choices:
 
 fp16 range: the loss scale never enters a kernel. The scales multiply x and the product qᵀ·Wc,
 never the small probabilities q (ane-private-api.md §6: fp16 gradients flush to zero), and the host
-picks them per call so that every fp16 value stays below 2^14 while using as much of the range as
-the bounds allow (`anekit.train.classifier`): with |x| <= X, |W| <= Wmax and s = Σ q <= Vc,
-|x ⊙ scale_w| <= X·ρ·max e, |dw| <= X·ρ·Σ_n e_n (q <= 1), |qᵀ·Wc| <= s·Wmax, so ρ = 2^14 /
-(X·max(Σ_n e_n, 1)) and scale_x = min(1, 2^14 / (s·Wmax)). qᵀ·Wc needs no upscaling: q = 1 at the
-chunk's max, so it is of the size of W's entries. What fp16 still limits: a probability below
+picks them per call so that every fp16 value stays below B = FP16_MAX / 4 (~2^14) while using as
+much of the range as the bounds allow (`anekit.train.classifier`): with |x| <= X, |W| <= Wmax and
+s = Σ q <= Vc, |x ⊙ scale_w| <= X·ρ·max e, |dw| <= X·ρ·Σ_n e_n (q <= 1), |qᵀ·Wc| <= s·Wmax, so
+ρ = B / (max(X, 1)·Σ_n e_n) and scale_x = min(1, B / (s·Wmax)). qᵀ·Wc needs no upscaling: q = 1 at
+the chunk's max, so it is of the size of W's entries. What fp16 still limits: a probability below
 2^-24 of its chunk's largest (exp underflow) contributes nothing, and dW entries far below the
-chunk's largest lose relative precision: below 2^-28 of the bound (fp16's smallest normal, 2^-14,
-against 2^14) they are subnormals.
+chunk's largest lose relative precision: below ~2^-28 of the bound (fp16's smallest normal, 2^-14,
+against ~2^14) they are subnormals.
 
 Shapes: D, N and Vc must be multiples of 32 (`ROW_ALIGN`: 64-byte rows, and matmul inner
 dimensions, mil-text.md §5 #4); the host pads N and the last chunk. `default_vocab_chunk` picks Vc

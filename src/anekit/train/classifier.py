@@ -30,7 +30,7 @@ Interface (for `anekit.train.step.ModelRunner`):
 Per call, with k chunks: k forward kernel calls (per token the chunk's max m_c and Σ exp(logit -
 m_c)); on the host, in float64, lse = M + log Σ_c s_c·exp(m_c - M) and the target logit
 W[t]·x (a gather, O(N·D)); then k backward kernel calls (each gets m_c and two per-token fp16
-scales, chosen so that no fp16 value passes 2^14 whatever the loss scale) giving the chunk's rows
+scales, chosen so that no fp16 value passes FP16_MAX / 4 whatever the loss scale) giving the chunk's rows
 of dW and its share of dxᵀ up to those scales, which the host divides out in fp32 together with
 coef = grad_scale / normalizer (V·D multiplies, fused into the copy of dW's rows); the host adds the
 chunks' dxᵀ and the one-hot part of softmax - onehot: dx -= coef·W[t] (gather) and dW[t] -=
@@ -49,6 +49,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..engine_limits import FP16_MAX
 from ..kernels.classifier import (
     classifier_backward,
     classifier_forward,
@@ -61,9 +62,9 @@ from .cpu_ops import IGNORE
 
 __all__ = ["EngineClassifier", "classifier_kernel_uses", "classifier_host_flops"]
 
-#: Largest magnitude the host lets a backward kernel's fp16 values reach (fp16 tops out at
-#: 65,504; 2^14 leaves a factor of 4 for the bounds' rounding), anekit.kernels.classifier.
-_FP16_SAFE = 2.0**14
+#: Largest magnitude the host lets a backward kernel's fp16 values reach: a quarter of fp16's
+#: largest finite value (~2^14), a factor of 4 for the bounds' rounding (anekit.kernels.classifier).
+_FP16_SAFE = FP16_MAX / 4
 
 
 def _plan(dim: int, vocab: int, n_tokens: int, vocab_chunk: int | None, build: bool = True):
@@ -310,8 +311,9 @@ class EngineClassifier:
     def _backward(self, xh, valid, m, s, lse, c: float, dx_t, dweight, add: bool) -> None:
         """The softmax part of the gradient, chunk by chunk on the backward kernels, with the fp16
         scales of `anekit.kernels.classifier` ("fp16 range") chosen here and divided out in fp32:
-        scale_w = ρ·e (e = exp(m_c - lse), 0 where ignored), ρ = 2^14 / (max(X, 1)·Σ e), and
-        scale_x = min(1, 2^14 / (s_c·Wmax)); then dW rows = c/ρ·dw and dxᵀ += c·e/scale_x ⊙ dx_t."""
+        scale_w = ρ·e (e = exp(m_c - lse), 0 where ignored), ρ = B / (max(X, 1)·Σ e), and
+        scale_x = min(1, B / (s_c·Wmax)) with B = FP16_MAX / 4; then dW rows = c/ρ·dw and
+        dxᵀ += c·e/scale_x ⊙ dx_t."""
         n, d, N = self.n_pad, self.dim, self.n_tokens
         big_x = max(float(np.abs(xh[:, valid]).max()), 1.0)
         rows = self._rows
