@@ -83,7 +83,7 @@ class AdamW:
         `grad_scale` (torch's kernel unscales them in place, as torch's GradScaler.unscale_ does):
         do not reuse them.
 
-        Cost: one fused pass (`_fused`) when the update is proven finite beforehand
+        Cost: one fused pass (torch's kernel or `_fused`) when the update is proven finite beforehand
         (`_proven_finite`, from the norm and a bound on |m|); otherwise a first pass computes the
         update into scratch blocks and checks it, and a second applies it. Both passes are the
         same elementwise arithmetic, so which one ran never changes the result.
@@ -120,7 +120,7 @@ class AdamW:
           that is below HALF_ULP_MAX the sum rounds to a finite value. |m'| <= b1·M + (1-b1)·G.
         - v' = b2·v + (d·g)² (d = scale·√(1-b2)): likewise finite when (1-b2)·G² < HALF_ULP_MAX;
           v' >= 0, so √v' is finite.
-        - q = m' / (√v' + ε·√c2) >= ... : the divisor is at least ε·√c2 > 0 (adding a non-negative
+        - q = m' / (√v' + ε·√c2): the divisor is at least ε·√c2 > 0 (adding a non-negative
           value never rounds below the addend), so |q| <= |m'| / (ε·√c2), and the step k·q
           (k = lr·√c2/c1) is bounded likewise.
         - w' = a·w - k·q with |a| = |1 - lr·wd| <= 1: |a·w| <= |w| is finite, and |k·q| < HALF_ULP_MAX
