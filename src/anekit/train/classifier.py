@@ -313,7 +313,8 @@ class EngineClassifier:
         scales of `anekit.kernels.classifier` ("fp16 range") chosen here and divided out in fp32:
         scale_w = ρ·e (e = exp(m_c - lse), 0 where ignored), ρ = B / (max(X, 1)·Σ e), and
         scale_x = min(1, B / (s_c·Wmax)) with B = FP16_MAX / 4; then dW rows = c/ρ·dw and
-        dxᵀ += c·e/scale_x ⊙ dx_t."""
+        dxᵀ += c·e/scale_x ⊙ dx_t. Where c itself lies within 4 bits below that ρ, ρ = c: the V·D
+        multiply by c/ρ = 1 is skipped at the cost of at most 4 bits of fp16 headroom."""
         n, d, N = self.n_pad, self.dim, self.n_tokens
         big_x = max(float(np.abs(xh[:, valid]).max()), 1.0)
         rows = self._rows
@@ -325,6 +326,8 @@ class EngineClassifier:
             if total == 0.0:  # the chunk holds none of the probability (underflow): no call
                 continue
             rho = _FP16_SAFE / (big_x * total)
+            if rho / 16 <= c <= rho:
+                rho = c
             scale_x = np.where(valid, np.minimum(1.0, _FP16_SAFE / (s[i] * self._w_max)), 0.0)
             rows[0, :N] = m[i]
             rows[1, :N] = rho * e
@@ -334,17 +337,16 @@ class EngineClassifier:
             o = self._run(bspec, bb)
             dw = o["dw"][:nrows]
             full = self._full_rows(v0, nrows)  # distinct rows: fancy-index += is a scatter-add
-            if add or not isinstance(full, slice):
-                if dw.flags.writeable:
-                    dw *= self.dtype.type(c / rho)  # in place: the output is ours until the next run
-                else:
-                    dw = dw * self.dtype.type(c / rho)
+            factor = self.dtype.type(c / rho)  # exactly 1 where ρ = c
+            if not add and isinstance(full, slice):
+                np.multiply(dw, factor, out=dweight[full])  # the copy and the scaling in one pass
+            else:
+                if factor != 1:  # in place where allowed: the output is ours until the next run
+                    dw = np.multiply(dw, factor, out=dw if dw.flags.writeable else None)
                 if add:
                     dweight[full] += dw
                 else:
                     dweight[full] = dw
-            else:
-                np.multiply(dw, self.dtype.type(c / rho), out=dweight[full])
             f = np.divide(c * e, rows[2, :N], out=np.zeros(N), where=e > 0)  # c·e / scale_x as held
             dx_t += o["dx_t"][:N] * f.astype(self.dtype)[:, None]
 
