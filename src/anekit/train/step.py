@@ -390,6 +390,13 @@ class ModelRunner:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anekit-dw", initializer=init)
         self._timing = StepTiming()
         self._sink = _WorkerGrads({}, set(), 1.0, check=False)
+        #: the layer parameters the kernels stage (by full name): kept only in the bindings
+        self._staged_params = frozenset(
+            f"layers.{i}.{st.param}"
+            for i in range(config.n_layers)
+            for spec in self.specs.values()
+            for st in spec.staging
+        )
         #: the gradients the weight-gradient kernels produce (the layer matrices)
         self._from_kernels = frozenset(
             f"layers.{i}.{g.param}" for i in range(config.n_layers) for gs in GRADS.values() for g in gs
@@ -397,36 +404,60 @@ class ModelRunner:
 
     # -- parameters ----------------------------------------------------------------------------
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Take (a copy of) the parameters in the CPU dtype and stage every layer's weights into
-        its kernel bindings (ane-private-api.md §5.4 "Stage": forward kernels get Mᵀ for
-        y = M·x, backward kernels the layout `anekit.kernels` documents) and the classifier's."""
+        """Stage every layer's weights into its kernel bindings (ane-private-api.md §5.4 "Stage":
+        forward kernels get Mᵀ for y = M·x, backward kernels the layout `anekit.kernels`
+        documents) and the classifier into its own, and keep a copy in the CPU dtype of what the
+        host computes with (`params`: embedding, norm gains, classifier). The layer matrices live
+        only in the bindings: every product with them, dW included, runs in kernels.
+
+        Each matrix is converted to the buffer dtype once (through the CPU dtype, so float64 input
+        rounds as the fp32 master copy does) for every binding that stages it. Half the layers
+        and the classifier are staged on the worker thread, the rest here (conversions and
+        copies release the GIL)."""
         shapes = self.config.param_shapes()
         missing = sorted(set(shapes) - set(params))
         extra = sorted(set(params) - set(shapes))
         if missing or extra:
             raise ValueError(f"parameters do not match the config: missing {missing}, unexpected {extra}")
-        own = {}
+        own, matrices = {}, {}
         for name, shape in shapes.items():
             a = np.asarray(params[name])
             if a.shape != shape:
                 raise ValueError(f"parameter {name!r} has shape {a.shape}, the config says {shape}")
-            own[name] = a.astype(self.dtype, copy=True)
+            if name in self._staged_params:
+                matrices[name] = a
+            else:
+                own[name] = a.astype(self.dtype, copy=True)
         self.params = own
         self._layers = [{} for _ in range(self.config.n_layers)]
         for name, a in own.items():
             if name.startswith("layers."):
                 i, short = name[len("layers.") :].split(".", 1)
                 self._layers[int(i)][short] = a
-        for i in range(self.config.n_layers):
-            self._stage_layer(i)
-        self._staged = True
-        self.classifier_kernels.set_weight(self.classifier)
+        n = self.config.n_layers
+        per_layer = max(1, sum(int(np.prod(shapes[k])) for k in matrices) // n)
+        classifier_layers = self.classifier.size // per_layer  # the classifier, in layers' worth
+        here = min(n, (n + classifier_layers + 1) // 2)
 
-    def _stage_layer(self, i: int) -> None:
-        """Write layer i's weights into its bindings, as each kernel declares (`staging`): each
-        weight converted to the buffer dtype once for every binding that stages it; the whole
-        input the first time, then only the weight segments (`Binding.write_slice`)."""
-        p, converted = self._layers[i], {}
+        def on_worker():
+            self.classifier_kernels.set_weight(self.classifier)
+            for i in range(here, n):
+                self._stage_layer(i, matrices)
+
+        job = self._pool.submit(on_worker)
+        try:
+            for i in range(here):
+                self._stage_layer(i, matrices)
+        finally:
+            job.result()
+        self._staged = True
+
+    def _stage_layer(self, i: int, matrices: Mapping[str, np.ndarray]) -> None:
+        """Write layer i's weights (`matrices`, by full name) into its bindings, as each kernel
+        declares (`staging`): each converted to the buffer dtype once for every binding that
+        stages it; the whole input the first time, then only the weight segments
+        (`Binding.write_slice`)."""
+        converted: dict[str, np.ndarray] = {}
         for name, spec in self.specs.items():
             if not spec.staging:
                 continue
@@ -434,7 +465,8 @@ class ModelRunner:
             buf = None if self._staged else lay.empty(self.buffer_dtype)
             for st in spec.staging:
                 if st.param not in converted:
-                    converted[st.param] = p[st.param].astype(self.buffer_dtype)
+                    a = matrices[f"layers.{i}.{st.param}"]
+                    converted[st.param] = a.astype(self.dtype, copy=False).astype(self.buffer_dtype)
                 value = st.value(converted)
                 if buf is None:
                     binding.write_slice(spec.input_name, lay.index(st.segment), value)
