@@ -1,7 +1,6 @@
 """Optimizer benchmark: one AdamW update over Stories110M-sized float32 parameters.
 
-- host: `anekit.train.optim.AdamW` (torch's fused kernel, which runs on one thread, and the NumPy
-  blocked pass on 2 threads and 1), against the two-pass implementation it replaced (kept below
+- host: `anekit.train.optim.AdamW` (the NumPy blocked pass on 2 threads and 1), against the two-pass implementation it replaced (kept below
   as `TwoPassAdamW`, for this comparison only), best of N in one process;
 - engine: `anekit.train.engine_adamw.EngineAdamW` on the reference backend, its host-side time per
   update (packing gradients, reading results, forming the fp32 weights: everything but the kernel
@@ -78,21 +77,16 @@ def best(fn, repeats: int) -> float:
 
 
 def host(params, grads, repeats: int, skip_old: bool) -> dict[str, float]:
-    import torch
-
     from anekit.train.optim import AdamW, global_norm
 
     norm = global_norm(grads)
     out = {}
-    saved = torch.get_num_threads()
-    for kernel, threads in (("torch", 1), ("numpy", 2), ("numpy", 1)):
-        torch.set_num_threads(threads)
-        opt = AdamW(threads=threads, kernel=kernel)
+    for threads in (2, 1):
+        opt = AdamW(threads=threads)
         opt.step(params, grads, grad_norm=norm)  # first step: allocates the moments
-        label = f"host, {kernel} kernel, {threads} thread(s)"
+        label = f"host, {threads} thread(s)"
         out[label] = best(lambda o=opt: o.step(params, grads, grad_norm=norm), repeats)
         out[label + ", norm computed"] = best(lambda o=opt: o.step(params, grads), repeats)
-    torch.set_num_threads(saved)
     if not skip_old:
         old = TwoPassAdamW()
         old.step(params, grads)

@@ -192,7 +192,7 @@ def test_skipped_updates_stop_the_run_naming_the_last_good_checkpoint(tmp_path, 
 def test_the_cli_exits_non_zero_when_the_run_stalls(tmp_path, micro_config, monkeypatch):
     from anekit.cli import app
 
-    monkeypatch.setattr(AdamW, "step", lambda self, params, grads, lr=None: ["embed"])
+    monkeypatch.setattr(AdamW, "step", lambda self, params, grads, lr=None, **kw: ["embed"])
     result = CliRunner().invoke(
         app,
         ["train", "--config", str(micro_config), "--batch", "2", "--steps", "9", "--max-skipped", "4"]

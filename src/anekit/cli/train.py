@@ -25,7 +25,7 @@ from ..errors import AnekitError
 from ..model.config import PRESETS
 from ..train.data import VAL_FRACTION
 from ..train.loop import TrainOptions
-from ..train.options import DEFAULT_PRESET, NUMERICS, flag
+from ..train.options import DEFAULT_PRESET, NUMERICS, OPTIMIZERS, flag
 from .common import err, fail, stdout_console
 
 D = TrainOptions  # every default is written once, in TrainOptions, and read here
@@ -71,6 +71,12 @@ def train(
     numerics: str = typer.Option(
         D.numerics,
         help=f"Reference backend numerics: {NUMERICS[0]} (fp16 as on the engine) or {NUMERICS[1]} (float64).",
+    ),
+    optimizer: str = typer.Option(
+        D.optimizer,
+        help=f"Where AdamW runs: {OPTIMIZERS[0]} (the CPU, fp32; the default) or {OPTIMIZERS[1]} (its "
+        "moments in fp16 on the engine, fp32 weights on the CPU: kernels/adamw.py). A resumed run keeps "
+        "its checkpoint's.",
     ),
     out: Path = typer.Option(
         D.out,
@@ -165,6 +171,7 @@ def train(
         clip=clip,
         backend=backend,
         numerics=numerics,
+        optimizer=optimizer,
         out=out,
         resume=resume,
         overwrite=overwrite,
@@ -249,8 +256,8 @@ def train(
 #: TrainOptions field but the switches below.
 _RANK_OPTIONS = (
     "preset", "config_file", "data", "tokenizer", "steps", "batch", "accum", "lr", "warmup", "clip",
-    "backend", "numerics", "out", "seed", "loss_scale", "save_every", "eval_every", "eval_batches",
-    "max_skipped", "sample_tokens", "allreduce", "bucket_mb", "dist_timeout", "check_every",
+    "backend", "numerics", "optimizer", "out", "seed", "loss_scale", "save_every", "eval_every",
+    "eval_batches", "max_skipped", "sample_tokens", "allreduce", "bucket_mb", "dist_timeout", "check_every",
 )  # fmt: skip
 _RANK_SWITCHES = ("resume", "overwrite", "reschedule", "force")
 

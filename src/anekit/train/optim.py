@@ -2,12 +2,12 @@
 dynamic loss scaling (ane-private-api.md §5.4: AdamW β 0.9/0.95, weight decay 0.1 on matrices,
 clip 1.0, cosine to 0.1·lr after 100 warm-up steps; §6: fp16 gradients underflow without scaling).
 
-`AdamW.step` is one fused pass over the parameters: PyTorch's fused CPU AdamW kernel when torch is
-installed (one read and write of each array, ~1.3 ns a parameter here) and the arrays suit it
-(float32, contiguous), else a cache-blocked NumPy pass: each parameter in chunks of `CHUNK` elements
-through a few preallocated scratch buffers (every op writes with `out=`), split over `threads`
-threads (NumPy releases the GIL inside its loops; the torch kernel runs on one, `_run_torch_1`).
-Gradient scaling (1/accum, the clipping factor) folds into the same pass (`grad_scale`).
+`AdamW.step` is one fused, cache-blocked NumPy pass over the parameters: each parameter in chunks
+of `CHUNK` elements through a few preallocated scratch buffers (every op writes with `out=`), split
+over `threads` threads (NumPy releases the GIL inside its loops). Gradient scaling (1/accum, the
+clipping factor) folds into the same pass (`grad_scale`). One implementation on purpose: PyTorch's
+fused kernel (`torch._fused_adamw_`, private) was faster here, but torch is optional and is the
+tests' oracle, and a run must compute the same bits (bit-exact resume) with or without it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +58,6 @@ class AdamW:
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
     threads: int = 2
-    kernel: str = "auto"  #: "auto" (torch's fused kernel when usable, else NumPy), "torch" or "numpy"
     _m_bounds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _scratch: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -79,11 +77,9 @@ class AdamW:
         `grad_norm`: the L2 norm of `grads` as given (before `grad_scale`), when the caller has it
         (the training loop computes it for clipping); otherwise it is computed here (one read pass).
         `params` must be finite (the loop's always are: initialisation, checked checkpoints, and
-        only finite updates applied). An applied update may leave `grads` multiplied by
-        `grad_scale` (torch's kernel unscales them in place, as torch's GradScaler.unscale_ does):
-        do not reuse them.
+        only finite updates applied). `grads` are not written.
 
-        Cost: one fused pass (torch's kernel or `_fused`) when the update is proven finite beforehand
+        Cost: one fused pass (`_fused`) when the update is proven finite beforehand
         (`_proven_finite`, from the norm and a bound on |m|); otherwise a first pass computes the
         update into scratch blocks and checks it, and a second applies it. Both passes are the
         same elementwise arithmetic, so which one ran never changes the result.
@@ -94,7 +90,7 @@ class AdamW:
         names = list(params)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # detected, then refused
             proven = self._proven_finite(params, grads, lr, t, scale, grad_norm)
-            run = self._run_torch_1 if self._torch_suits(params, grads, scale) else self._run
+            run = self._run
             if proven is None:
                 bad = run(params, grads, lr, t, scale, dry=True)
                 if bad:
@@ -173,68 +169,6 @@ class AdamW:
         bound = _max_abs(m) if ok else math.inf
         self._m_bounds[name] = (m, bound)
         return bound
-
-    # -- PyTorch's fused kernel -------------------------------------------------------------------
-    def _torch_suits(self, params, grads, scale: float) -> bool:
-        """Whether this update goes through torch's fused AdamW: `kernel` allows it, torch is
-        installed, and every parameter, gradient and moment is a contiguous float32 array (the
-        kernel updates them in place through shared memory)."""
-        if self.kernel == "numpy" or _fused_adamw() is None or not (math.isfinite(scale) and scale > 0):
-            return False
-        for name, w in params.items():
-            g, m = grads.get(name), self.m.get(name)
-            arrays = (w, g) if m is None else (w, g, m, self.v.get(name))
-            if not all(_plain_f32(a, w.shape) for a in arrays):
-                return False
-        return True
-
-    def _run_torch(self, params, grads, lr, t, scale, dry: bool) -> set[str]:
-        """As `_run`, through `torch._fused_adamw_`: m = lerp(m, g', 1-b1), v = b2·v + (1-b2)·g'²,
-        w = (1 - lr·wd)·w - (lr/c1)·m / (√v/√c2 + ε), with g' = g / (1/grad_scale). The finiteness
-        proof of `_proven_finite` holds for this order of operations as well (every intermediate is
-        bounded by the same |g'|, |m| and ε·√c2 bounds). Elementwise, with the same arithmetic in its
-        vector and scalar loops (checked: results do not depend on an element's position or on the
-        thread count), so the dry run on copies computes exactly what the real one then applies."""
-        import torch
-
-        fused = _fused_adamw()
-        b1, b2 = (float(b) for b in self.betas)
-        inv = None if scale == 1.0 else torch.tensor(1.0 / scale, dtype=torch.float32)
-        step = torch.tensor(float(t), dtype=torch.float32)
-        groups: dict[float, list] = {}
-        bad: set[str] = set()
-        for name, w in params.items():
-            m, v, g = self.m.get(name), self.v.get(name), grads[name]
-            if dry:  # the kernel writes g' into g: copies of all four
-                w, g = w.copy(), g.copy()
-                m = np.zeros_like(w) if m is None else m.copy()
-                v = np.zeros_like(w) if v is None else v.copy()
-            wd = float(self.weight_decay) if self.weight_decay and w.ndim >= 2 else 0.0
-            arrays = [torch.from_numpy(a) for a in (w, g, m, v)]
-            if dry:  # one parameter at a time: copies of the largest one only
-                fused(*([a] for a in arrays), [], [step.clone()], **self._torch_args(lr, b1, b2, wd, inv))
-                if not all(_all_finite(a) for a in (w, m, v)):
-                    bad.add(name)
-                continue
-            groups.setdefault(wd, []).append(arrays)
-        for wd, members in groups.items():
-            lists = [list(x) for x in zip(*members)]
-            steps = [step.clone() for _ in members]
-            fused(*lists, [], steps, **self._torch_args(lr, b1, b2, wd, inv))
-        return bad
-
-    def _run_torch_1(self, params, grads, lr, t, scale, dry: bool) -> set[str]:
-        """`_run_torch` on one of torch's threads. Its OpenMP threads spin while they wait: on this
-        2-core machine, shared with other work, 2 threads took 864 ms where 1 took 36 ms
-        (stories15m, benchmarks/optimizer.py), and one thread already runs at memory speed."""
-        with torch_threads(1):
-            return self._run_torch(params, grads, lr, t, scale, dry)
-
-    def _torch_args(self, lr, b1, b2, wd, inv) -> dict:
-        return dict(
-            lr=float(lr), beta1=b1, beta2=b2, weight_decay=wd, eps=float(self.eps), amsgrad=False,
-            maximize=False, grad_scale=inv, found_inf=None,
-        )  # fmt: skip
 
     # -- the fused pass --------------------------------------------------------------------------
     def _run(self, params, grads, lr, t, scale, dry: bool) -> set[str]:
@@ -375,47 +309,6 @@ def _split(jobs: list, n: int) -> list[list]:
             pos += hi - lo
             lo = hi
     return parts
-
-
-@contextmanager
-def torch_threads(n: int):
-    """torch's intra-op thread count set to `n` for the block, then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
-def _fused_adamw():
-    """`torch._fused_adamw_` (PyTorch's fused CPU AdamW, torch >= 2.4), or None without torch."""
-    global _FUSED
-    if _FUSED is False:
-        try:
-            import torch
-
-            _FUSED = getattr(torch, "_fused_adamw_", None)
-        except ImportError:
-            _FUSED = None
-    return _FUSED
-
-
-_FUSED = False  # not looked up yet
-
-
-def _plain_f32(a, shape) -> bool:
-    return (
-        isinstance(a, np.ndarray)
-        and a.dtype == np.float32
-        and a.shape == shape
-        and a.flags.c_contiguous
-        and a.flags.writeable
-    )
 
 
 def _all_finite(a: np.ndarray) -> bool:
