@@ -749,11 +749,16 @@ def test_the_engine_time_per_step_is_the_cost_model_s_kernels_times_layers_and_a
 
     from anekit.model.config import ModelConfig
     from anekit.train.budget import predict_engine_step_ms
+    from anekit.train.cost import step_cost
 
     cfg = ModelConfig(**MICRO)
     one = predict_engine_step_ms(cfg, 2, chip="m4")
-    assert one > 0
-    assert predict_engine_step_ms(replace(cfg, n_layers=4), 2, chip="m4") == pytest.approx(2 * one)
+    cost = step_cost(cfg, 2, chip="m4")
+    assert one > 0 and one == pytest.approx(sum(k.predicted_ms * k.calls for k in cost.kernels))
+    # the layer kernels run once per layer, the classifier's once per step
+    per_layer = sum(k.predicted_ms * k.calls for k in cost.kernels if not k.name.startswith("classifier"))
+    deeper = predict_engine_step_ms(replace(cfg, n_layers=2 * cfg.n_layers), 2, chip="m4")
+    assert deeper == pytest.approx(one + per_layer)
     assert predict_engine_step_ms(cfg, 2, accum=3, chip="m4") == pytest.approx(3 * one)
 
 

@@ -21,9 +21,9 @@ It is an estimate. Measured peaks (max RSS, reference backend, Linux, 2 steps): 
 (estimated 603 / 955 / 1425 MB). The run is refused only when the estimate exceeds the machine's
 physical memory, where it would swap or be killed.
 
-Time: on the engine, the cost model (`anekit.perf`) predicts each kernel's time and a step is
-``n_layers x calls per batch x accum`` of each; that is a prediction for the kernels only, labelled
-so. Off the engine nothing predicts the CPU emulation's speed: the first step is measured instead.
+Time: on the engine, the cost model predicts every kernel of the step (`anekit.train.cost`), times
+``accum``; that is a prediction for the kernels only, labelled so. Off the engine nothing predicts
+the CPU emulation's speed: the first step is measured instead.
 """
 
 from __future__ import annotations
@@ -123,15 +123,12 @@ def estimate_memory(
 
 
 def predict_engine_step_ms(config: ModelConfig, batch: int, accum: int = 1, chip: str = "m4") -> float:
-    """The cost model's time for the kernels of one optimizer step on `chip`'s engine, in ms: each
-    kernel of a layer (`anekit.train.step.LAYER_KERNELS`) once per layer per micro-batch (the
-    whole batch per call, as `ModelRunner` schedules it). CPU work (classifier, dW, AdamW) is not
-    included."""
-    from ..kernels.layout import ROW_ALIGN, round_up
-    from ..perf import count_ops, predict
-    from .step import LAYER_KERNELS
+    """The cost model's time for the kernels of one optimizer step on `chip`'s engine, in ms: every
+    kernel the step runs (`anekit.train.cost.step_cost`) once per micro-batch. Host work (norms,
+    residuals, AdamW) is not included."""
+    from .cost import step_cost
 
-    s = round_up(config.seq_len, ROW_ALIGN)
-    specs = [make(config, batch, s) for make in LAYER_KERNELS.values()]
-    per_layer = sum(predict(count_ops(spec.program), chip).time_ms for spec in specs)
-    return per_layer * config.n_layers * accum
+    cost = step_cost(config, batch, chip=chip)
+    if cost.engine_ms is None:
+        raise ValueError("; ".join(cost.notes) or f"no cost-model parameters for {chip}")
+    return cost.engine_ms * accum
