@@ -209,9 +209,11 @@ class StepResult:
 
 
 class _Saved:
-    """Activations one layer's forward keeps for its backward (one call's worth of tokens)."""
+    """What one layer's forward keeps for its backward (one call's worth of tokens): the inputs
+    of the two RMSNorms and their rrms, and the worker's jobs that write the forward activations
+    the backward kernels take into the layer's bindings (`ModelRunner._prefetch`)."""
 
-    __slots__ = ("x", "rrms1", "xn1", "attn", "x2", "rrms2", "xn2", "ffn")
+    __slots__ = ("x", "rrms1", "x2", "rrms2", "attn_ready", "ffn_ready")
 
 
 def _is_exact(kernel) -> bool:
@@ -546,6 +548,24 @@ class ModelRunner:
 
         futures.append(self._pool.submit(work))
 
+    def _prefetch(self, layer: int, writes: dict[str, dict[str, np.ndarray]]) -> Future:
+        """Queue on the worker: write forward activations into layer `layer`'s bindings of the
+        kernels that take them in the backward pass (`writes`: kernel name -> segment -> array),
+        so that the main thread writes only the gradients there. Jobs run in order: a binding of a
+        weight-gradient kernel is written after its previous call's run; a backward kernel's, after
+        the main thread ran it (it waits for this job before running it again)."""
+        timing = self._timing
+
+        def work():
+            t0 = time.perf_counter()
+            for name, acts in writes.items():
+                spec, binding = self.specs[name], self.bindings[layer][name]
+                for seg, array in acts.items():
+                    _write(binding, spec, seg, array)
+            timing.dw_s += time.perf_counter() - t0
+
+        return self._pool.submit(work)
+
     # -- the step ------------------------------------------------------------------------------
     def _check_batch(self, tokens, targets) -> tuple[np.ndarray, np.ndarray]:
         tok = np.asarray(tokens)
@@ -567,35 +587,55 @@ class ModelRunner:
         out[:, : self.seq_len] = a
         return out.reshape(-1)
 
-    def _forward_layer(self, i: int, x: np.ndarray) -> tuple[np.ndarray, _Saved]:
+    def _forward_layer(self, i: int, x: np.ndarray, train: bool) -> tuple[np.ndarray, _Saved | None]:
+        """Layer i's forward; with `train`, also what its backward needs (`_Saved`): the
+        activations its backward kernels take go to their bindings on the worker, overlapping
+        the next kernels (nothing here is written after it is queued)."""
         cfg, p, dt = self.config, self._layer(i), self.dtype
-        s = _Saved()
-        s.x = x
-        s.xn1, s.rrms1 = cpu_ops.rmsnorm_forward(x, p["attn_norm"], cfg.norm_eps, dt)
-        s.attn = self._run(i, "attention_forward", xnorm=s.xn1)
-        s.x2 = x + s.attn["o"]
-        s.xn2, s.rrms2 = cpu_ops.rmsnorm_forward(s.x2, p["ffn_norm"], cfg.norm_eps, dt)
-        s.ffn = self._run(i, "ffn_forward", xnorm=s.xn2)
-        return s.x2 + s.ffn["y"], s
+        xn1, rrms1 = cpu_ops.rmsnorm_forward(x, p["attn_norm"], cfg.norm_eps, dt)
+        attn = self._run(i, "attention_forward", xnorm=xn1)
+        x2 = x + attn["o"]
+        s = None
+        if train:
+            s = _Saved()
+            s.x, s.rrms1, s.x2 = x, rrms1, x2
+            s.attn_ready = self._prefetch(
+                i,
+                {
+                    "attention_backward": {
+                        "q_rope": attn["q_rope"],
+                        "k_rope": attn["k_rope"],
+                        "v": attn["v"],
+                    },
+                    "attention_wgrad": {"xnorm": xn1, "attn": attn["attn"]},
+                },
+            )
+        xn2, rrms2 = cpu_ops.rmsnorm_forward(x2, p["ffn_norm"], cfg.norm_eps, dt)
+        ffn = self._run(i, "ffn_forward", xnorm=xn2)
+        if train:
+            s.rrms2 = rrms2
+            s.ffn_ready = self._prefetch(
+                i,
+                {
+                    "ffn_backward": {"h1": ffn["h1"], "h3": ffn["h3"]},
+                    "ffn_wgrad": {"xnorm": xn2, "gate": ffn["gate"]},
+                },
+            )
+        return x2 + ffn["y"], s
 
     def _backward_layer(self, i: int, dy: np.ndarray, s: _Saved, grads, futures) -> np.ndarray:
         """dy: gradient of the layer output; returns the gradient of its input. Nothing passed to
         the worker is written afterwards (each array here is new)."""
         p, dt, pre = self._layer(i), self.dtype, f"layers.{i}."
-        f = self._run(i, "ffn_backward", dy=dy, h1=s.ffn["h1"], h3=s.ffn["h3"])
-        self._submit_wgrad(
-            i, "ffn_wgrad", grads, futures, xnorm=s.xn2, dy=dy, gate=s.ffn["gate"], dh1=f["dh1"], dh3=f["dh3"]
-        )
+        s.ffn_ready.result()  # h1, h3 are in the binding
+        f = self._run(i, "ffn_backward", dy=dy)
+        self._submit_wgrad(i, "ffn_wgrad", grads, futures, dy=dy, dh1=f["dh1"], dh3=f["dh3"])
         dx2, dg = cpu_ops.rmsnorm_backward(f["dx"], s.x2, p["ffn_norm"], s.rrms2, dt)
         grads[pre + "ffn_norm"] += dg
         dx2 += dy
-        a = self._run(
-            i, "attention_backward", dy=dx2, q_rope=s.attn["q_rope"], k_rope=s.attn["k_rope"], v=s.attn["v"]
-        )
-        self._submit_wgrad(
-            i, "attention_wgrad", grads, futures,
-            xnorm=s.xn1, dy=dx2, attn=s.attn["attn"], dq=a["dq"], dk=a["dk"], dv=a["dv"],
-        )  # fmt: skip
+        s.attn_ready.result()  # q_rope, k_rope, v are in the binding
+        a = self._run(i, "attention_backward", dy=dx2)
+        self._submit_wgrad(i, "attention_wgrad", grads, futures, dy=dx2, dq=a["dq"], dk=a["dk"], dv=a["dv"])
         dx, dg = cpu_ops.rmsnorm_backward(a["dx"], s.x, p["attn_norm"], s.rrms1, dt)
         grads[pre + "attn_norm"] += dg
         dx += dx2
@@ -638,7 +678,7 @@ class ModelRunner:
         cfg, dt = self.config, self.dtype
         x = cpu_ops.embedding_forward(self.params["embed"], ctok, dt)
         for i in range(cfg.n_layers):
-            x, s = self._forward_layer(i, x)
+            x, s = self._forward_layer(i, x, saved is not None)
             if saved is not None:
                 saved.append(s)
         xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
