@@ -11,6 +11,7 @@ import pytest
 from anekit.backends.reference import compile as ref_compile
 from anekit.engine_limits import MASK_VALUE, MAX_SPATIAL
 from anekit.kernels.classifier import (
+    MIN_CHUNK,
     PAD_LOGIT,
     classifier_backward,
     classifier_forward,
@@ -161,8 +162,12 @@ def test_default_vocab_chunk():
     assert default_vocab_chunk(64, 32, 300) == 320
     for d, n, v in [(768, 2048, 32000), (1024, 256, 151936), (64, 8192, 1000), (768, 32, 32000)]:
         vc = default_vocab_chunk(d, n, v)
-        assert vc % 32 == 0 and n + vc <= MAX_SPATIAL and vc * n * 2 <= 2 * 2**20
+        assert vc % 32 == 0 and n + vc <= MAX_SPATIAL and (vc * n * 2 <= 2 * 2**20 or vc <= MIN_CHUNK)
         assert len(vocab_chunks(v, vc)) == -(-v // vc)
+    # many tokens per call: the 2 MB logits bound (512 rows at N = 2048) gives way to MIN_CHUNK rows
+    assert default_vocab_chunk(768, 2048, 32000) == 4000
+    assert default_vocab_chunk(768, 8192, 32000) == 4000  # 32 MB logits; still under MAX_SPATIAL
+    assert default_vocab_chunk(768, 14000, 32000) == 2304  # spatial cap 16,384 - 14,016, evened out
     assert vocab_chunks(300, 128) == [(0, 128), (128, 128), (256, 44)]
 
 

@@ -68,7 +68,12 @@ __all__ = [
     "default_vocab_chunk",
     "vocab_chunks",
     "PAD_LOGIT",
+    "MIN_CHUNK",
 ]
+
+#: `default_vocab_chunk` keeps the logits tile under 2 MB only down to chunks of this many rows
+#: (anekit's choice, from the cost model; see there).
+MIN_CHUNK = 4096
 
 #: Added to the logits of a last chunk's padding rows (see the module docstring): half the most
 #: negative finite fp16, so that logit - max stays finite (docs/ane-facts.md#finite-masks).
@@ -98,16 +103,20 @@ def default_vocab_chunk(dim: int, n_tokens: int, vocab: int) -> int:
     then evened out over the chunks `vocab` needs (so the last chunk is not a sliver):
 
     - the input row `[x | Wcᵀ]` is at most `MAX_SPATIAL` wide (mil-text.md §5 #12);
-    - the logits tile `[Vc, N]` fp16, which the exp and both reductions re-read, fits one operand
-      held on chip (`OPERAND_BYTES`, 2 MB; larger operands stream from DRAM, mil-text.md §5 #14);
     - the weight block `[D, Vc]` takes at most half the SRAM (`SRAM_BYTES`, 32 MB on M4,
-      ane-private-api.md §4.3), leaving the rest to x, the logits and the outputs.
+      ane-private-api.md §4.3), leaving the rest to x, the logits and the outputs;
+    - the logits tile `[Vc, N]` fp16, which the exp and both reductions re-read, fits one operand
+      held on chip (`OPERAND_BYTES`, 2 MB; larger operands stream from DRAM, mil-text.md §5 #14),
+      unless that leaves fewer than `MIN_CHUNK` rows: for many tokens per call (N = 2048 would get
+      512-row chunks) more dispatches (~0.1 ms each, ane-private-api.md §6) and more copies of x
+      (one per chunk and direction) cost more than streaming the logits (the cost model, Stories110M
+      N = 2048 on M4: 63 x 512-row chunks 123 ms, 8 x 4,000 79 ms).
 
     Stories110M, N = 256: the logits bound gives 4,096, so 32,000 rows go in 8 chunks of 4,000."""
     n = round_up(n_tokens, ROW_ALIGN)
     d = round_up(dim, ROW_ALIGN)
     by_width = MAX_SPATIAL - n
-    by_logits = OPERAND_BYTES // (FP16_BYTES * n)
+    by_logits = max(OPERAND_BYTES // (FP16_BYTES * n), MIN_CHUNK)
     by_weights = SRAM_BYTES // 2 // (FP16_BYTES * d)
     cap = max(ROW_ALIGN, min(by_width, by_logits, by_weights) // ROW_ALIGN * ROW_ALIGN)
     chunks = -(-vocab // cap)
