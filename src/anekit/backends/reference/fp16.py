@@ -64,7 +64,7 @@ def _round_wide(x: np.ndarray) -> np.ndarray:
 _SPLIT = np.float32(2.0**13 + 1)  # Veltkamp's splitting constant for 24 - 13 = 11 significant bits
 _SPLIT_FLOOR = np.float32(0.75)
 _SIGN = np.uint32(0x80000000)
-_INF_F = np.float32(np.inf)
+_CAP = np.float32(2.0**17)
 _MIN_REDUCE = np.minimum.reduce
 #: elements per pass of the in-place rounding: two float32 scratch blocks of this size (512 kB)
 #: stay in a core's L2 cache with the block being rounded, and the ~8 NumPy calls per block cost
@@ -88,9 +88,10 @@ def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
     significant bits, ties to even, using float32's own round-to-nearest-even. Raising t to at least
     0.75 rounds |x| below 2**-14 at fp16's subnormal spacing 2**-24 instead (t - |x| then lies in
     [0.5, 1), where float32's spacing is 2**-24; 0.75 * 2**24 is even, so ties still go to even). The
-    sign is put back by bits (the arithmetic gives +0 where -0 is due). Infs, NaNs and overflow
-    are patched afterwards. Checked bit-exact against the previous method (`_round_wide`, itself
-    checked against NumPy's casts) over all 2**32 float32 bit patterns."""
+    sign is put back by bits (the arithmetic gives +0 where -0 is due). Infs and overflow: |x| capped
+    at 2**17, rounded, and scaled through float32's overflow; a block with a NaN takes `_round_wide`.
+    Checked bit-exact against the previous method (`_round_wide`, itself checked against NumPy's
+    casts) over all 2**32 float32 bit patterns."""
     n = src.size
     t, a = _blocks(n)
     src_bits = src.view(np.uint32)
@@ -99,7 +100,15 @@ def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
     if negative:
         np.bitwise_and(src_bits, _ABS, out=a.view(np.uint32))
         mag = a
-    wide = not _MAX_REDUCE(mag, axis=None) <= _MAX_HALF_F  # overflow, inf or NaN (masks: -inf)
+    top = _MAX_REDUCE(mag, axis=None)
+    wide = not top <= _MAX_HALF_F  # overflow or inf (attention masks: -inf), or NaN
+    if wide:
+        if top != top:  # a NaN (NumPy's reductions propagate it): the general method, kept bit for bit
+            dst[...] = _round_wide(src)
+            return
+        # |x| capped at 2**17 (finite, still overflowing fp16) so that the splitting stays finite
+        np.minimum(mag, _CAP, out=a)
+        mag = a
     np.multiply(mag, _SPLIT, out=t)
     np.maximum(t, _SPLIT_FLOOR, out=t)
     np.subtract(t, mag, out=a)
@@ -107,14 +116,9 @@ def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
         np.subtract(t, a, out=dst)
         return
     np.subtract(t, a, out=a)  # |x| rounded
-    if wide:
-        # inf and NaN came out NaN (inf - inf), and so did |x| past float32's max / 8193: put |x|
-        # back there (NaNs keep their bits, as NumPy's cast does not promise but the engine keeps
-        # no NaN anyway); then past 65504 is fp16 overflow: inf (65520 and up round to 2**16)
-        back = np.isnan(a)
-        if back.any():
-            np.copyto(a, np.abs(src), where=back)
-        np.copyto(a, _INF_F, where=a > _MAX_HALF_F)
+    if wide:  # past 65504 (rounded up to 2**16 or more) is fp16 overflow: inf, by float32's own
+        a *= _OVER_UP  # |a| >= 2**16 overflows float32 to inf when scaled by 2**112; the rest is exact
+        a *= _OVER_DOWN
     if not negative:
         dst[...] = a
         return

@@ -172,23 +172,17 @@ def erfc(x: Array) -> Array:
 # -- unary math (mil-text.md §3.3) ---------------------------------------------------------------
 
 
-_SIGN_BITS = {np.dtype(np.float32): np.uint32(0x80000000), np.dtype(np.float64): np.uint64(1 << 63)}
-
-
 def _sigmoid(x: Array) -> Array:
     """1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|): stable for both signs (exp never
-    sees a positive argument). Computed in place in two new arrays: -|x| by setting the sign bit,
-    the numerator 1 or e chosen before the one division (the same operations on the same values as
-    computing both quotients and choosing, so the same bits)."""
-    sign = _SIGN_BITS.get(x.dtype)
-    if sign is None or not x.flags.c_contiguous:
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-    bits = x.view(sign.dtype)
-    e = np.bitwise_or(bits, sign).view(x.dtype)  # -|x|
+    sees a positive argument). Computed in place in two new arrays, the numerator chosen before the
+    one division (the same operations on the same values as computing both quotients and choosing,
+    so the same bits): max(e, x >= 0) is 1 where x >= 0 (e <= 1 there) and e elsewhere (NaN stays
+    NaN); a masked copy or `np.where` costs 7-10 ns per element on random signs, the maximum 0.35."""
+    e = np.abs(x)
+    np.negative(e, out=e)
     np.exp(e, out=e)
     d = np.add(e, 1.0)
-    np.copyto(e, 1.0, where=x >= 0)
+    np.maximum(e, x >= 0, out=e)
     np.divide(e, d, out=d)
     return d
 
