@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._coreml import mb
-from ..engine_limits import ROW_ALIGN
+from ..engine_limits import FP16_BYTES, OPERAND_BYTES, ROW_ALIGN
 from .common import KernelSpec, build_program, input_block
 from .layout import Layout
 
@@ -45,7 +45,7 @@ __all__ = ["ADAMW_COEFFICIENTS", "DEFAULT_ROWS", "DEFAULT_WIDTH", "adamw_update"
 #: size past which operands stream from DRAM (engine_limits.OPERAND_BYTES), and a block's dozen
 #: intermediates stay inside the 32 MB SRAM (engine_limits.SRAM_BYTES).
 DEFAULT_ROWS = 256
-DEFAULT_WIDTH = 2048
+DEFAULT_WIDTH = OPERAND_BYTES // (2 * DEFAULT_ROWS * FP16_BYTES)  # 2048: a block is half the operand size
 #: The columns of the `coef` row, in order.
 ADAMW_COEFFICIENTS = ("rho", "beta1", "one_minus_beta1", "sqrt_beta2", "sqrt_one_minus_beta2", "eps_scaled")
 #: fp16's smallest normal number: the floor of both divisors (see the module docstring).
