@@ -12,8 +12,11 @@ plus the classifier and its cross-entropy over vocabulary chunks (`anekit.train.
 weight-gradient kernels [..] (dW = dy·xᵀ, `anekit.kernels.wgrad`) run on a worker thread (one worker,
 like maderix's serial cblas queue, §5.4), so they overlap the main thread's next backward kernels;
 the worker writes their activations into the layer's binding, runs it, and adds the fp16 results
-into the fp32 gradients (accumulation across micro-batches stays fp32 on the host, §10.4). The step
-waits for it only before returning the gradients.
+into the fp32 gradients (accumulation across micro-batches stays fp32 on the host, §10.4), dividing
+the loss scale out as it goes. During the forward pass the same worker writes the activations the
+backward kernels take (q_rope, k_rope, v, h1, h3, and the dW kernels' xnorm, attn, gate) into their
+layer bindings, so the main thread writes only gradients in the backward pass. The step waits for
+the worker only before returning the gradients.
 
 On the CPU: embedding gather and scatter-add, RMSNorm forward/backward (and dγ), residual adds, the
 final RMSNorm, the classifier's target gather and one-hot part, loss-scale unscaling. `schedule`
