@@ -182,3 +182,22 @@ def test_two_bindings_of_one_kernel_run_on_two_threads():
         t.join()
     for i in range(2):
         assert all(g.tobytes() == alone[i].tobytes() for g in got[i])
+
+
+@pytest.mark.parametrize("cols", [slice(100, 1100), slice(0, 4096), slice(5, 6)])
+def test_write_slice_rounds_into_the_bound_input(cols):
+    """float32 blocks rounded straight into rows of the bound input (blocks of rows, one column,
+    the whole width): what a generic binding staging float16 gives, bit for bit, the rest intact."""
+    kernel = ref_compile(_two_output_program(4096))
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((1, 8, 1, 4096)) * 3).astype(np.float16)
+    binding = kernel.new_binding()
+    binding.write(x=x)
+    width = len(range(4096)[cols])
+    values = (rng.standard_normal((8, width)) * 10.0 ** rng.integers(-9, 6, (8, width))).astype(np.float32)
+    values[0, 0] = np.float32(-0.0)
+    with np.errstate(over="ignore"):
+        binding.write_slice("x", (0, slice(None), 0, cols), values)
+        x[0, :, 0, cols] = values
+    assert binding._staged["x"].tobytes() == x.astype(np.float32).tobytes()
+    assert binding.run()["out"].tobytes() == kernel(x=x)["out"].tobytes()

@@ -82,7 +82,8 @@ def _blocks(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
-    """Round 1-D float32 `src` to fp16 values into `dst` (same size; may be `src` itself).
+    """Round float32 `src` to fp16 values into `dst` (same shape, at most `CHUNK` elements; may be
+    `src` itself; any strides, e.g. rows of a wider array).
 
     Veltkamp's splitting: with t = |x| * (2**13 + 1), `t - (t - |x|)` is |x| rounded to 24 - 13 = 11
     significant bits, ties to even, using float32's own round-to-nearest-even. Raising t to at least
@@ -94,6 +95,8 @@ def _round_block(src: np.ndarray, dst: np.ndarray) -> None:
     casts) over all 2**32 float32 bit patterns."""
     n = src.size
     t, a = _blocks(n)
+    if src.ndim != 1:
+        t, a = t.reshape(src.shape), a.reshape(src.shape)
     src_bits = src.view(np.uint32)
     negative = _MIN_REDUCE(src.view(np.int32), axis=None) < 0  # any sign bit set (-0.0 included)
     mag = src
@@ -140,6 +143,24 @@ def round_fp16_(x: np.ndarray) -> np.ndarray:
             block = flat[i : i + CHUNK]
             _round_block(block, block)
     return x
+
+
+def round_fp16_into(src: np.ndarray, dst: np.ndarray) -> None:
+    """Round float32 `src` (rows x columns, C-contiguous) into `dst`, a float32 array of the same
+    shape with contiguous rows, e.g. a block of a wider bound input: no intermediate array."""
+    rows, width = src.shape
+    if src.size <= _SMALL:
+        dst[...] = round_fp16(src)
+        return
+    step = max(1, CHUNK // width) if width <= CHUNK else 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if step:
+            for r in range(0, rows, step):
+                _round_block(src[r : r + step], dst[r : r + step])
+            return
+        for r in range(rows):  # rows longer than a block
+            for c in range(0, width, CHUNK):
+                _round_block(src[r, c : c + CHUNK], dst[r, c : c + CHUNK])
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..._coreml import types
 from ...errors import AnekitError
 from ..base import Binding, Kernel, KernelInputError, TensorSpec, check_inputs, pick_function, var_spec
 from . import ops as _ops  # noqa: F401  (fills OPS)
-from .fp16 import round_fp16, round_fp16_
+from .fp16 import round_fp16, round_fp16_, round_fp16_into
 from .registry import (
     FRESH_RESULT,
     MAX_TENSOR_BYTES,
@@ -168,6 +168,25 @@ class ReferenceKernel(Kernel):
         self._plan = [_plan_step(step, consts) for step in self._steps]
         #: the constants' arrays, which a run never hands out as its own
         self._const_ids = frozenset(id(v) for v in consts.values())
+        self._frees = self._last_uses(consts)
+
+    def _last_uses(self, consts: dict) -> list[tuple[int, ...]]:
+        """For each step, the slots whose value no later step reads (and that are no input, constant
+        or output): dropped from the run's environment right after it, so an intermediate's memory
+        goes back to the allocator while it is still in cache and the next result reuses it."""
+        keep = set(self._input_slots.values()) | set(consts) | set(self._output_slots.values())
+        last: dict[int, int] = {}
+        for i, (_, _, args, outs, _) in enumerate(self._steps):
+            for _, s in args:
+                for slot in s if isinstance(s, tuple) else (s,):
+                    last[slot] = i
+            for slot in outs:
+                last.setdefault(slot, i)  # a result nothing reads: dropped at once
+        frees: list[list[int]] = [[] for _ in self._steps]
+        for slot, i in last.items():
+            if slot not in keep:
+                frees[i].append(slot)
+        return [tuple(f) for f in frees]
 
     def _compile_op(self, op, consts) -> tuple[tuple, bool]:
         impl = OPS.get(op.op_type)
@@ -339,11 +358,14 @@ class ReferenceKernel(Kernel):
         env = self._env_template.copy()
         for name, slot in self._input_slots.items():
             env[slot] = stored[name]
+        frees = self._frees
         i = 0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             try:
                 for i, step in enumerate(self._plan):  # noqa: B007 - i names the failing op
                     step(env)
+                    for slot in frees[i]:
+                        env[slot] = None
             except Exception as e:  # noqa: BLE001 - every failure becomes an anekit error
                 known = {slot: v for slot, v in enumerate(env) if v is not None}
                 given = {n: np.shape(a) for n, a in inputs.items()}
@@ -548,10 +570,27 @@ class ReferenceBinding(Binding):
                 # as the generic binding stages it: cast to the dtype the input was written in
                 v = np.empty(target_shape, dtype=written)
                 v[...] = values
-            # float32 or float16 into fp16 storage: the rounding of the cast to float16 and then back
-            stored[index] = self._store(name, v)
+            if not (v.dtype == _F32 and self._round_into(stored, index, v)):
+                # float32 or float16 into fp16 storage: the rounding of the cast to float16 and back
+                stored[index] = self._store(name, v)
         except (IndexError, ValueError, TypeError) as e:
             raise KernelInputError(f"write_slice into input {name!r} {tuple(stored.shape)}: {e}") from e
+
+    @staticmethod
+    def _round_into(stored: np.ndarray, index, v: np.ndarray) -> bool:
+        """Round float32 `v` to fp16 values straight into `stored[index]` when that is a view with
+        contiguous rows (a block of a bound input); False (nothing written) otherwise."""
+        target = stored[index]
+        if target.ndim == 0 or not v.flags.c_contiguous or target.strides[-1] != _F32.itemsize:
+            return False
+        if np.may_share_memory(v, stored):  # values read from the input itself: assignment copes
+            return False
+        width = target.shape[-1]
+        rows = target.reshape(-1, width) if width else target
+        if not width or not np.may_share_memory(rows, stored):  # an index that copies: not a view
+            return False
+        round_fp16_into(v.reshape(-1, width), rows)
+        return True
 
     def _inputs_ready(self) -> None:
         kernel = self.kernel
