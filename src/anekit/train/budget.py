@@ -3,16 +3,20 @@
 Memory is counted from the model's shapes, part by part, the way `anekit.train.step.ModelRunner`
 and `anekit.train.loop.Trainer` hold them:
 
-- weights: the fp32 master copy the optimizer updates, plus the runner's copy in its CPU dtype;
+- weights: the fp32 master copy the optimizer updates, plus the runner's embedding, norms and head
+  in its CPU dtype (the layer matrices live only in the kernels' inputs);
 - gradients: one set in the CPU dtype (two while micro-batches are accumulated);
-- AdamW state: the two fp32 moments, plus one parameter's worth of temporaries for the update check;
-- kernel buffers: every layer's weights staged into its four kernels' inputs (ane-private-api.md §5.4:
-  attention forward/backward hold Wq, Wk, Wv, Wo; FFN forward/backward hold W1, W2, W3) in the
-  buffer dtype (fp16; float64 under exact reference numerics), plus their activation blocks;
-- activations: what each layer's forward keeps for its backward, per token (`step._Saved`);
-- working set: the largest transient of one step: the classifier's logits for one vocabulary chunk,
-  or one kernel call's values (a layer's weights unpacked, the FFN's hidden values, the attention
-  scores and probabilities per head);
+- AdamW state: the two fp32 moments, plus the fused pass's scratch blocks;
+- kernel buffers: every layer's six kernel inputs (`anekit.train.step`): attention and FFN forward
+  and backward hold the layer's matrices (ane-private-api.md §5.4 "Stage") and their activation
+  segments; the weight-gradient kernels hold activations; in the buffer dtype (fp16; float64 under
+  exact reference numerics);
+- classifier buffers: the classifier's weight as staged and in its chunks' forward and backward
+  inputs, with the tokens' activations per chunk (`anekit.train.classifier`);
+- activations: what each layer's forward keeps on the host for its backward (x, x2, two rrms);
+- working set: the largest transient of one step: one classifier chunk's logits while its kernel
+  runs, or one kernel call's values (a layer's weights unpacked, the FFN's hidden values, the
+  attention scores and probabilities per head);
 - runtime: the Python process with NumPy, coremltools and the tokenizer loaded (measured on Linux,
   CPython 3.12: 340 MB).
 
@@ -37,7 +41,6 @@ from ..model.config import ModelConfig
 MB = 1 << 20
 GB = 1 << 30
 RUNTIME_BYTES = 340 * MB  #: the interpreter with anekit's imports (see module docstring)
-VOCAB_CHUNK = 8192  #: classifier rows per chunk (`ModelRunner(vocab_chunk=...)` default)
 
 
 @dataclass(frozen=True)
@@ -94,25 +97,40 @@ def estimate_memory(
 
     exact: the reference backend's exact numerics (float64 buffers and CPU side) instead of fp16/fp32.
     available: the machine's memory to compare with (default: `physical_memory()`)."""
+    from ..kernels.classifier import default_vocab_chunk
     from ..kernels.layout import ROW_ALIGN, round_up
+    from .optim import SCRATCH_BYTES, AdamW
 
     cpu = 8 if exact else 4
     buf = 8 if exact else 2
     n = config.n_params()
-    D, H, Q, KV, L = config.dim, config.hidden_dim, config.q_dim, config.kv_dim, config.n_layers
+    D, H, Q, KV, L, V = (
+        config.dim, config.hidden_dim, config.q_dim, config.kv_dim, config.n_layers, config.vocab_size
+    )  # fmt: skip
     layer = 2 * Q * D + 2 * KV * D + 3 * H * D  # one layer's matrices
-    biggest = max(a * b for a, b in ((config.vocab_size, D), (H, D), (Q, D)))
-    tokens = batch * round_up(config.seq_len, ROW_ALIGN)
-    per_token_saved = 6 * D + 2 * Q + 2 * KV + 3 * H  # x, norms, residuals, attention and FFN taps
     s_pad = round_up(config.seq_len, ROW_ALIGN)
+    tokens = batch * s_pad
+    chunk = min(V, default_vocab_chunk(D, tokens, V))
     parts = {
-        "weights": n * 4 + n * cpu,
+        # the fp32 master copy; the runner keeps only the embedding, norms and head (the layer
+        # matrices live in the kernels' inputs)
+        "weights": n * 4 + (n - L * layer) * cpu,
         "gradients": n * cpu * (2 if accum > 1 else 1),
-        "AdamW state": 2 * n * 4 + 3 * biggest * 4,
-        "kernel buffers": L * (2 * layer * buf + tokens * (4 * D + 2 * Q + 2 * H) * buf),
-        "activations": L * tokens * per_token_saved * cpu,
+        "AdamW state": 2 * n * 4 + AdamW.threads * SCRATCH_BYTES,
+        # per layer: the forward and backward kernels each hold the layer's matrices and their
+        # activation segments; the weight-gradient kernels hold only activations
+        "kernel buffers": L
+        * (
+            2 * layer * buf
+            + tokens * (4 * D + 2 * Q + 2 * H) * buf
+            + tokens * (4 * round_up(D, ROW_ALIGN) + 2 * Q + 2 * KV + 3 * H) * buf
+        ),
+        # the classifier's weight (once as staged, once per direction in its chunk bindings) and x
+        "classifier buffers": 3 * V * D * buf + 2 * -(-V // chunk) * tokens * D * buf,
+        # what a layer's forward keeps on the host for its backward: x, x2 and two rrms per token
+        "activations": L * tokens * (2 * D + 2) * cpu,
         "working set": max(
-            3 * tokens * min(config.vocab_size, VOCAB_CHUNK) * cpu,  # logits, softmax, dlogits
+            3 * tokens * chunk * 4,  # one classifier chunk's logits, exp and products while it runs
             # one kernel call: its layer's weights unpacked, the FFN's and the attention's values
             # (scores, probabilities and their gradients per head), fitted to the measured peaks
             layer * 4 + tokens * (10 * H + 8 * D + 6 * config.n_heads * s_pad) * 4,

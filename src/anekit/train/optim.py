@@ -24,6 +24,8 @@ import numpy as np
 _BLOCK_BYTES = 1 << 18
 #: Elements per block.
 CHUNK = _BLOCK_BYTES // 4
+#: Scratch memory per thread of the fused pass: five float32 blocks (`AdamW._scratch_for`).
+SCRATCH_BYTES = 5 * _BLOCK_BYTES
 #: Half an ulp of float32's largest finite value (2^104 / 2): a finite float32 x plus any y with
 #: |y| < HALF_ULP_MAX rounds to a finite value (|x + y| < FLT_MAX + 2^103 = 2^128 - 2^103, the
 #: round-to-nearest overflow threshold). The finiteness proof of `AdamW.step` rests on it.
