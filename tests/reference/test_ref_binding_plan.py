@@ -87,15 +87,17 @@ def _specials(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", [600, 70_000, 200_000])
-@pytest.mark.parametrize("only", ["mixed", "finite", "non-negative"])
+@pytest.mark.parametrize("only", ["mixed", "finite", "non-negative", "signed"])
 def test_round_fp16_blocks_match_numpy_with_specials(n, only):
     """The block-wise rounding (new array and in place) against NumPy's casts: every block branch
-    (no sign bit, some sign bits, inf / NaN / overflow present or not)."""
+    (no sign bit; both signs with or without x in [-2**-25, -0]; inf / NaN / overflow present)."""
     x = _specials(n, n)
     if only != "mixed":
         x = np.where(np.abs(x) <= 65504, x, np.float32(1.5))
     if only == "non-negative":
         x = np.abs(x)
+    if only == "signed":  # both signs, none rounding to -0: the signed splitting
+        x = np.where((x < 0) & (x >= -(2.0**-25)) | (x.view(np.uint32) == 0x80000000), np.float32(-3e-5), x)
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(np.float16).astype(np.float32)
     for got in (round_fp16(x), round_fp16_(x.copy())):
