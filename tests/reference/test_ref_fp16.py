@@ -56,3 +56,10 @@ def test_round_fp16_on_gradient_like_magnitudes(scale):
     x = (np.random.default_rng(0).standard_normal(10_000) * scale).astype(np.float32)
     with np.errstate(over="ignore"):
         assert same(round_fp16(x), x.astype(np.float16).astype(np.float32))
+
+
+def test_to_half_without_specials_matches_numpy_on_every_finite_fp16():
+    """An array with no inf or NaN takes the select-free path: every finite fp16 value, shuffled."""
+    finite = ALL_HALVES[np.isfinite(ALL_HALVES)]
+    finite = finite[np.random.default_rng(0).permutation(finite.size)]
+    assert same(to_half(finite.astype(np.float32)), finite)

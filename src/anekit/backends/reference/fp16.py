@@ -17,6 +17,7 @@ import numpy as np
 _ABS = np.uint32(0x7FFFFFFF)
 _INF = np.uint32(0x7F800000)
 _MIN_NORMAL = np.uint32(0x38800000)  # 2**-14, the smallest normal fp16
+_MIN_NORMAL_F = np.float32(2.0**-14)
 _SUB_SCALE = np.float32(2.0**24)  # fp16 subnormals are multiples of 2**-24
 _EXP_BITS = np.uint32(0x7F800000)
 _C_CAP = np.uint32(0x47800000)  # 2**16: exponent clamp of the rounding constant's source
@@ -243,10 +244,8 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_half(x: np.ndarray) -> np.ndarray:
-    """float32 values that are already fp16-representable (from `round_fp16`) as a float16 array,
-    bit-exact, without NumPy's slow subnormal path."""
-    x = np.asarray(x, dtype=np.float32)
+def _to_half_general(x: np.ndarray) -> np.ndarray:
+    """`to_half` with infs and NaNs (NaN -> 0x7E00, sign kept), by masked selects."""
     bits = x.view(np.uint32)
     sign = ((bits >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint16)
     mag = bits & _ABS
@@ -262,6 +261,32 @@ def to_half(x: np.ndarray) -> np.ndarray:
     if special.any():  # NaN / inf
         half = np.where(special, np.where(mag > _INF, np.uint16(0x7E00), np.uint16(0x7C00)), half)
     return (half | sign).view(np.float16)
+
+
+def to_half(x: np.ndarray) -> np.ndarray:
+    """float32 values that are already fp16-representable (from `round_fp16`) as a float16 array,
+    bit-exact, without NumPy's slow casts (~2.3 ns per element, ~80 on subnormals) and without
+    masked selects."""
+    x = np.asarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    mag = bits & _ABS
+    if mag.size and _MAX_REDUCE(mag, axis=None) >= _INF:  # inf or NaN (rare)
+        return _to_half_general(x)
+    # normal: rebias the exponent (127 -> 15) and keep the top 10 mantissa bits (below 2**-14 this
+    # is at most the subnormal code, or wraps negative as int32)
+    half = mag >> np.uint32(13)
+    half -= np.uint32((127 - 15) << 10)
+    # zero and subnormals: min(|x|, 2**-14) + 0.5 lies where float32's spacing is 2**-24, so its
+    # bits past 0.5's count |x| / 2**-24 (rounded to even, as np.rint would, were x not fp16-exact);
+    # at and above 2**-14 that is 0x400, at most the normal code: the larger of the two (as int32)
+    # is the fp16 code, with no masked select (`np.where` costs ~7 ns per element on scattered masks)
+    sub = np.minimum(mag.view(np.float32), _MIN_NORMAL_F)
+    sub += np.float32(0.5)
+    sub = sub.view(np.uint32)
+    sub -= np.uint32(0x3F000000)
+    np.maximum(half.view(np.int32), sub.view(np.int32), out=half.view(np.int32))
+    half |= (bits >> np.uint32(16)) & np.uint32(0x8000)
+    return half.astype(np.uint16).view(np.float16)
 
 
 #: Every fp16 bit pattern's float32 value, from NumPy's own cast: decoding is one table lookup.
