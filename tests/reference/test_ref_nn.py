@@ -224,6 +224,23 @@ def test_softmax(axis):
     close(got, torch.softmax(t64(x), dim=-1 if axis is None else axis), rtol=1e-9, atol=1e-300)
 
 
+def test_softmax_rows_with_nan_and_inf():
+    """Rows holding a NaN or all -inf come out NaN, as PyTorch's; rows with -inf entries (masks)
+    or +-0 take the fast row maximum and still match PyTorch."""
+    x = _data((6, 16), scale=4.0)
+    x[0, 3] = np.nan
+    x[1, :] = -np.inf
+    x[2, 5:] = -np.inf
+    x[3, :] = 0.0
+    x[3, ::2] = -0.0
+    x[4, 7] = np.inf
+    got = run1(lambda x: mb.softmax(x=x, axis=-1), {"x": x})
+    want = torch.softmax(t64(x), dim=-1).numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=1e-300)
+
+
 # -- normalization -------------------------------------------------------------------------------
 
 
