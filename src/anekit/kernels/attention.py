@@ -276,7 +276,7 @@ def attention_backward(
     `v` [KVd, N] (the forward kernel's outputs) | `wq_t`, `wk_t`, `wv_t`, `wo` staged exactly as
     for the forward kernel. Output (width N): `dx` [D] (gradient of xnorm), `dq` [Qd], `dk`
     [KVd], `dv` [KVd]: gradients of the projections Wq·xnorm, Wk·xnorm, Wv·xnorm (before RoPE,
-    kv heads reduced), so that dWq = dq·xnormᵀ etc. on the CPU.
+    kv heads reduced), so that dWq = dq·xnormᵀ etc. (`anekit.kernels.wgrad.attention_wgrad`).
     """
     dm = _Dims(cfg, n_seq, seq_len)
     d, qd, kvd, n = dm.d, dm.qd, dm.kvd, dm.n
