@@ -1,11 +1,13 @@
 """Host-side time per training step, optimizer included, against the same step in PyTorch.
 
 The host side of a step is everything but the kernel runs: `ModelRunner.step`'s time outside its
-kernel calls, then the update the training loop makes (`anekit.train.loop`: global-norm clipping,
-AdamW, restaging the weights into the kernels' inputs). On a Mac the kernels run on the engine while
-this is the CPU's share; here they run on the reference backend, whose time is reported apart and
-excluded. The PyTorch step is forward, backward and `torch.optim.AdamW` in float32 on the CPU with
-the same thread count, run in the same process, interleaved; nothing is asserted.
+kernel calls, then the update the training loop makes (`anekit.train.loop.Trainer._update`: the
+clipping norm, from the step's `grad_sq` when it has one, else a read pass; AdamW with the clipping
+factor folded into its pass; restaging the weights into the kernels' inputs). On a Mac the kernels
+run on the engine while this is the CPU's share; here they run on the reference backend, whose time
+is reported apart and excluded. The PyTorch step is forward, backward and `torch.optim.AdamW` in
+float32 on the CPU with the same thread count, run in the same process, interleaved; nothing is
+asserted.
 
     python benchmarks/host_time.py [--preset stories110m] [--batch 1] [--repeats 3] [--threads 2] [--json]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -38,7 +41,7 @@ def main() -> None:
 
     from anekit.model import preset
     from anekit.model.reference import init_params
-    from anekit.train.optim import AdamW, clip_by_global_norm
+    from anekit.train.optim import AdamW, clip_factor, global_norm
     from anekit.train.step import ModelRunner
 
     torch.set_num_threads(args.threads)
@@ -63,10 +66,10 @@ def main() -> None:
 
     def anekit_step() -> dict[str, float]:
         res = runner.step(tok, tgt, loss_scale=256.0)
-        t0 = time.perf_counter()
-        clip_by_global_norm(res.grads, 1.0)
+        t0 = time.perf_counter()  # as Trainer._update does it (one micro-batch, one process)
+        norm = math.sqrt(res.grad_sq) if res.grad_sq is not None else global_norm(res.grads)
         t1 = time.perf_counter()
-        opt.step(own, res.grads, lr=3e-4)
+        opt.step(own, res.grads, lr=3e-4, grad_scale=clip_factor(norm, 1.0), grad_norm=norm)
         t2 = time.perf_counter()
         runner.set_params(own)
         t3 = time.perf_counter()
@@ -120,7 +123,7 @@ def main() -> None:
         f"(best {out['host_ms_best']:.1f})"
     )
     print(
-        f"    step outside kernels {p['step_host_ms']:.1f}, clip {p['clip_ms']:.1f}, "
+        f"    step outside kernels {p['step_host_ms']:.1f}, clip norm {p['clip_ms']:.1f}, "
         f"AdamW {p['adamw_ms']:.1f}, restage {p['restage_ms']:.1f} ms"
     )
     print(f"  PyTorch step + AdamW (float32, CPU): {out['pytorch_step_ms_median']:.1f} ms")

@@ -366,3 +366,46 @@ def test_step_on_the_engine_close_to_torch(cases, name):
     assert res.loss == pytest.approx(want_loss, rel=1e-2)
     for k, g in res.grads.items():
         assert cosine(g, want[k]) > 0.99, (k, cosine(g, want[k]))
+
+
+@pytest.mark.parametrize("numerics,rtol", [("exact", 1e-12), ("ane", 1e-6)])
+def test_step_returns_the_sum_of_squares_of_its_gradients(cases, numerics, rtol):
+    """`StepResult.grad_sq` (taken as the gradients are written, for the loop's clipping norm) is
+    Σg² of the returned gradients, against float64 NumPy; also with two kernel calls per step
+    (gqa4: two contributions to each matrix) and a loss scale. None when the step adds into given
+    arrays; non-finite when the gradients are."""
+    cfg, b, spc, p, tok, tgt, _ = cases["gqa4"]
+    with ModelRunner(cfg, b, backend="reference", numerics=numerics, seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        res = runner.step(tok, tgt, loss_scale=64.0)
+        want = sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in res.grads.values())
+        assert res.finite and res.grad_sq == pytest.approx(want, rel=rtol)
+        given = {k: np.zeros_like(g) for k, g in res.grads.items()}
+        assert runner.step(tok, tgt, loss_scale=64.0, grads=given).grad_sq is None
+        if numerics == "ane":
+            bad = runner.step(tok, tgt, loss_scale=1e9)  # fp16 overflow on the engine side
+            assert not bad.finite and not math.isfinite(bad.grad_sq)
+
+
+def test_blocked_unscaling_matches_the_whole_array_expressions():
+    """`_scaled_into` (row blocks; 64-row tiles for a transposed source) gives the bits of
+    `value * inv` / `g + value * inv`, and Σg² of the result (float64 oracle)."""
+    from anekit.train import step as step_mod
+
+    rng = np.random.default_rng(3)
+    for shape in ((300, 700), (1000,), (130, 64)):
+        for transposed in (False, True) if len(shape) == 2 else (False,):
+            src = rng.standard_normal(shape[::-1] if transposed else shape).astype(np.float32)
+            value = src.T if transposed else src
+            base = rng.standard_normal(shape).astype(np.float32)
+            for inv in (1.0, 1.0 / 3.0):
+                g = np.empty(shape, np.float32)
+                sq = step_mod._scaled_into(g, value, inv, True, True)
+                np.testing.assert_array_equal(g, value * np.float32(inv) if inv != 1.0 else value)
+                assert sq == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-6)
+                g = base.copy()
+                assert step_mod._scaled_into(g, value, inv, False, False) == 0.0
+                np.testing.assert_array_equal(g, base + value * inv if inv != 1.0 else base + value)
+            g = base.copy()
+            step_mod._scaled_into(g, None, 0.25, True, True)
+            np.testing.assert_array_equal(g, base * np.float32(0.25))

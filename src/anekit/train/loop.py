@@ -513,12 +513,13 @@ class Trainer:
 
     def train_step(self, step: int) -> StepLog:
         t0 = time.perf_counter()
+        grad_sq = None
         if self.group:
             grads, loss, finite, engine, cpu, comm = self._gradients_dp(step)
         else:
-            grads, loss, finite, engine, cpu = self._gradients()
+            grads, loss, finite, engine, cpu, grad_sq = self._gradients()
             comm = None
-        return self._update(step, grads, loss, finite, engine, cpu, comm, t0)
+        return self._update(step, grads, loss, finite, engine, cpu, comm, t0, grad_sq)
 
     def _grad_factor(self) -> float:
         """What the summed gradients of a step are multiplied by to be the mean gradient: 1/accum for
@@ -526,9 +527,12 @@ class Trainer:
         return 1.0 if self.group else 1.0 / self.opts.accum
 
     def _gradients(self):
-        """(sum of the gradients of `accum` micro-batches, mean loss, finite, engine s, CPU s)."""
+        """(sum of the gradients of `accum` micro-batches, mean loss, finite, engine s, CPU s, their
+        sum of squares or None). The step's own sum of squares (`StepResult.grad_sq`, taken as its
+        gradients were written) is that of the sum only for one micro-batch; otherwise None."""
         opts = self.opts
         grads: dict[str, np.ndarray] | None = None
+        grad_sq = None
         losses, finite, engine, cpu = [], True, 0.0, 0.0
         for _ in range(opts.accum):
             tokens, targets = next(self.batches)
@@ -538,12 +542,13 @@ class Trainer:
             losses.append(res.loss)
             finite &= res.finite and math.isfinite(res.loss)
             if grads is None:
-                grads = res.grads
+                grads, grad_sq = res.grads, res.grad_sq
             else:
+                grad_sq = None
                 for k, g in res.grads.items():
                     grads[k] += g
         assert grads is not None  # the sum: `_update` folds 1/accum into the optimizer's pass
-        return grads, float(np.mean(losses)), finite, engine, cpu
+        return grads, float(np.mean(losses)), finite, engine, cpu, grad_sq
 
     def _gradients_dp(self, step: int):
         """As `_gradients`, summed over the ranks: the micro-batches accumulate (loss-scaled) into the
@@ -575,16 +580,23 @@ class Trainer:
         mean_loss = float(summary[0]) / self.world
         return self.buckets.views, mean_loss, bool(summary[1] == 0.0), engine, cpu, comm
 
-    def _update(self, step, grads, loss, finite, engine, cpu, comm, t0) -> StepLog:
+    def _update(self, step, grads, loss, finite, engine, cpu, comm, t0, grad_sq=None) -> StepLog:
         """Clip, then AdamW (unless a gradient or the update is non-finite), then restage the weights.
 
-        The gradients are read once for their norm; the mean over micro-batches and the clipping
-        factor are applied inside the optimizer's own pass (`grad_scale`), not as passes of their own."""
+        The clipping norm is the step's own sum of squares when it has one (`grad_sq`: one
+        micro-batch, one process), else one read pass over the gradients (`global_norm`); the mean
+        over micro-batches and the clipping factor are applied inside the optimizer's own pass
+        (`grad_scale`), not as passes of their own."""
         opts = self.opts
         lr = self.lr_at(step)
         t = time.perf_counter()
         factor = self._grad_factor()
-        raw_norm = global_norm(grads) if finite else float("nan")
+        if not finite:
+            raw_norm = float("nan")
+        elif grad_sq is not None:
+            raw_norm = math.sqrt(grad_sq) if grad_sq >= 0 else float("nan")
+        else:
+            raw_norm = global_norm(grads)
         norm = raw_norm * factor
         finite &= math.isfinite(norm)
         reason = ""

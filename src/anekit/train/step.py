@@ -46,6 +46,7 @@ reported (`StepResult.finite`, `.nonfinite`), never hidden; a dynamic loss scale
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -203,13 +204,18 @@ class StepTiming:
 @dataclass
 class StepResult:
     """Loss (mean over target tokens), gradients by parameter name (shapes of
-    `config.param_shapes()`, loss scale divided out), finiteness, timing."""
+    `config.param_shapes()`, loss scale divided out), finiteness, timing, and their sum of squares."""
 
     loss: float
     grads: dict[str, np.ndarray]
     finite: bool
     nonfinite: list[str] = field(default_factory=list)
     timing: StepTiming = field(default_factory=StepTiming)
+    #: Σg² over every returned gradient (as returned: loss scale divided out), summed in float64
+    #: from per-block sums taken as the gradients were written (`_scaled_into`); what the training
+    #: loop's clipping norm needs without a pass of its own. None when the step added into
+    #: caller-given `grads` (they are not final there).
+    grad_sq: float | None = None
 
 
 class _Saved:
@@ -271,43 +277,85 @@ def _check_grad_arrays(grads: Mapping[str, np.ndarray], shapes: dict, dtype) -> 
             raise ValueError(f"grads[{name!r}] must be a {dtype} array of shape {shape}, got {got}")
 
 
-def _unscale(grads: dict[str, np.ndarray], loss_scale: float) -> list[str]:
-    """Divide the loss scale out of `grads` in place; the names of those not all finite."""
-    if loss_scale != 1.0:
-        inv = 1.0 / loss_scale
-        for g in grads.values():
-            g *= inv
-    return [name for name, g in grads.items() if not np.all(np.isfinite(g))]
+#: Rows of a gradient per block of `_scaled_into` when its source is transposed: a 64-row tile
+#: (the tiled transpose of `classifier.transposed`); contiguous sources go in blocks of `_BLOCK`
+#: elements (256 kB of float32, cache-resident while their square sum is taken).
+_T_ROWS = 64
+_BLOCK = 1 << 16
+
+
+def _scaled_into(g: np.ndarray, value: np.ndarray | None, inv: float, first: bool, squares: bool) -> float:
+    """`g = value·inv` (first) or `g += value·inv`, in row blocks (value None: `g *= inv`);
+    returns Σg² over the result when `squares` (each block's `vdot` while it is in cache, summed
+    in float64), else 0.0. The elementwise arithmetic is that of the whole-array expressions: the
+    bits do not depend on the blocking. g: C-contiguous, at least 1-D."""
+    rows = g.shape[0]
+    width = g.size // max(rows, 1)
+    src = g if value is None else value
+    step = _T_ROWS if not src.flags.c_contiguous else max(1, _BLOCK // max(width, 1))
+    total = 0.0
+    for r in range(0, rows, step):
+        gb, vb = g[r : r + step], src[r : r + step]
+        if first:
+            if inv != 1.0:
+                np.multiply(vb, inv, out=gb)
+            elif value is not None:
+                np.copyto(gb, vb)
+        elif inv == 1.0:
+            gb += vb
+        else:
+            gb += vb * inv
+        if squares:
+            total += float(np.vdot(gb, gb))
+    return total
+
+
+def _unscale(grads: dict[str, np.ndarray], loss_scale: float) -> tuple[list[str], dict[str, float]]:
+    """Divide the loss scale out of `grads` in place: (the names of those not all finite, each
+    one's sum of squares after)."""
+    inv = 1.0 / loss_scale
+    bad, sq = [], {}
+    for name, g in grads.items():
+        sq[name] = _scaled_into(g, None, inv, True, True)
+        if not np.isfinite(sq[name]) and not np.isfinite(g).all():
+            bad.append(name)
+    return bad, sq
 
 
 class _WorkerGrads:
     """Where the weight-gradient worker puts its results in one step.
 
     For a step that owns its gradients (no `grads=` given), the worker also divides the loss scale
-    out and checks finiteness of what it adds, so the main thread never passes over the layer
-    matrices (most of the parameters) again: the first contribution to a matrix is written, not
-    added (`np.empty` arrays, no zeroing pass), as `value · (1/loss_scale)`; later ones (more calls
-    per step) are added likewise scaled. A kernel output is all finite iff its sum is finite: its
-    values are fp16 values (at most 65504) or float64, whose sum cannot overflow here."""
+    out, and as it writes the last contribution to a matrix (`contributions` per step: one per
+    kernel call), takes its sum of squares (`sq`, block by block while in cache, `_scaled_into`),
+    so the main thread never passes over the layer matrices (most of the parameters) again and
+    the training loop needs no pass of its own for the clipping norm (`StepResult.grad_sq`). The
+    first contribution to a matrix is written, not added (`np.empty` arrays, no zeroing pass), as
+    `value · (1/loss_scale)`; later ones are added likewise scaled. Finiteness: a matrix is all
+    finite iff its sum of squares is, unless the squares overflow, which only a precise check
+    (`np.isfinite`) then tells apart; a non-finite contribution leaves the sum non-finite (inf and
+    NaN survive additions)."""
 
-    def __init__(self, grads: dict[str, np.ndarray], fresh: set[str], inv_scale: float, check: bool):
+    def __init__(self, grads: dict[str, np.ndarray], fresh: set[str], inv_scale: float, check: bool,
+                 contributions: int = 1):  # fmt: skip
         self.grads, self.fresh, self.inv, self.check = grads, fresh, inv_scale, check
+        self.left = dict.fromkeys(fresh, contributions) if check else {}
         self.nonfinite: set[str] = set()
+        self.sq: dict[str, float] = {}
 
     def add(self, name: str, value: np.ndarray) -> None:
         g = self.grads[name]
-        if name in self.fresh:
-            self.fresh.discard(name)
-            if self.inv == 1.0:
-                np.copyto(g, value)
-            else:
-                np.multiply(value, self.inv, out=g)
-        elif self.inv == 1.0:
-            g += value
-        else:
-            g += value * self.inv
-        if self.check and not np.isfinite(np.sum(value)):
-            self.nonfinite.add(name)
+        first = name in self.fresh
+        self.fresh.discard(name)
+        last = False
+        if self.check:
+            self.left[name] -= 1
+            last = self.left[name] == 0
+        sq = _scaled_into(g, value, self.inv, first, last)
+        if last:
+            self.sq[name] = sq
+            if not np.isfinite(sq) and not np.isfinite(g).all():
+                self.nonfinite.add(name)
 
 
 def _write(binding, spec: KernelSpec, segment: str, array: np.ndarray) -> None:
@@ -715,7 +763,10 @@ class ModelRunner:
         from_kernels = self._from_kernels
         grads = self._grad_arrays(given, shapes, from_kernels)
         if given is None:  # the worker unscales and checks what it writes (`_WorkerGrads`)
-            self._sink = _WorkerGrads(grads, set(from_kernels), 1.0 / loss_scale, check=True)
+            calls = self.batch_size // self.n_seq  # contributions to each matrix
+            self._sink = _WorkerGrads(
+                grads, set(from_kernels), 1.0 / loss_scale, check=True, contributions=calls
+            )
         else:
             self._sink = _WorkerGrads(grads, set(), 1.0, check=False)
         futures: list[Future] = []
@@ -736,10 +787,14 @@ class ModelRunner:
             self._finish_timing(t_start)
             return StepResult(loss, grads, bool(np.isfinite(loss)), [], timing)
         rest = {name: g for name, g in grads.items() if name not in from_kernels}
-        bad = set(_unscale(rest, loss_scale)) | self._sink.nonfinite
+        bad, sq = _unscale(rest, loss_scale)
+        bad = set(bad) | self._sink.nonfinite
+        sq.update(self._sink.sq)
         nonfinite = [name for name in shapes if name in bad]
+        grad_sq = math.fsum(sq[name] for name in shapes) if len(sq) == len(shapes) else None
         self._finish_timing(t_start)
-        return StepResult(loss, grads, not nonfinite and bool(np.isfinite(loss)), nonfinite, timing)
+        finite = not nonfinite and bool(np.isfinite(loss))
+        return StepResult(loss, grads, finite, nonfinite, timing, grad_sq)
 
     def _grad_arrays(self, given, shapes: dict, written: set[str]) -> dict[str, np.ndarray]:
         """The arrays a step adds its gradients into: `given` (checked), else new arrays: zeros,
