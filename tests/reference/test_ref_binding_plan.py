@@ -203,3 +203,44 @@ def test_write_slice_rounds_into_the_bound_input(cols):
         x[0, :, 0, cols] = values
     assert binding._staged["x"].tobytes() == x.astype(np.float32).tobytes()
     assert binding.run()["out"].tobytes() == kernel(x=x)["out"].tobytes()
+
+
+def _concat_program():
+    """Outputs joined by one concat on channels, as the training kernels end: a matmul (also read
+    by a later op), an add and a mul seen through reshapes, a relu (copied by the concat)."""
+    spec = {"x": mb.TensorSpec(shape=(1, 1, 16, 64), dtype=types.fp16)}
+    with Function(spec, ct.target.iOS18) as func:
+        x = func.inputs["x"]
+        w = np.random.default_rng(7).standard_normal((1, 1, 16, 16)).astype(np.float16)
+        m = mb.matmul(x=w, y=x, transpose_x=True, name="m")
+        a = mb.add(x=m, y=x, name="a")
+        p = mb.mul(x=a, y=m, name="p")
+        r = mb.relu(x=p, name="r")
+        parts = [mb.reshape(x=t, shape=[1, 16, 1, 64], name=f"{t.name}_r") for t in (m, a, p, r)]
+        func.set_outputs([mb.concat(values=parts, axis=1, name="out")])
+    prog = Program()
+    prog.add_function("main", func)
+    return prog, w
+
+
+def test_concat_operands_computed_in_place_match_numpy():
+    """Steps computing straight into the concat's result give NumPy's float32 ops rounded by
+    NumPy's float16 casts; every run's result is new (an earlier one stays as it was)."""
+    prog, w = _concat_program()
+    kernel = ref_compile(prog)
+    binding = kernel.new_binding()
+    rng = np.random.default_rng(8)
+    results = []
+    for _ in range(2):
+        x = (rng.standard_normal((1, 1, 16, 64)) * 2).astype(np.float16)
+        binding.write(x=x)
+        got = binding.run_float32()["out"]
+        r16 = lambda t: t.astype(np.float16).astype(np.float32)  # noqa: E731
+        xf, wf = x.astype(np.float32), w.astype(np.float32)
+        m = r16(np.matmul(np.swapaxes(wf, -1, -2), xf))
+        a = r16(m + xf)
+        p = r16(a * m)
+        want = np.concatenate([t.reshape(1, 16, 1, 64) for t in (m, a, p, np.maximum(p, 0))], axis=1)
+        assert got.tobytes() == want.tobytes()
+        results.append((got, got.copy()))
+    assert results[0][0].tobytes() == results[0][1].tobytes()
