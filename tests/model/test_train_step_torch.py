@@ -409,3 +409,24 @@ def test_blocked_unscaling_matches_the_whole_array_expressions():
             g = base.copy()
             step_mod._scaled_into(g, None, 0.25, True, True)
             np.testing.assert_array_equal(g, base * np.float32(0.25))
+
+
+def test_a_step_can_reuse_the_arrays_of_an_earlier_one(cases):
+    """`step(reuse=)` writes the gradients into given arrays (overwriting what they hold): the same
+    bits as a step into new arrays, with two calls per step and a loss scale; errors for bad use."""
+    cfg, b, spc, p, tok, tgt, _ = cases["gqa4"]
+    with ModelRunner(cfg, b, backend="reference", numerics="ane", seqs_per_call=spc) as runner:
+        runner.set_params(p)
+        want = runner.step(tok, tgt, loss_scale=64.0)
+        old = runner.step(tok[::-1], tgt[::-1], loss_scale=8.0).grads
+        for g in old.values():
+            g[...] = np.nan  # whatever they held must not leak into the new gradients
+        got = runner.step(tok, tgt, loss_scale=64.0, reuse=old)
+        assert got.loss == want.loss and got.finite and got.grad_sq == want.grad_sq
+        for k in want.grads:
+            assert got.grads[k] is old[k]
+            np.testing.assert_array_equal(got.grads[k], want.grads[k], err_msg=k)
+        with pytest.raises(ValueError, match="not both"):
+            runner.step(tok, tgt, grads=old, reuse=old)
+        with pytest.raises(ValueError, match="two names"):
+            runner.step(tok, tgt, reuse={**old, "layers.0.ffn_norm": old["layers.0.attn_norm"]})

@@ -161,8 +161,8 @@ def test_skipped_updates_stop_the_run_naming_the_last_good_checkpoint(tmp_path, 
     trainer = Trainer(opts)
     real_step = trainer.runner.step
 
-    def poisoned(tokens, targets, loss_scale=1.0):
-        res = real_step(tokens, targets, loss_scale=loss_scale)
+    def poisoned(tokens, targets, loss_scale=1.0, **kw):
+        res = real_step(tokens, targets, loss_scale=loss_scale, **kw)
         if trainer.step >= 2:
             for g in res.grads.values():
                 g *= 1e25

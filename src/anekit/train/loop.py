@@ -180,6 +180,7 @@ class Trainer:
 
         self.runner = ModelRunner(self.config, opts.batch, backend=self.backend, **options)
         self.runner.set_params(self.params)
+        self._spare_grads: dict[str, np.ndarray] | None = None  #: the last update's, reused
         self.step = self.start_step  #: optimizer steps done so far
         self.val_loss: float | None = None
         if self.group:
@@ -534,9 +535,12 @@ class Trainer:
         grads: dict[str, np.ndarray] | None = None
         grad_sq = None
         losses, finite, engine, cpu = [], True, 0.0, 0.0
+        # one micro-batch: the previous step's gradient arrays, done with, take this step's
+        # (`ModelRunner.step(reuse=)`: no fresh pages to fault in)
+        reuse, self._spare_grads = (self._spare_grads if opts.accum == 1 else None), None
         for _ in range(opts.accum):
             tokens, targets = next(self.batches)
-            res = self.runner.step(tokens, targets, loss_scale=self.scaler.scale)
+            res = self.runner.step(tokens, targets, loss_scale=self.scaler.scale, reuse=reuse)
             engine += res.timing.engine_s
             cpu += res.timing.total_s - res.timing.engine_s
             losses.append(res.loss)
@@ -611,6 +615,8 @@ class Trainer:
             else:
                 self.scaler.update(True)
                 self.runner.set_params(self.params)  # restage the weights; nothing recompiles
+        if not self.group and opts.accum == 1:
+            self._spare_grads = grads  # the update is done with them (`_gradients` reuses them)
         cpu += time.perf_counter() - t
         dt = time.perf_counter() - t0
         n_tokens = opts.accum * opts.batch * self.world * self.config.seq_len

@@ -730,6 +730,7 @@ class ModelRunner:
         *,
         grads: dict[str, np.ndarray] | None = None,
         on_ready: Callable[[list[str]], None] | None = None,
+        reuse: Mapping[str, np.ndarray] | None = None,
     ) -> StepResult:
         """Loss and gradients of the mean next-token cross-entropy of `tokens` `[B, S]` against
         `targets` `[B, S]` (ids, or `cpu_ops.IGNORE`). fp16 overflow is not an error here: it
@@ -739,10 +740,16 @@ class ModelRunner:
         multiplied by `loss_scale` and not checked for finiteness (the caller unscales and checks
         them, e.g. after summing micro-batches and ranks: `anekit.train.distributed`). on_ready: called
         with parameter names as their gradients become final in this call (on the weight-gradient
-        worker, in backward order: the last layer first), so a reduction can start early."""
+        worker, in backward order: the last layer first), so a reduction can start early.
+        reuse: the gradient arrays of an earlier result the caller is done with (not with `grads`):
+        this step's gradients are written into them, overwriting them, instead of into new arrays
+        (the returned `grads` are these arrays). It saves the page faults of ~4 bytes per parameter
+        of fresh memory each step (~0.7 ns per element measured on x86, ~60 ms for Stories110M)."""
         tok, tgt = self._check_batch(tokens, targets)
+        if reuse is not None and grads is not None:
+            raise ValueError("pass grads (added into) or reuse (overwritten), not both")
         with blas_threads(self.blas_threads), np.errstate(over="ignore", invalid="ignore"):
-            return self._step(tok, tgt, loss_scale, grads, on_ready)
+            return self._step(tok, tgt, loss_scale, grads, on_ready, reuse)
 
     def _chunks(self, tok: np.ndarray, tgt: np.ndarray):
         """(tokens, targets) of each kernel call: `n_seq` sequences, flat and padded."""
@@ -765,14 +772,14 @@ class ModelRunner:
         xf, rrms_f = cpu_ops.rmsnorm_forward(x, self.params["final_norm"], cfg.norm_eps, dt)
         return x, xf, rrms_f
 
-    def _step(self, tok, tgt, loss_scale: float, given=None, on_ready=None) -> StepResult:
+    def _step(self, tok, tgt, loss_scale: float, given=None, on_ready=None, reuse=None) -> StepResult:
         t_start = time.perf_counter()
         self._timing = timing = StepTiming()
         cls = self.classifier_kernels
         cls.engine_s, cls.kernel_calls = 0.0, 0
         shapes = self.config.param_shapes()
         from_kernels = self._from_kernels
-        grads = self._grad_arrays(given, shapes, from_kernels)
+        grads = self._grad_arrays(given, shapes, from_kernels, reuse)
         if given is None:  # the worker unscales and checks what it writes (`_WorkerGrads`)
             calls = self.batch_size // self.n_seq  # contributions to each matrix
             self._sink = _WorkerGrads(
@@ -807,12 +814,26 @@ class ModelRunner:
         finite = not nonfinite and bool(np.isfinite(loss))
         return StepResult(loss, grads, finite, nonfinite, timing, grad_sq)
 
-    def _grad_arrays(self, given, shapes: dict, written: set[str]) -> dict[str, np.ndarray]:
-        """The arrays a step adds its gradients into: `given` (checked), else new arrays: zeros,
-        or uninitialised for those the worker writes before adding (`written`, `_WorkerGrads`)."""
+    def _grad_arrays(self, given, shapes: dict, written: set[str], reuse=None) -> dict[str, np.ndarray]:
+        """The arrays a step adds its gradients into: `given` (checked), else new arrays (or those
+        of `reuse`, checked): zeros, or left as they are for those the worker writes before adding
+        (`written`, `_WorkerGrads`)."""
         if given is not None:
             _check_grad_arrays(given, shapes, self.dtype)
             return given
+        if reuse is not None:
+            _check_grad_arrays(reuse, shapes, self.dtype)
+            out = {}
+            for name in shapes:
+                g = reuse[name]
+                if not g.flags.c_contiguous or not g.flags.writeable:
+                    raise ValueError(f"reuse[{name!r}] must be a writable C-contiguous array")
+                if name not in written:
+                    g.fill(0)
+                out[name] = g
+            if len({id(g) for g in out.values()}) != len(out):
+                raise ValueError("reuse holds the same array under two names")
+            return out
         return {
             name: (np.empty if name in written else np.zeros)(shape, dtype=self.dtype)
             for name, shape in shapes.items()
