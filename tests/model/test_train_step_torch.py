@@ -409,6 +409,9 @@ def test_blocked_unscaling_matches_the_whole_array_expressions():
             g = base.copy()
             step_mod._scaled_into(g, None, 0.25, True, True)
             np.testing.assert_array_equal(g, base * np.float32(0.25))
+            wide = np.empty(shape, np.float64)  # a float64 host dtype over float32 kernel outputs
+            step_mod._scaled_into(wide, value, 0.5, True, False)
+            np.testing.assert_array_equal(wide, value.astype(np.float64) * 0.5)
 
 
 def test_a_step_can_reuse_the_arrays_of_an_earlier_one(cases):

@@ -131,9 +131,9 @@ TRANSPOSE_TILE = 64
 
 
 def transposed(a: np.ndarray, out: np.ndarray | None = None, tile: int = TRANSPOSE_TILE) -> np.ndarray:
-    """`a.T` (2-D) as a C-contiguous array (into `out` when it is one of the right shape and
-    dtype), copied in tiles of `tile` rows of `a`."""
-    if out is None or out.shape != a.shape[::-1] or out.dtype != a.dtype or not out.flags.c_contiguous:
+    """`a.T` (2-D) as a C-contiguous array, copied in tiles of `tile` rows of `a`: into `out` when
+    it is a C-contiguous array of that shape (converted to its dtype), else into a new one."""
+    if out is None or out.shape != a.shape[::-1] or not out.flags.c_contiguous:
         out = np.empty(a.shape[::-1], dtype=a.dtype)
     for r0 in range(0, a.shape[0], tile):
         out[:, r0 : r0 + tile] = a[r0 : r0 + tile].T
