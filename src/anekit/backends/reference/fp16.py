@@ -67,10 +67,12 @@ _SPLIT_FLOOR = np.float32(0.75)
 _SIGN = np.uint32(0x80000000)
 _CAP = np.float32(2.0**17)
 _MIN_REDUCE = np.minimum.reduce
-#: elements per pass of the in-place rounding: two float32 scratch blocks of this size (512 kB)
+#: bytes of one float32 block of the in-place rounding: two scratch blocks of this size (512 kB)
 #: stay in a core's L2 cache with the block being rounded, and the ~8 NumPy calls per block cost
 #: ~0.1 ns per element (measured: 1.0 ns/element per 512x512 array chunked, 1.4 unchunked)
-CHUNK = 1 << 16
+_BLOCK_BYTES = 1 << 18
+#: elements per pass of the in-place rounding
+CHUNK = _BLOCK_BYTES // 4
 _scratch = threading.local()
 
 
