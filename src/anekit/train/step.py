@@ -479,7 +479,8 @@ class ModelRunner:
         Each matrix is converted to the buffer dtype once (through the CPU dtype, so float64 input
         rounds as the fp32 master copy does) for every binding that stages it. Half the layers
         and the classifier are staged on the worker thread, the rest here (conversions and
-        copies release the GIL)."""
+        copies release the GIL). `params` keeps its arrays from one call to the next (the new values
+        are copied into them), so an array taken from it earlier shows the new values."""
         shapes = self.config.param_shapes()
         missing = sorted(set(shapes) - set(params))
         extra = sorted(set(params) - set(shapes))
@@ -492,6 +493,11 @@ class ModelRunner:
                 raise ValueError(f"parameter {name!r} has shape {a.shape}, the config says {shape}")
             if name in self._staged_params:
                 matrices[name] = a
+                continue
+            prev = (self.params or {}).get(name)
+            if prev is not None and prev.shape == shape and prev.dtype == self.dtype and prev is not a:
+                np.copyto(prev, a)  # into the previous copy: no fresh pages (the embedding: 98 MB)
+                own[name] = prev
             else:
                 own[name] = a.astype(self.dtype, copy=True)
         self.params = own
