@@ -277,9 +277,10 @@ def _check_grad_arrays(grads: Mapping[str, np.ndarray], shapes: dict, dtype) -> 
             raise ValueError(f"grads[{name!r}] must be a {dtype} array of shape {shape}, got {got}")
 
 
-#: Elements per block of `_scaled_into` (256 kB of float32: cache-resident while its square sum
-#: is taken).
-_BLOCK = 1 << 16
+#: Bytes of one block of `_scaled_into` (float32, cache-resident while its square sum is taken).
+_BLOCK_BYTES = 1 << 18
+#: Elements per block.
+_BLOCK = _BLOCK_BYTES // 4
 
 
 def _scaled_into(g: np.ndarray, value: np.ndarray | None, inv: float, first: bool, squares: bool) -> float:
