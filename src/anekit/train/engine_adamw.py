@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels.adamw import ADAMW_COEFFICIENTS, DEFAULT_ROWS, DEFAULT_WIDTH, adamw_update
+from .optim import load_scalars, state_dict_of
 
 __all__ = ["EngineAdamW", "TARGET_EXPONENT"]
 
@@ -278,20 +279,10 @@ class EngineAdamW:
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """As `AdamW.state_dict`: `m.<name>`, `v.<name>` in float32 (exact, see the module docstring)."""
         m, v = self._moments() if self.t else ({}, {})
-        tensors = {f"m.{k}": a for k, a in m.items()} | {f"v.{k}": a for k, a in v.items()}
-        scalars = {
-            "t": self.t,
-            "lr": self.lr,
-            "betas": list(self.betas),
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-        }
-        return tensors, scalars
+        return state_dict_of(self, m, v)
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
-        self.t = int(scalars["t"])
-        self.lr, self.eps, self.weight_decay = scalars["lr"], scalars["eps"], scalars["weight_decay"]
-        self.betas = tuple(scalars["betas"])
+        load_scalars(self, scalars)
         self._loaded = {k: np.asarray(a, np.float32) for k, a in tensors.items()}
         self._blocks = self._shapes = None
 

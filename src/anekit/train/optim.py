@@ -255,23 +255,36 @@ class AdamW:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """Tensors (`m.<name>`, `v.<name>`) and scalars, for checkpoints."""
-        tensors = {f"m.{k}": a for k, a in self.m.items()} | {f"v.{k}": a for k, a in self.v.items()}
-        scalars = {
-            "t": self.t,
-            "lr": self.lr,
-            "betas": list(self.betas),
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-        }
-        return tensors, scalars
+        return state_dict_of(self, self.m, self.v)
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
-        self.t = int(scalars["t"])
-        self.lr, self.eps, self.weight_decay = scalars["lr"], scalars["eps"], scalars["weight_decay"]
-        self.betas = tuple(scalars["betas"])
+        load_scalars(self, scalars)
         self.m = {k[2:]: np.array(a, dtype=np.float32) for k, a in tensors.items() if k.startswith("m.")}
         self.v = {k[2:]: np.array(a, dtype=np.float32) for k, a in tensors.items() if k.startswith("v.")}
         self._m_bounds.clear()
+
+
+def state_dict_of(
+    opt, m: dict[str, np.ndarray], v: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The checkpoint form of an AdamW's state, one format for `AdamW` and `EngineAdamW`: the moments
+    as tensors `m.<name>`, `v.<name>`, and `opt`'s step count and hyperparameters as scalars."""
+    tensors = {f"m.{k}": a for k, a in m.items()} | {f"v.{k}": a for k, a in v.items()}
+    scalars = {
+        "t": opt.t,
+        "lr": opt.lr,
+        "betas": list(opt.betas),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+    }
+    return tensors, scalars
+
+
+def load_scalars(opt, scalars: dict) -> None:
+    """Set `opt`'s step count and hyperparameters from the scalars of `state_dict_of`."""
+    opt.t = int(scalars["t"])
+    opt.lr, opt.eps, opt.weight_decay = scalars["lr"], scalars["eps"], scalars["weight_decay"]
+    opt.betas = tuple(scalars["betas"])
 
 
 def _fused(w, g, m, v, w_out, m_out, v_out, a, coef) -> None:
