@@ -81,3 +81,6 @@ def test_estimate_train_config_file_and_bad_input(micro_config, tmp_path):
     assert bad.exit_code == 1 and "not a preset" in bad.output
     both = runner.invoke(app, ["estimate", "stories110m", "--train", "--decode"])
     assert both.exit_code == 1 and "one of --decode and --train" in both.output
+    # a sequence the engine cannot hold is refused before any program is built (not a MemoryError)
+    long = runner.invoke(app, ["estimate", "tiny", "--train", "--seq-len", "100000"])
+    assert long.exit_code == 1 and "at most 16384" in long.output

@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from .._coreml import mb
+from ..engine_limits import MAX_SPATIAL
 from .common import (
     DEFAULT_CONST_PRECISION,
     MASK_VALUE,
@@ -91,6 +92,11 @@ class _Dims:
         self.s = cfg.seq_len if seq_len is None else seq_len
         if n_seq < 1 or self.s < 1:
             raise ValueError(f"n_seq and seq_len must be positive, got {n_seq}, {self.s}")
+        if self.s > MAX_SPATIAL:  # the scores' rows are seq_len wide (engine_limits.MAX_SPATIAL)
+            raise ValueError(
+                f"sequence length {self.s}: the attention kernels hold [seq_len, seq_len] score rows, and "
+                f"the engine takes rows of at most {MAX_SPATIAL}; use a shorter seq_len"
+            )
         self.n_seq = n_seq
         self.n = n_seq * self.s  # tokens per call
         self.hd_pad = round_up(self.hd, ROW_ALIGN)  # contracted head dim, padded (§1.7)
