@@ -1,7 +1,8 @@
 """Optimizer benchmark: one AdamW update over Stories110M-sized float32 parameters.
 
-- host: `anekit.train.optim.AdamW` (the NumPy blocked pass on 2 threads and 1), against the two-pass implementation it replaced (kept below
-  as `TwoPassAdamW`, for this comparison only), best of N in one process;
+- host: `anekit.train.optim.AdamW` (the NumPy blocked pass on 2 threads and 1), against the
+  two-pass implementation it replaced (kept below as `TwoPassAdamW`, for this comparison only),
+  best of N in one process;
 - engine: `anekit.train.engine_adamw.EngineAdamW` on the reference backend, its host-side time per
   update (packing gradients, reading results, forming the fp32 weights: everything but the kernel
   runs, which the runner reports).
