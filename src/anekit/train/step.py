@@ -384,6 +384,13 @@ def _write(binding, spec: KernelSpec, segment: str, array: np.ndarray) -> None:
         off += w
 
 
+#: Layer-matrix elements per layer from which `set_params` splits the staging over two threads.
+#: Below it the per-call Python work of the bindings' writes (which holds the GIL) dominates and
+#: two threads were slower than one (tiny, 0.44 M per layer: 9.9 ms on two threads, 8.3 on one;
+#: Stories110M, 7.1 M per layer: ~420 ms on two, ~600 on one; this 2-core x86).
+_SPLIT_STAGING = 1 << 20
+
+
 class ModelRunner:
     """Computes loss and every parameter gradient of a batch with kernels plus CPU work.
 
@@ -511,6 +518,12 @@ class ModelRunner:
         per_layer = max(1, sum(int(np.prod(shapes[k])) for k in matrices) // n)
         classifier_layers = self.classifier.size // per_layer  # the classifier, in layers' worth
         here = min(n, (n + classifier_layers + 1) // 2)
+        if per_layer < _SPLIT_STAGING:  # small layers: the calls' overhead holds the GIL, one thread
+            for i in range(n):
+                self._stage_layer(i, matrices)
+            self.classifier_kernels.set_weight(self.classifier)
+            self._staged = True
+            return
 
         def on_worker():
             self.classifier_kernels.set_weight(self.classifier)
