@@ -11,8 +11,9 @@ and `anekit.train.loop.Trainer` hold them:
   and backward hold the layer's matrices (ane-private-api.md §5.4 "Stage") and their activation
   segments; the weight-gradient kernels hold activations; in the buffer dtype (fp16; float64 under
   exact reference numerics);
-- classifier buffers: the classifier's weight as staged and in its chunks' forward and backward
-  inputs, with the tokens' activations per chunk (`anekit.train.classifier`);
+- classifier buffers: the classifier's weight as the host keeps it (Wᵀ per chunk, CPU dtype) and in
+  its chunks' forward and backward inputs, with the tokens' activations per chunk
+  (`anekit.train.classifier`);
 - activations: what each layer's forward keeps on the host for its backward (x, x2, two rrms);
 - working set: the largest transient of one step: one classifier chunk's logits while its kernel
   runs, or one kernel call's values (a layer's weights unpacked, the FFN's hidden values, the
@@ -20,10 +21,11 @@ and `anekit.train.loop.Trainer` hold them:
 - runtime: the Python process with NumPy, coremltools and the tokenizer loaded (measured on Linux,
   CPython 3.12: 340 MB).
 
-It is an estimate. Measured peaks (max RSS, reference backend, Linux, 2 steps): tiny batch 8
-435 MB (estimated 432 MB); stories15m shapes with vocab 512 at batch 2 / 8 / 16: 554 / 988 / 1432 MB
-(estimated 603 / 955 / 1425 MB). The run is refused only when the estimate exceeds the machine's
-physical memory, where it would swap or be killed.
+It is an estimate. Measured peaks (max RSS of 2 steps with AdamW and restaging, reference backend,
+Linux): tiny batch 8 436 MB (estimated 443 MB); stories15m shapes with vocab 512 at batch 8 1046 MB
+(estimated 1038 MB); stories110m batch 1 3992 MB (estimated 3384 MB: 15 % under). The run is
+refused only when the estimate exceeds the machine's physical memory, where it would swap or be
+killed.
 
 Time: on the engine, the cost model predicts every kernel of the step (`anekit.train.cost`), times
 ``accum``; that is a prediction for the kernels only, labelled so. Off the engine nothing predicts
@@ -91,18 +93,21 @@ def estimate_memory(
     accum: int = 1,
     *,
     exact: bool = False,
+    reference: bool = False,
     available: int | None = None,
 ) -> MemoryEstimate:
     """Peak memory of training `config` with `batch` sequences per micro-batch (see module docstring).
 
     exact: the reference backend's exact numerics (float64 buffers and CPU side) instead of fp16/fp32.
+    reference: the kernels run on the reference backend, whose bindings hold fp16 inputs as float32
+    (the values the interpreter computes with, `ReferenceBinding`): twice the engine's bytes.
     available: the machine's memory to compare with (default: `physical_memory()`)."""
     from ..kernels.classifier import default_vocab_chunk
     from ..kernels.layout import ROW_ALIGN, round_up
     from .optim import SCRATCH_BYTES, AdamW
 
     cpu = 8 if exact else 4
-    buf = 8 if exact else 2
+    buf = 8 if exact else (4 if reference else 2)  # bytes a binding holds per input element
     n = config.n_params()
     D, H, Q, KV, L, V = (
         config.dim, config.hidden_dim, config.q_dim, config.kv_dim, config.n_layers, config.vocab_size
@@ -126,7 +131,7 @@ def estimate_memory(
             + tokens * (4 * round_up(D, ROW_ALIGN) + 2 * Q + 2 * KV + 3 * H) * buf
         ),
         # the classifier's weight (once as staged, once per direction in its chunk bindings) and x
-        "classifier buffers": 3 * V * D * buf + 2 * -(-V // chunk) * tokens * D * buf,
+        "classifier buffers": V * D * cpu + 2 * V * D * buf + 2 * -(-V // chunk) * tokens * D * buf,
         # what a layer's forward keeps on the host for its backward: x, x2 and two rrms per token
         "activations": L * tokens * (2 * D + 2) * cpu,
         "working set": max(

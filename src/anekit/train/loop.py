@@ -342,7 +342,9 @@ class Trainer:
 
         opts, config = self.opts, self.config
         exact = opts.numerics == "exact" and self.backend == "reference"
-        memory = estimate_memory(config, opts.batch, opts.accum, exact=exact)
+        memory = estimate_memory(
+            config, opts.batch, opts.accum, exact=exact, reference=self.backend == "reference"
+        )
         if not memory.fits and not opts.force:
             raise OptionError(
                 f"not enough memory for {config.name} at --batch {opts.batch}: {memory.describe()}. "
