@@ -776,3 +776,22 @@ def test_sampling_options_out_of_range_name_the_flag(temperature):
     with pytest.raises(OptionError) as info:
         SamplingOptions(max_tokens=5, temperature=temperature, top_k=0)
     assert "--temperature must be a finite number >= 0" in info.value.for_flag()
+
+
+@pytest.mark.parametrize("options", [[1], "engine", {"optimizer": ["engine"]}, {"optimizer": "bogus"}])
+def test_a_resumed_run_s_recorded_optimizer_is_read_defensively(options):
+    """`extra` in state.json is free-form: a damaged record of the optimizer is an anekit error or
+    ignored, never a raw exception."""
+    from types import SimpleNamespace
+
+    from anekit.errors import AnekitError
+    from anekit.train.loop import Trainer
+    from anekit.train.options import TrainOptions
+
+    me = SimpleNamespace(opts=TrainOptions(), notes=[])
+    info = SimpleNamespace(train_state=SimpleNamespace(extra={"options": options}))
+    try:
+        Trainer._pick_optimizer(me, info)
+    except AnekitError as e:
+        assert "unknown optimizer" in str(e)
+    assert me.opts.optimizer == "host"

@@ -457,7 +457,8 @@ class Trainer:
 
     def _pick_optimizer(self, info) -> None:
         """On resume, the optimizer the run was started with (recorded in the checkpoint's options)."""
-        recorded = (info.train_state.extra.get("options") or {}).get("optimizer") if info else None
+        options = info.train_state.extra.get("options") if info else None
+        recorded = options.get("optimizer") if isinstance(options, dict) else None
         if recorded is None or recorded == self.opts.optimizer:
             return
         if recorded not in OPTIMIZERS:
