@@ -9,7 +9,8 @@ import pytest
 from anekit.kernels.common import KernelSpec, Staged
 from anekit.model import ModelConfig
 from anekit.model.reference import init_params
-from anekit.train.step import LAYER_KERNELS, ModelRunner
+from anekit.train.schedule import LAYER_KERNELS
+from anekit.train.step import ModelRunner
 
 GQA = ModelConfig(
     "gqa", dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from anekit.backends.base import Kernel
 from anekit.model import ModelConfig, preset
 from anekit.model.reference import init_params
-from anekit.train.step import GRAD_KERNELS, STEP_KERNELS, KernelUse, ModelRunner, host_flops, schedule
+from anekit.train.schedule import GRAD_KERNELS, STEP_KERNELS, KernelUse, host_flops, schedule
+from anekit.train.step import ModelRunner
 
 GQA4 = ModelConfig(  # 8 q heads on 2 kv heads (ratio 4), head_dim 8 (padded to 32 in the kernels), untied
     "gqa4", dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=64, seq_len=32,

@@ -1,8 +1,8 @@
 """What one training step costs: the share of its FLOPs that runs in kernels, and the cost model's
 prediction of the engine's time per step, kernel by kernel.
 
-Both read the step's schedule (`anekit.train.step.schedule`: every kernel a step runs and how many
-times) and the host work it leaves (`anekit.train.step.host_flops`), so they count exactly what
+Both read the step's schedule (`anekit.train.schedule.schedule`: every kernel a step runs and how many
+times) and the host work it leaves (`anekit.train.schedule.host_flops`), so they count exactly what
 `ModelRunner` runs; nothing is compiled. FLOPs follow the project's conventions: a kernel's matmul
 FLOPs are `KernelSpec.flops` (2 per multiply-add); its elementwise work is what the cost model's
 counter (`anekit.perf.count_ops`) adds on top; the host's are `host_flops` entries.
@@ -137,7 +137,7 @@ def step_cost(
     """Count and predict one step of `ModelRunner(config, batch_size, seq_len=..., seqs_per_call=...)`
     on `chip`. Kernels with the same name (one per layer) are reported once with their call count."""
     from ..perf import UncalibratedChip, count_ops, predict
-    from .step import host_flops, schedule
+    from .schedule import host_flops, schedule
 
     uses = schedule(config, batch_size, seq_len=seq_len, seqs_per_call=seqs_per_call)
     merged: dict[str, KernelCost] = {}

@@ -19,9 +19,9 @@ layer bindings, so the main thread writes only gradients in the backward pass. T
 the worker only before returning the gradients.
 
 On the CPU: embedding gather and scatter-add, RMSNorm forward/backward (and dγ), residual adds, the
-final RMSNorm, the classifier's target gather and one-hot part, loss-scale unscaling. `schedule`
-lists every kernel a step runs and how often, `host_flops` what is left on the host, without
-compiling (the cost model, `anekit.train.cost`, counts them).
+final RMSNorm, the classifier's target gather and one-hot part, loss-scale unscaling.
+`anekit.train.schedule` lists every kernel a step runs and how often, and what is left on the host,
+without compiling (the cost model, `anekit.train.cost`, counts them).
 
 I/O without copies (§1.6, §5.4 "Stage" / "write acts"): `set_params` converts each weight to the
 buffer dtype once and writes it into every binding that stages it (the whole input the first time,
@@ -55,132 +55,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels.attention import attention_backward, attention_forward
 from ..kernels.common import DEFAULT_CONST_PRECISION, KernelSpec
-from ..kernels.ffn import ffn_backward, ffn_forward
-from ..kernels.layout import ROW_ALIGN, round_up
-from ..kernels.wgrad import GRADS, attention_wgrad, ffn_wgrad
+from ..kernels.wgrad import GRADS
 from ..model.config import ModelConfig
 from . import cpu_ops
 from .blas import blas_threads, set_blas_threads
-from .classifier import EngineClassifier, classifier_host_flops, classifier_kernel_uses, transposed
+from .classifier import EngineClassifier, transposed
+from .schedule import GRAD_KERNELS, STEP_KERNELS, TABLE_FREE, call_shape, schedule
 
-__all__ = [
-    "ModelRunner",
-    "StepResult",
-    "StepTiming",
-    "KernelUse",
-    "schedule",
-    "host_flops",
-    "KERNELS",
-    "LAYER_KERNELS",
-    "GRAD_KERNELS",
-    "STEP_KERNELS",
-]
-
-#: The kernels of one layer that stage its weights, in the order a step runs them: name ->
-#: generator(config, n_seq, seq_len, const_precision) returning a `KernelSpec` that declares how the
-#: layer's weights are staged into its input (`KernelSpec.staging`). A new kernel is one entry here
-#: plus its call in `_forward_layer` / `_backward_layer`.
-LAYER_KERNELS: dict[str, Callable[..., KernelSpec]] = {
-    "attention_forward": attention_forward,
-    "ffn_forward": ffn_forward,
-    "ffn_backward": ffn_backward,
-    "attention_backward": attention_backward,
-}
-#: The weight-gradient kernels of a layer (same generator signature, no weights staged); their
-#: outputs are declared by `anekit.kernels.wgrad.GRADS`.
-GRAD_KERNELS: dict[str, Callable[..., KernelSpec]] = {
-    "ffn_wgrad": ffn_wgrad,
-    "attention_wgrad": attention_wgrad,
-}
-#: Every kernel of a layer.
-STEP_KERNELS: dict[str, Callable[..., KernelSpec]] = {**LAYER_KERNELS, **GRAD_KERNELS}
-KERNELS = tuple(STEP_KERNELS)
-#: Kernels that bake no float tables: compiled first, they show whether the backend runs the
-#: "exact" reference numerics, which decides how the other kernels bake theirs.
-_TABLE_FREE = ("ffn_forward", "ffn_backward", "ffn_wgrad", "attention_wgrad")
-
-
-@dataclass(frozen=True)
-class KernelUse:
-    """One kernel of a step: its name, its spec, and how many times a step runs it (all layers,
-    all calls of the batch)."""
-
-    name: str
-    spec: KernelSpec
-    calls_per_step: int
-
-
-def _call_shape(config: ModelConfig, batch_size: int, seq_len: int | None, seqs_per_call: int | None):
-    """(sequences per call, padded sequence length, calls per step)."""
-    s = config.seq_len if seq_len is None else seq_len
-    n_seq = batch_size if seqs_per_call is None else seqs_per_call
-    if batch_size < 1 or n_seq < 1 or batch_size % n_seq:
-        raise ValueError(f"seqs_per_call {n_seq} must divide batch_size {batch_size}")
-    if s < 1:
-        raise ValueError(f"seq_len must be positive, got {s}")
-    return n_seq, round_up(s, ROW_ALIGN), batch_size // n_seq  # §1.7: 64-byte rows
-
-
-def schedule(
-    config: ModelConfig,
-    batch_size: int,
-    *,
-    seq_len: int | None = None,
-    seqs_per_call: int | None = None,
-    const_precision: str = DEFAULT_CONST_PRECISION,
-    vocab_chunk: int | None = None,
-) -> tuple[KernelUse, ...]:
-    """Every kernel `ModelRunner(config, batch_size, seq_len=..., seqs_per_call=...,
-    vocab_chunk=...)` runs in one step, with its calls per step: the six layer kernels (once per
-    layer per call) and the classifier's (per vocabulary chunk per call). Builds the programs,
-    compiles nothing."""
-    n_seq, s_pad, calls = _call_shape(config, batch_size, seq_len, seqs_per_call)
-    uses = [
-        KernelUse(name, make(config, n_seq, s_pad, const_precision), config.n_layers * calls)
-        for name, make in STEP_KERNELS.items()
-    ]
-    for name, spec, n in classifier_kernel_uses(config.dim, config.vocab_size, n_seq * s_pad, vocab_chunk):
-        uses.append(KernelUse(name, spec, n * calls))
-    return tuple(uses)
-
-
-def host_flops(
-    config: ModelConfig,
-    batch_size: int,
-    seq_len: int | None = None,
-    *,
-    seqs_per_call: int | None = None,
-    vocab_chunk: int | None = None,
-) -> dict[str, int]:
-    """FLOPs per step of what `ModelRunner` still runs on the host, by name (2 per multiply-add,
-    1 per elementwise op; gathers and copies count nothing), over the padded tokens it processes."""
-    n_seq, s_pad, calls = _call_shape(config, batch_size, seq_len, seqs_per_call)
-    D, L, T = config.dim, config.n_layers, batch_size * s_pad
-    norms = 2 * L + 1
-    shapes = config.param_shapes()
-    layer_matrices = sum(
-        int(np.prod(shape))
-        for name, shape in shapes.items()
-        if name.startswith("layers.") and len(shape) == 2
-    )
-    n_params = sum(int(np.prod(shape)) for shape in shapes.values())
-    flops = {
-        # cpu_ops.rmsnorm_forward per token: Σx² 2D, mean + eps + sqrt + 1/ 4, x·r D, ·γ D
-        "rmsnorm_forward": norms * T * (4 * D + 4),
-        # cpu_ops.rmsnorm_backward per token: x̂ D, dγ 2D, g D, proj 2D + 1, dx 3D
-        "rmsnorm_backward": norms * T * (9 * D + 1),
-        "rmsnorm_gain_accumulation": norms * D * calls,
-        "residual_adds": 4 * L * T * D,  # x + o, x2 + y forward; dx2 + dy, dx + dx2 backward
-        "embedding_scatter_add": T * D,
-        "weight_gradient_accumulation": layer_matrices * calls,  # fp16 kernel outputs into fp32
-        "loss_scale_unscale": n_params,
-        "nonfinite_check": n_params,
-    }
-    for name, n in classifier_host_flops(config.dim, config.vocab_size, n_seq * s_pad, vocab_chunk).items():
-        flops[name] = n * calls
-    return flops
+__all__ = ["ModelRunner", "StepResult", "StepTiming"]
 
 
 @dataclass
@@ -256,7 +139,7 @@ def _layer_kernels(config: ModelConfig, batch_size: int, seq_len, seqs_per_call,
         return {u.name: u for u in uses}
 
     uses = plan(DEFAULT_CONST_PRECISION)
-    kernels = {name: compile(uses[name].spec.program) for name in _TABLE_FREE}
+    kernels = {name: compile(uses[name].spec.program) for name in TABLE_FREE}
     if const_precision is None:
         const_precision = "fp32" if all(_is_exact(k) for k in kernels.values()) else "fp16"
     if const_precision != DEFAULT_CONST_PRECISION:
@@ -426,7 +309,7 @@ class ModelRunner:
         self.config = config
         self.batch_size = batch_size
         self.seq_len = config.seq_len if seq_len is None else seq_len
-        self.n_seq, self.padded_len, _ = _call_shape(config, batch_size, seq_len, seqs_per_call)
+        self.n_seq, self.padded_len, _ = call_shape(config, batch_size, seq_len, seqs_per_call)
         self.vocab_chunk = vocab_chunk
         self.blas_threads = blas_threads
         if compile is None:
