@@ -367,11 +367,18 @@ class ModelRunner:
         host computes with (`params`: embedding, norm gains, classifier). The layer matrices live
         only in the bindings: every product with them, dW included, runs in kernels.
 
-        Each matrix is converted to the buffer dtype once (through the CPU dtype, so float64 input
-        rounds as the fp32 master copy does) for every binding that stages it. Half the layers
-        and the classifier are staged on the worker thread, the rest here (conversions and
-        copies release the GIL). `params` keeps its arrays from one call to the next (the new values
-        are copied into them), so an array taken from it earlier shows the new values."""
+        Each matrix is written in the CPU dtype (the fp32 master copy) into every binding that
+        stages it, and the binding rounds it to its fp16 input (`_stage_layer`). For large layers,
+        half of them and the classifier are staged on the worker thread, the rest here
+        (conversions and copies release the GIL). `params` keeps its arrays from one call to the
+        next (the new values are copied into them), so an array taken from it earlier shows the new
+        values."""
+        self._stage_matrices(self._take_params(params))
+
+    def _take_params(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check `params` against the config, copy the host-held ones into `self.params` (into the
+        previous arrays when they fit) and index them per layer; returns the layer matrices, which
+        are only staged."""
         shapes = self.config.param_shapes()
         missing = sorted(set(shapes) - set(params))
         extra = sorted(set(params) - set(shapes))
@@ -397,6 +404,12 @@ class ModelRunner:
             if name.startswith("layers."):
                 i, short = name[len("layers.") :].split(".", 1)
                 self._layers[int(i)][short] = a
+        return matrices
+
+    def _stage_matrices(self, matrices: Mapping[str, np.ndarray]) -> None:
+        """Stage the layer matrices and the classifier into their bindings: small layers on this
+        thread alone, else half the layers here and the rest with the classifier on the worker."""
+        shapes = self.config.param_shapes()
         n = self.config.n_layers
         per_layer = max(1, sum(int(np.prod(shapes[k])) for k in matrices) // n)
         classifier_layers = self.classifier.size // per_layer  # the classifier, in layers' worth
