@@ -84,3 +84,6 @@ def test_estimate_train_config_file_and_bad_input(micro_config, tmp_path):
     # a sequence the engine cannot hold is refused before any program is built (not a MemoryError)
     long = runner.invoke(app, ["estimate", "tiny", "--train", "--seq-len", "100000"])
     assert long.exit_code == 1 and "at most 16384" in long.output
+    # so many tokens per call that the classifier's rows cannot fit beside them: the advice is the batch
+    wide = runner.invoke(app, ["estimate", "tiny", "--train", "--seq-len", "4096", "--batch", "4"])
+    assert wide.exit_code == 1 and "smaller --batch" in wide.output

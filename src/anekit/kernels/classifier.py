@@ -90,7 +90,13 @@ def _check_dims(dim: int, n_tokens: int, vocab_chunk: int, valid: int | None) ->
     if n_tokens + vocab_chunk > MAX_SPATIAL:
         raise ValueError(
             f"n_tokens + vocab_chunk = {n_tokens + vocab_chunk} exceeds the engine's spatial cap "
-            f"{MAX_SPATIAL}; use a smaller vocab_chunk"
+            f"{MAX_SPATIAL}; "
+            + (
+                "use a smaller vocab_chunk"
+                if n_tokens + ROW_ALIGN <= MAX_SPATIAL
+                else f"{n_tokens} tokens per call leave no room for the classifier's rows: train on fewer "
+                "tokens per call (a smaller --batch, with --accum to keep the tokens per step)"
+            )
         )
     valid = vocab_chunk if valid is None else valid
     if not 0 < valid <= vocab_chunk:
