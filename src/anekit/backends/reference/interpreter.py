@@ -295,18 +295,7 @@ class ReferenceKernel(Kernel):
         store = ctx.numerics.store
         for s, value, (dt, shape, flexible) in zip(outs, result, casts):
             value = np.asarray(value) if dt is None else store(value, dt)
-            if len(value.shape) != len(shape) or any(
-                d is not None and d != g for d, g in zip(shape, value.shape)
-            ):
-                raise ShapeMismatch(
-                    f"produced shape {_shape_text(value.shape)}, the program declares "
-                    f"{_shape_text('?' if d is None else d for d in shape)}"
-                )
-            if flexible and not value.size:
-                raise EmptyResult(
-                    f"produced an empty tensor, shape {_shape_text(value.shape)}; the reference backend, "
-                    f"like the engine, runs no empty tensors"
-                )
+            _check_result(value, shape, flexible)
             env[s] = value
 
     def _check_sizes(self, inputs: dict[str, np.ndarray]) -> None:
